@@ -1,0 +1,85 @@
+// The attention problem: shapes, mask and scale, shared by the reference, the kernels and the harness.
+//
+// Conventions (as FlashAttention 2.1+):
+//  - tensors are [B, N, H, d] row-major (BSHD); varlen tensors are [total_tokens, H, d], seen as [1, total, H, d];
+//  - LSE is [B, H, N_q] (varlen: [1, H, total_q]), natural log;
+//  - a mask keeps key j for query i (both counted from the start of their sequence) when
+//        i + (N_k - N_q) - left <= j <= i + (N_k - N_q) + right,
+//    with left/right = -1 meaning unbounded; causal is right = 0 (bottom-right aligned when N_q != N_k).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace flashlab {
+
+// Sliding window in keys to the left and right of the (bottom-right aligned) diagonal; -1 = unbounded.
+struct Window {
+  std::int64_t left = -1;
+  std::int64_t right = -1;
+  [[nodiscard]] bool unbounded() const { return left < 0 && right < 0; }
+  friend bool operator==(const Window&, const Window&) = default;
+};
+
+// Inclusive range [lo, hi] of keys a query row may attend to; empty when lo > hi.
+struct KeyRange {
+  std::int64_t lo;
+  std::int64_t hi;
+  [[nodiscard]] bool empty() const { return lo > hi; }
+  [[nodiscard]] std::int64_t size() const { return empty() ? 0 : hi - lo + 1; }
+};
+
+// One sequence of a (possibly varlen) batch: where it lives in the tensors and its lengths.
+struct Sequence {
+  std::int64_t slot;      // index into the B dimension (0 for varlen)
+  std::int64_t q_offset;  // first token in the N_q dimension (cu_seqlens_q[b] for varlen, else 0)
+  std::int64_t k_offset;
+  std::int64_t seqlen_q;
+  std::int64_t seqlen_k;
+};
+
+struct Problem {
+  std::int64_t batch = 1;     // B
+  std::int64_t heads = 1;     // H (query heads)
+  std::int64_t heads_kv = 1;  // H_kv; H % H_kv == 0 (GQA when H_kv < H, MQA when H_kv == 1)
+  std::int64_t seqlen_q = 1;  // N_q; for varlen the largest entry of the batch
+  std::int64_t seqlen_k = 1;  // N_k; for varlen the largest entry of the batch
+  std::int64_t head_dim = 64;    // d (queries and keys)
+  std::int64_t head_dim_v = 0;   // d_v; 0 means equal to d
+  bool causal = false;
+  Window window{};
+  std::optional<double> softmax_scale;  // default 1/sqrt(d)
+  // Varlen batches: cumulative offsets, length B+1, starting at 0 (both given or neither).
+  std::vector<std::int64_t> cu_seqlens_q;
+  std::vector<std::int64_t> cu_seqlens_k;
+
+  // A varlen problem from per-sequence lengths; B, N_q and N_k follow from them.
+  [[nodiscard]] static Problem varlen(std::int64_t heads, std::int64_t heads_kv, std::int64_t head_dim,
+                                      const std::vector<std::int64_t>& seqlens_q,
+                                      const std::vector<std::int64_t>& seqlens_k);
+
+  // Throws InvalidProblem naming the first invalid field, its value and what is allowed.
+  void validate() const;
+
+  [[nodiscard]] bool is_varlen() const { return !cu_seqlens_q.empty(); }
+  [[nodiscard]] std::int64_t dv() const { return head_dim_v == 0 ? head_dim : head_dim_v; }
+  [[nodiscard]] double scale() const;
+  [[nodiscard]] std::int64_t group_size() const { return heads / heads_kv; }
+  [[nodiscard]] std::int64_t total_q() const;  // tokens in the N_q dimension over the batch
+  [[nodiscard]] std::int64_t total_k() const;
+  [[nodiscard]] Sequence sequence(std::int64_t b) const;
+  // The effective window: causal turns into right = 0 (bottom-right aligned).
+  [[nodiscard]] Window effective_window() const;
+  [[nodiscard]] bool is_masked() const { return causal || !window.unbounded(); }
+  // Keys query row i of a sequence of lengths (seqlen_q, seqlen_k) may attend to, clamped to [0, seqlen_k).
+  [[nodiscard]] KeyRange key_range(std::int64_t i, std::int64_t seqlen_q, std::int64_t seqlen_k) const;
+  // Exact number of (query, key) pairs the mask keeps, over the whole batch, per head.
+  [[nodiscard]] std::int64_t unmasked_pairs() const;
+
+  // One-line description, e.g. "B=2 H=8 Hkv=2 Nq=128 Nk=256 d=64 causal window=(16,0) varlen".
+  [[nodiscard]] std::string describe() const;
+};
+
+}  // namespace flashlab

@@ -1,0 +1,99 @@
+// The counter-based generator gives the same bits on the GPU as on the host.
+#include <cuda_runtime.h>
+
+#include <bit>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "flashlab/core/generator.hpp"
+
+namespace {
+
+void check_cuda(cudaError_t status, const char* call) {
+  if (status != cudaSuccess) FAIL(std::string(call) + ": " + cudaGetErrorString(status));
+}
+#define CHECK_CUDA(call) check_cuda((call), #call)
+
+__global__ void generate(double* out, std::uint64_t count, std::uint64_t first, std::uint64_t seed,
+                         std::uint32_t tensor, flashlab::Distribution distribution, flashlab::DType dtype) {
+  const std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x;
+  if (i < count) out[i] = flashlab::input_value(seed, tensor, first + i, distribution, dtype);
+}
+
+__global__ void round_all(const double* in, double* out, std::uint64_t count, flashlab::DType dtype) {
+  const std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x;
+  if (i < count) out[i] = flashlab::round_to(in[i], dtype);
+}
+
+std::vector<double> on_device(std::uint64_t count, std::uint64_t first, std::uint64_t seed, std::uint32_t tensor,
+                              flashlab::Distribution distribution, flashlab::DType dtype) {
+  double* device = nullptr;
+  CHECK_CUDA(cudaMalloc(&device, count * sizeof(double)));
+  generate<<<static_cast<unsigned>((count + 255) / 256), 256>>>(device, count, first, seed, tensor, distribution,
+                                                                 dtype);
+  CHECK_CUDA(cudaGetLastError());
+  std::vector<double> host(count);
+  CHECK_CUDA(cudaMemcpy(host.data(), device, count * sizeof(double), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaFree(device));
+  return host;
+}
+
+}  // namespace
+
+TEST_CASE("GPU and host generate the same bits", "[gpu][generator]") {
+  using namespace flashlab;
+  constexpr std::uint64_t kCount = 1 << 20;
+  for (Distribution distribution : {Distribution::normal, Distribution::uniform, Distribution::outliers}) {
+    for (DType dtype : {DType::fp64, DType::fp32, DType::fp16, DType::bf16}) {
+      // low indices and indices past 2^32 (the counter's second word)
+      for (std::uint64_t first : {std::uint64_t{0}, (std::uint64_t{1} << 33) - 17}) {
+        INFO(name(distribution) << " " << name(dtype) << " from index " << first);
+        const std::vector<double> gpu = on_device(kCount, first, 0x1234'5678'9abcULL, 3, distribution, dtype);
+        std::uint64_t mismatches = 0;
+        for (std::uint64_t i = 0; i < kCount; ++i) {
+          const double host = input_value(0x1234'5678'9abcULL, 3, first + i, distribution, dtype);
+          mismatches += std::bit_cast<std::uint64_t>(host) != std::bit_cast<std::uint64_t>(gpu[i]);
+        }
+        CHECK(mismatches == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("GPU and host round to fp16, bf16, fp32 and fp8 alike", "[gpu][generator]") {
+  using namespace flashlab;
+  // Random bit patterns cover every exponent, subnormals, infinities and NaNs.
+  std::vector<double> inputs;
+  std::uint64_t state = 0x9e3779b97f4a7c15ULL;
+  for (int i = 0; i < (1 << 18); ++i) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    const std::uint64_t bits = state ^ (state >> 29);
+    // squeeze the exponent into [-160, 160] half the time, so the formats' ranges are hit often
+    const double x = std::bit_cast<double>(bits);
+    inputs.push_back(i % 2 ? x : std::ldexp(std::bit_cast<double>((bits & 0x800FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL),
+                                            static_cast<int>(bits % 321) - 160));
+  }
+  const std::uint64_t count = inputs.size();
+  double *in = nullptr, *out = nullptr;
+  CHECK_CUDA(cudaMalloc(&in, count * sizeof(double)));
+  CHECK_CUDA(cudaMalloc(&out, count * sizeof(double)));
+  CHECK_CUDA(cudaMemcpy(in, inputs.data(), count * sizeof(double), cudaMemcpyHostToDevice));
+  for (DType dtype : {DType::fp32, DType::fp16, DType::bf16, DType::fp8_e4m3}) {
+    INFO(name(dtype));
+    round_all<<<static_cast<unsigned>((count + 255) / 256), 256>>>(in, out, count, dtype);
+    CHECK_CUDA(cudaGetLastError());
+    std::vector<double> gpu(count);
+    CHECK_CUDA(cudaMemcpy(gpu.data(), out, count * sizeof(double), cudaMemcpyDeviceToHost));
+    std::uint64_t mismatches = 0;
+    for (std::uint64_t i = 0; i < count; ++i) {
+      const double host = round_to(inputs[i], dtype);
+      const bool both_nan = host != host && gpu[i] != gpu[i];
+      mismatches += !both_nan && std::bit_cast<std::uint64_t>(host) != std::bit_cast<std::uint64_t>(gpu[i]);
+    }
+    CHECK(mismatches == 0);
+  }
+  CHECK_CUDA(cudaFree(in));
+  CHECK_CUDA(cudaFree(out));
+}

@@ -1,0 +1,106 @@
+// Helpers shared by the reference tests: random problems, error norms and an independent naive attention.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "flashlab/reference/attention_data.hpp"
+
+namespace flashlab::test {
+
+using Data = reference::AttentionData<double>;
+
+// A problem with random normal inputs (Q, K, V, dO), forward and backward done.
+inline Data solved(const Problem& problem, std::uint64_t seed, const reference::Options& options = {}) {
+  Data data(problem);
+  data.randomize({.seed = seed, .distribution = Distribution::normal, .dtype = DType::fp64});
+  data.run_forward(options);
+  data.run_backward(options);
+  return data;
+}
+
+// max_i |a_i - b_i| / max_i |b_i| (0 / 0 counts as 0): the max-norm relative error of a against b.
+inline double max_norm_relative(const std::vector<double>& a, const std::vector<double>& b) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return scale == 0 ? diff : diff / scale;
+}
+
+inline bool all_finite(const std::vector<double>& v) {
+  return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+}
+
+// The mask rule of problem.hpp, written out independently of Problem::key_range.
+inline bool kept(const Problem& p, std::int64_t i, std::int64_t j, std::int64_t nq, std::int64_t nk) {
+  const std::int64_t diagonal = i + nk - nq;
+  const std::int64_t right = p.causal ? 0 : p.window.right;
+  if (p.window.left >= 0 && j < diagonal - p.window.left) return false;
+  if (right >= 0 && j > diagonal + right) return false;
+  return true;
+}
+
+// Row-by-row attention in long double with explicit loops: the independent check of the blocked reference.
+struct Naive {
+  std::vector<double> o, lse;  // shaped like Data::o and Data::lse
+};
+inline Naive naive_forward(const Data& data) {
+  const Problem& p = data.problem;
+  Naive out{std::vector<double>(data.o.values().size()), std::vector<double>(data.lse.values().size())};
+  const auto o_view = TensorView<double, 4>(out.o.data(), data.o.shape());
+  const auto lse_view = TensorView<double, 3>(out.lse.data(), data.lse.shape());
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    const Sequence s = p.sequence(b);
+    for (std::int64_t h = 0; h < p.heads; ++h) {
+      const std::int64_t g = h / (p.heads / p.heads_kv);
+      for (std::int64_t i = 0; i < s.seqlen_q; ++i) {
+        std::vector<long double> score(static_cast<std::size_t>(s.seqlen_k));
+        long double row_max = -std::numeric_limits<long double>::infinity();
+        for (std::int64_t j = 0; j < s.seqlen_k; ++j) {
+          if (!kept(p, i, j, s.seqlen_q, s.seqlen_k)) continue;
+          long double dot = 0;
+          for (std::int64_t c = 0; c < p.head_dim; ++c) {
+            dot += static_cast<long double>(data.q(s.slot, s.q_offset + i, h, c)) *
+                   data.k(s.slot, s.k_offset + j, g, c);
+          }
+          score[j] = dot * p.scale();
+          row_max = std::max(row_max, score[j]);
+        }
+        long double sum = 0;
+        std::vector<long double> acc(static_cast<std::size_t>(p.dv()), 0.0L);
+        for (std::int64_t j = 0; j < s.seqlen_k; ++j) {
+          if (!kept(p, i, j, s.seqlen_q, s.seqlen_k)) continue;
+          const long double e = std::exp(score[j] - row_max);
+          sum += e;
+          for (std::int64_t c = 0; c < p.dv(); ++c) acc[c] += e * data.v(s.slot, s.k_offset + j, g, c);
+        }
+        for (std::int64_t c = 0; c < p.dv(); ++c) {
+          o_view(s.slot, s.q_offset + i, h, c) = sum == 0 ? 0.0 : static_cast<double>(acc[c] / sum);
+        }
+        lse_view(s.slot, h, s.q_offset + i) = sum == 0 ? -std::numeric_limits<double>::infinity()
+                                                       : static_cast<double>(row_max + std::log(sum));
+      }
+    }
+  }
+  return out;
+}
+
+// LSE values compared where finite; -inf must match exactly.
+inline double lse_error(const std::vector<double>& a, const std::vector<double>& b) {
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::isinf(b[i]) || std::isinf(a[i])) {
+      if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
+      continue;
+    }
+    worst = std::max(worst, std::abs(a[i] - b[i]) / std::max(1.0, std::abs(b[i])));
+  }
+  return worst;
+}
+
+}  // namespace flashlab::test
