@@ -24,6 +24,23 @@ template <class S>
 using TokenRows = Eigen::Map<RowMajorMatrix<std::remove_const_t<S>>, Eigen::Unaligned, Eigen::OuterStride<>>;
 template <class S>
 using ConstTokenRows = Eigen::Map<const RowMajorMatrix<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class S>
+using MatrixMap = Eigen::Map<Matrix<S>>;
+
+// A rows x cols column-major scratch matrix taken from the workspace allocator.
+template <class S>
+struct Scratch {
+  Workspace memory;
+  MatrixMap<S> matrix{nullptr, 0, 0};
+  Scratch() = default;
+  Scratch(Allocator& allocator, std::int64_t rows, std::int64_t cols, const char* what)
+      : memory(allocator, static_cast<std::size_t>(rows * cols) * sizeof(S), what),
+        matrix(memory.as<S>(), rows, cols) {}
+};
+
+Allocator& workspace_of(const Options& options) {
+  return options.workspace ? *options.workspace : HeapAllocator::instance();
+}
 
 template <class T>
 auto token_rows(const TensorView<T, 4>& t, std::int64_t slot, std::int64_t token, std::int64_t head,
@@ -172,7 +189,12 @@ void forward(const Problem& p, const ForwardArgs<Scalar>& a, const Options& opti
   const std::vector<ForwardItem> items = plan_forward(p, br);
   const int workers = static_cast<int>(std::min<std::int64_t>(workers_wanted, std::max<std::size_t>(1, items.size())));
   const Scalar minus_inf = -std::numeric_limits<Scalar>::infinity();
-  std::vector<Matrix<Scalar>> scores(static_cast<std::size_t>(workers));
+  // Each worker's score block, taken up front so that the workspace is the same whatever the scheduling.
+  std::vector<Scratch<Scalar>> scores;
+  scores.reserve(static_cast<std::size_t>(workers));
+  for (int w = 0; w < workers && !items.empty(); ++w) {
+    scores.emplace_back(workspace_of(options), br, p.seqlen_k, "reference scores");
+  }
 
   parallel_for(static_cast<std::int64_t>(items.size()), workers, [&](std::int64_t index, int worker) {
     const ForwardItem& it = items[static_cast<std::size_t>(index)];
@@ -190,9 +212,7 @@ void forward(const Problem& p, const ForwardArgs<Scalar>& a, const Options& opti
     const auto q = token_rows(a.q, s.slot, s.q_offset + it.i0, it.h, rows);
     const auto k = token_rows(a.k, s.slot, s.k_offset + cols.c0, g, cols.width);
     const auto v = token_rows(a.v, s.slot, s.k_offset + cols.c0, g, cols.width);
-    Matrix<Scalar>& buffer = scores[static_cast<std::size_t>(worker)];
-    if (buffer.size() == 0) buffer.resize(br, p.seqlen_k);
-    auto block = buffer.topLeftCorner(rows, cols.width);
+    auto block = scores[static_cast<std::size_t>(worker)].matrix.topLeftCorner(rows, cols.width);
 
     // prologue: masked scores and their row maxima (m_i)
     masked_scores<Scalar>(p, s, it.i0, cols.c0, q, k, block);
@@ -226,30 +246,35 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
   const auto scale = static_cast<Scalar>(p.scale());
   const Scalar minus_inf = -std::numeric_limits<Scalar>::infinity();
 
-  struct Scratch {
-    Matrix<Scalar> p, ds;    // Br x N_k: probabilities, then dP turned into dS in place
-    Matrix<Scalar> dk, dv;   // N_k x d, N_k x d_v accumulators of the item's kv head
-    Vector<Scalar> delta;    // D = rowsum(dO * O) of the block
+  // Per worker, taken up front: P and dP/dS blocks (Br x N_k), dK/dV accumulators (N_k x d, N_k x d_v), D (Br).
+  struct WorkerScratch {
+    Scratch<Scalar> p, ds, dk, dv, delta;
   };
-  std::vector<Scratch> scratch(static_cast<std::size_t>(plan.workers));
-  std::vector<Matrix<Scalar>> partial_dk(static_cast<std::size_t>(plan.partial_buffers));
-  std::vector<Matrix<Scalar>> partial_dv(static_cast<std::size_t>(plan.partial_buffers));
+  Allocator& allocator = workspace_of(options);
+  const std::int64_t nk_max = p.seqlen_k;
+  std::vector<WorkerScratch> scratch;
+  scratch.reserve(static_cast<std::size_t>(plan.workers));
+  for (int w = 0; w < plan.workers; ++w) {
+    scratch.push_back({Scratch<Scalar>(allocator, br, nk_max, "reference P"),
+                       Scratch<Scalar>(allocator, br, nk_max, "reference dS"),
+                       Scratch<Scalar>(allocator, nk_max, d, "reference dK accumulator"),
+                       Scratch<Scalar>(allocator, nk_max, dv, "reference dV accumulator"),
+                       Scratch<Scalar>(allocator, br, 1, "reference D")});
+  }
+  std::vector<Scratch<Scalar>> partial_dk, partial_dv;
+  for (std::int64_t i = 0; i < plan.partial_buffers; ++i) {
+    partial_dk.emplace_back(allocator, nk_max, d, "reference partial dK");
+    partial_dv.emplace_back(allocator, nk_max, dv, "reference partial dV");
+  }
 
   parallel_for(static_cast<std::int64_t>(plan.items.size()), plan.workers, [&](std::int64_t index, int worker) {
     const BackwardItem& it = plan.items[static_cast<std::size_t>(index)];
     const Sequence s = p.sequence(it.b);
     const std::int64_t nk = s.seqlen_k;
     const std::int64_t blocks_per_head = blocks_of(s.seqlen_q, br);
-    Scratch& w = scratch[static_cast<std::size_t>(worker)];
-    if (w.p.size() == 0) {
-      w.p.resize(br, p.seqlen_k);
-      w.ds.resize(br, p.seqlen_k);
-      w.dk.resize(p.seqlen_k, d);
-      w.dv.resize(p.seqlen_k, dv);
-      w.delta.resize(br);
-    }
-    auto dk_acc = w.dk.topRows(nk);
-    auto dv_acc = w.dv.topRows(nk);
+    WorkerScratch& w = scratch[static_cast<std::size_t>(worker)];
+    auto dk_acc = w.dk.matrix.topRows(nk);
+    auto dv_acc = w.dv.matrix.topRows(nk);
     dk_acc.setZero();
     dv_acc.setZero();
 
@@ -269,9 +294,9 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
       const auto d_out = token_rows(a.d_out, s.slot, q0, h, rows);
       const auto k = token_rows(a.k, s.slot, s.k_offset + cols.c0, it.g, cols.width);
       const auto v = token_rows(a.v, s.slot, s.k_offset + cols.c0, it.g, cols.width);
-      auto prob = w.p.topLeftCorner(rows, cols.width);
-      auto ds = w.ds.topLeftCorner(rows, cols.width);
-      auto delta = w.delta.head(rows);
+      auto prob = w.p.matrix.topLeftCorner(rows, cols.width);
+      auto ds = w.ds.matrix.topLeftCorner(rows, cols.width);
+      auto delta = w.delta.matrix.col(0).head(rows);
 
       // recompute P = exp(S - LSE); a fully masked row (LSE = -inf, all S = -inf) is shifted by 0 -> P = 0
       masked_scores<Scalar>(p, s, i0, cols.c0, q, k, prob);
@@ -292,8 +317,8 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
       token_rows(a.dk, s.slot, s.k_offset, it.g, nk) = dk_acc;
       token_rows(a.dv, s.slot, s.k_offset, it.g, nk) = dv_acc;
     } else {
-      partial_dk[static_cast<std::size_t>(it.partial)] = dk_acc;
-      partial_dv[static_cast<std::size_t>(it.partial)] = dv_acc;
+      partial_dk[static_cast<std::size_t>(it.partial)].matrix.topRows(nk) = dk_acc;
+      partial_dv[static_cast<std::size_t>(it.partial)].matrix.topRows(nk) = dv_acc;
     }
   });
 
@@ -303,12 +328,14 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
     const Sequence s = p.sequence(it.b);
     auto dk = token_rows(a.dk, s.slot, s.k_offset, it.g, s.seqlen_k);
     auto dv_out = token_rows(a.dv, s.slot, s.k_offset, it.g, s.seqlen_k);
-    Matrix<Scalar> sum_dk = partial_dk[static_cast<std::size_t>(it.partial)];
-    Matrix<Scalar> sum_dv = partial_dv[static_cast<std::size_t>(it.partial)];
+    // sum into the first slice's buffer, in slice order
+    const std::int64_t nk = s.seqlen_k;
+    auto sum_dk = partial_dk[static_cast<std::size_t>(it.partial)].matrix.topRows(nk);
+    auto sum_dv = partial_dv[static_cast<std::size_t>(it.partial)].matrix.topRows(nk);
     for (std::int64_t slice = 1; slice < it.slices; ++slice) {
       const auto next = static_cast<std::size_t>(plan.items[static_cast<std::size_t>(it.first_of_unit + slice)].partial);
-      sum_dk += partial_dk[next];
-      sum_dv += partial_dv[next];
+      sum_dk += partial_dk[next].matrix.topRows(nk);
+      sum_dv += partial_dv[next].matrix.topRows(nk);
     }
     dk = sum_dk;
     dv_out = sum_dv;
@@ -320,7 +347,7 @@ std::int64_t workspace_bytes(const Problem& p, Pass pass, std::int64_t scalar_by
   const int workers = requested_workers(options);
   const std::int64_t br = options.row_block, nk = p.seqlen_k;
   const auto forward_items = static_cast<std::int64_t>(plan_forward(p, br).size());
-  const std::int64_t forward_workers = std::min<std::int64_t>(workers, std::max<std::int64_t>(1, forward_items));
+  const std::int64_t forward_workers = std::min<std::int64_t>(workers, forward_items);
   const std::int64_t forward_bytes = scalar_bytes * forward_workers * br * nk;
   const BackwardPlan plan = plan_backward(p, br, workers);
   const std::int64_t kv_rows = nk * (p.head_dim + p.dv());

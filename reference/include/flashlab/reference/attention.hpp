@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "flashlab/core/allocator.hpp"
 #include "flashlab/core/flops.hpp"
 #include "flashlab/core/problem.hpp"
 #include "flashlab/core/tensor.hpp"
@@ -23,8 +24,9 @@
 namespace flashlab::reference {
 
 struct Options {
-  std::int64_t row_block = 128;  // query rows per block (>= 1)
-  int workers = 0;               // 0: default_worker_count()
+  std::int64_t row_block = 128;      // query rows per block (>= 1)
+  int workers = 0;                   // 0: default_worker_count()
+  Allocator* workspace = nullptr;    // where the workspace comes from; null: the heap, untracked
 };
 
 template <class Scalar>
@@ -49,8 +51,8 @@ void forward(const Problem& problem, const ForwardArgs<Scalar>& args, const Opti
 template <class Scalar>
 void backward(const Problem& problem, const BackwardArgs<Scalar>& args, const Options& options = {});
 
-// Bytes the reference allocates beyond its inputs and outputs (Eigen's GEMM packing buffers, a few MiB
-// bounded by the cache sizes, are not counted):
+// Bytes the reference takes from Options::workspace beyond its inputs and outputs, exactly (Eigen's GEMM
+// packing buffers, a few MiB bounded by the cache sizes, and O(Br) row vectors are not counted):
 //   forward:  s * W * Br * N_k
 //   backward: s * [W * (2 Br N_k + Br + N_k (d + d_v)) + P * N_k (d + d_v)]
 // with s = sizeof(Scalar), W the workers used, Br the row block, N_k the longest key sequence and P the

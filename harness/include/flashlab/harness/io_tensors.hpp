@@ -1,0 +1,45 @@
+// The tensors of one row, laid out contiguously (BSHD) wherever they live, and the params pointing at them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "flashlab/harness/suite.hpp"
+#include "flashlab/kernels/attention.hpp"
+
+namespace flashlab::harness {
+
+struct IoTensor {
+  std::string name;      // q, k, v, o, lse, d_out, dq, dk, dv, cu_seqlens_q, cu_seqlens_k
+  Shape<4> shape{};      // LSE: [slots, H, N_q, 1]; cu_seqlens: [B+1, 1, 1, 1]
+  std::int64_t element_bytes = 0;
+  [[nodiscard]] std::int64_t bytes() const { return element_count<4>(shape) * element_bytes; }
+};
+
+// The row's tensors in allocation order (inputs, outputs, gradients, varlen offsets).
+[[nodiscard]] std::vector<IoTensor> io_tensors(const Problem& problem, DType dtype);
+
+// Params over buffers `data[i]` of io_tensors()[i] (contiguous strides).
+[[nodiscard]] kernels::AttentionParams make_params(const Problem& problem, DType dtype,
+                                                   const std::vector<void*>& data);
+
+// --save-tensors: whether a tensor is saved for `pass` (inputs and outputs; gradients only with a backward),
+// and its .npy file from a host copy of its buffer (fp16 as <f2, bf16 widened to float32, LSE float32).
+[[nodiscard]] bool saved_tensor(const IoTensor& tensor, Pass pass);
+void write_tensor_npy(const std::string& dir, const IoTensor& tensor, const void* host_data, DType dtype);
+
+}  // namespace flashlab::harness
+
+namespace flashlab::harness {
+
+// Where one head of an output lies in its contiguous buffer: `rows` rows of `dim` elements, consecutive
+// rows `pitch` elements apart, the first at element `offset`.
+struct HeadSlice {
+  std::int64_t offset, rows, dim, pitch;
+};
+// tensor: o, dq (query head), dk, dv (kv head) or lse (query head; dim 1).
+[[nodiscard]] HeadSlice head_slice(const Problem& problem, const std::string& tensor, std::int64_t b,
+                                   std::int64_t head);
+
+}  // namespace flashlab::harness

@@ -1,0 +1,30 @@
+// run.json: the provenance of a run (device block, exact command, suite hash, seed, flops convention, git
+// commit, times), written when the run starts and rewritten (atomically) when it ends.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <string>
+
+#include "flashlab/harness/runner.hpp"
+#include "flashlab/harness/suite.hpp"
+
+namespace flashlab::harness {
+
+struct RunInfo {
+  std::filesystem::path path;
+  std::string json;  // the document as written at the start
+};
+
+RunInfo start_run_info(const std::filesystem::path& path, const Suite& suite, const std::string& run_id,
+                       const RunOptions& options, bool gpu);
+void finish_run_info(const RunInfo& info, std::size_t rows, std::size_t ran, std::size_t skipped);
+
+// The current UTC time in strftime `format`.
+[[nodiscard]] std::string utc_time(const char* format);
+
+// The device block as JSON text ("null" without a usable GPU): name, SM count, L2 and memory size, driver and
+// runtime versions, compute capability, current SM and memory clocks.
+[[nodiscard]] std::string device_block_json();
+
+}  // namespace flashlab::harness

@@ -1,0 +1,38 @@
+// `flashlab run`: suite -> rows -> measurements -> results.csv + run.json (DESIGN.md §3, §4).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace flashlab::harness {
+
+// Exit codes of the flashlab program (documented in harness/README.md).
+enum ExitCode : int {
+  kExitOk = 0,          // every row ran: ok, oom or unsupported
+  kExitRowsFailed = 1,  // the sweep finished, but some rows are `error` or failed verification
+  kExitUsage = 2,       // bad command line or malformed suite: nothing ran
+  kExitOutput = 3,      // results could not be written (or an existing results.csv does not match)
+};
+
+struct RunOptions {
+  std::filesystem::path suite;
+  std::filesystem::path out = "results";  // results root: <out>/<suite>/<run-id>/
+  std::string run_id;                     // default: UTC time; with --resume: the latest run of the suite
+  bool resume = false;
+  std::string shard;   // "i/n"
+  std::string filter;  // "key=value,..."
+  bool dry_run = false;
+  std::optional<std::int64_t> save_tensors;  // row index
+  std::string command_line;
+  bool progress = false;  // progress line on stderr
+};
+
+// Runs a suite; returns an ExitCode. Throws SuiteError (malformed suite) before anything runs.
+int run_suite(const RunOptions& options);
+
+// `flashlab list`: the registry and the device found.
+int list_variants();
+
+}  // namespace flashlab::harness

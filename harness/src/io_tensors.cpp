@@ -1,0 +1,85 @@
+#include "flashlab/harness/io_tensors.hpp"
+
+#include <filesystem>
+
+#include "flashlab/core/storage.hpp"
+#include "flashlab/harness/npy.hpp"
+
+namespace flashlab::harness {
+
+std::vector<IoTensor> io_tensors(const Problem& p, DType dtype) {
+  const AttentionShapes s = attention_shapes(p);
+  const std::int64_t e = size_bytes(dtype);
+  std::vector<IoTensor> t = {{"q", s.q, e},     {"k", s.k, e},     {"v", s.v, e},
+                             {"o", s.o, e},     {"lse", {s.lse[0], s.lse[1], s.lse[2], 1}, 4},
+                             {"d_out", s.o, e}, {"dq", s.q, e},    {"dk", s.k, e}, {"dv", s.v, e}};
+  if (p.is_varlen()) {
+    t.push_back({"cu_seqlens_q", {p.batch + 1, 1, 1, 1}, 4});
+    t.push_back({"cu_seqlens_k", {p.batch + 1, 1, 1, 1}, 4});
+  }
+  return t;
+}
+
+kernels::AttentionParams make_params(const Problem& p, DType dtype, const std::vector<void*>& data) {
+  const AttentionShapes s = attention_shapes(p);
+  kernels::AttentionParams params;
+  params.problem = p;
+  params.dtype = dtype;
+  params.q = data[0];
+  params.k = data[1];
+  params.v = data[2];
+  params.o = data[3];
+  params.lse = static_cast<float*>(data[4]);
+  params.d_out = data[5];
+  params.dq = data[6];
+  params.dk = data[7];
+  params.dv = data[8];
+  params.q_strides = params.dq_strides = kernels::contiguous_bshd(s.q[1], s.q[2], s.q[3]);
+  params.k_strides = params.dk_strides = kernels::contiguous_bshd(s.k[1], s.k[2], s.k[3]);
+  params.v_strides = params.dv_strides = kernels::contiguous_bshd(s.v[1], s.v[2], s.v[3]);
+  params.o_strides = params.d_out_strides = kernels::contiguous_bshd(s.o[1], s.o[2], s.o[3]);
+  if (p.is_varlen()) {
+    params.cu_seqlens_q = static_cast<const std::int32_t*>(data[9]);
+    params.cu_seqlens_k = static_cast<const std::int32_t*>(data[10]);
+  }
+  return params;
+}
+
+bool saved_tensor(const IoTensor& tensor, Pass pass) {
+  const bool gradient = tensor.name == "d_out" || tensor.name == "dq" || tensor.name == "dk" || tensor.name == "dv";
+  return !(gradient && pass == Pass::fwd) && tensor.name.rfind("cu_seqlens", 0) != 0;
+}
+
+void write_tensor_npy(const std::string& dir, const IoTensor& tensor, const void* host_data, DType dtype) {
+  const bool lse = tensor.name == "lse";
+  const std::vector<std::int64_t> shape(tensor.shape.begin(), tensor.shape.end() - (lse ? 1 : 0));
+  const std::filesystem::path file = std::filesystem::path(dir) / (tensor.name + ".npy");
+  if (lse || dtype == DType::fp16 || dtype == DType::fp32 || dtype == DType::fp64) {
+    const char* descr = lse || dtype == DType::fp32 ? "<f4" : dtype == DType::fp16 ? "<f2" : "<f8";
+    write_npy(file, host_data, descr, shape);
+    return;
+  }
+  const std::int64_t n = element_count<4>(tensor.shape);
+  std::vector<float> widened(static_cast<std::size_t>(n));
+  for (std::int64_t e = 0; e < n; ++e) widened[static_cast<std::size_t>(e)] = static_cast<float>(load(host_data, e, dtype));
+  write_npy(file, widened.data(), "<f4", shape);
+}
+
+}  // namespace flashlab::harness
+
+namespace flashlab::harness {
+
+HeadSlice head_slice(const Problem& p, const std::string& tensor, std::int64_t b, std::int64_t head) {
+  const Sequence s = p.sequence(b);
+  const AttentionShapes shapes = attention_shapes(p);
+  if (tensor == "lse") {
+    return {(s.slot * p.heads + head) * shapes.lse[2] + s.q_offset, s.seqlen_q, 1, 1};
+  }
+  const bool key_side = tensor == "dk" || tensor == "dv";
+  const Shape<4>& shape = tensor == "dq" ? shapes.q : tensor == "dk" ? shapes.k : tensor == "dv" ? shapes.v : shapes.o;
+  const std::int64_t token = key_side ? s.k_offset : s.q_offset;
+  return {((s.slot * shape[1] + token) * shape[2] + head) * shape[3], key_side ? s.seqlen_k : s.seqlen_q, shape[3],
+          shape[2] * shape[3]};
+}
+
+}  // namespace flashlab::harness

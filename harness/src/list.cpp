@@ -1,0 +1,25 @@
+#include <fmt/format.h>
+
+#include "flashlab/harness/backend.hpp"
+#include "flashlab/harness/registry.hpp"
+#include "flashlab/harness/run_info.hpp"
+#include "flashlab/harness/runner.hpp"
+
+namespace flashlab::harness {
+
+int list_variants() {
+  fmt::print("{:<16} {:<6} {:<12} {}\n", "variant", "device", "materializes", "description");
+  for (const kernels::Variant& v : variants()) {
+    fmt::print("{:<16} {:<6} {:<12} {}\n", v.id, kernels::name(v.device), v.materializes ? "N x N" : "no", v.description);
+    fmt::print("{:<16} supports: {}\n", "", v.supported);
+  }
+  try {
+    const auto gpu = make_gpu_backend();
+    fmt::print("CUDA device: {}\n", device_block_json());
+  } catch (const std::exception& e) {
+    fmt::print("no CUDA device: {}\n", e.what());
+  }
+  return kExitOk;
+}
+
+}  // namespace flashlab::harness

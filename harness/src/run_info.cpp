@@ -1,0 +1,123 @@
+#include "flashlab/harness/run_info.hpp"
+
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <thread>
+
+#include "flashlab/core/flops.hpp"
+#include "flashlab/core/parallel.hpp"
+
+#ifndef FLASHLAB_SOURCE_DIR
+#define FLASHLAB_SOURCE_DIR "."
+#endif
+
+namespace flashlab::harness {
+namespace {
+
+std::string utc_now() { return utc_time("%Y-%m-%dT%H:%M:%SZ"); }
+
+std::string command_output(const std::string& command) {
+  std::string out;
+  if (FILE* pipe = popen(command.c_str(), "r")) {
+    std::array<char, 256> buffer{};
+    while (fgets(buffer.data(), buffer.size(), pipe)) out += buffer.data();
+    pclose(pipe);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+// The commit of the source tree this binary was built from, "+dirty" when it has uncommitted changes.
+// The working directory is tried first (a checkout copied elsewhere), then the tree the binary was built from.
+std::string git_commit() {
+  std::string dir = ".";
+  std::string commit = command_output("git rev-parse --verify --quiet HEAD 2>/dev/null");
+  if (commit.empty()) {
+    dir = FLASHLAB_SOURCE_DIR;
+    commit = command_output("git -C '" + dir + "' rev-parse --verify --quiet HEAD 2>/dev/null");
+  }
+  if (commit.empty()) return "unknown";
+  if (!command_output("git -C '" + dir + "' status --porcelain --untracked-files=no 2>/dev/null").empty()) {
+    commit += "+dirty";
+  }
+  return commit;
+}
+
+void write_atomically(const std::filesystem::path& path, const std::string& text) {
+  const std::filesystem::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream out(temporary);
+    out << text << '\n';
+    if (!out) throw std::runtime_error("cannot write " + temporary.string());
+  }
+  std::filesystem::rename(temporary, path);
+}
+
+}  // namespace
+
+std::string utc_time(const char* format) {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char text[64];
+  std::strftime(text, sizeof text, format, &tm);
+  return text;
+}
+
+RunInfo start_run_info(const std::filesystem::path& path, const Suite& suite, const std::string& run_id,
+                       const RunOptions& options, bool gpu) {
+  nlohmann::json j;
+  if (options.resume && std::filesystem::exists(path)) {
+    std::ifstream in(path);
+    j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded()) j = nlohmann::json::object();
+    j["resumed"].push_back({{"at", utc_now()}, {"command", options.command_line}});
+  } else {
+    j["started"] = utc_now();
+    j["command"] = options.command_line;
+  }
+  j["suite"] = suite.settings.name;
+  j["description"] = suite.settings.description;
+  j["run_id"] = run_id;
+  j["suite_file"] = suite.path.string();
+  j["suite_hash"] = suite.text_hash;
+  j["seed"] = suite.settings.seed;
+  j["warmup"] = suite.settings.warmup;
+  j["repetitions"] = suite.settings.repetitions;
+  j["filter"] = options.filter;
+  j["shard"] = options.shard;
+  j["flops_convention"] = std::string(kFlopsConvention);
+  j["git_commit"] = git_commit();
+  j["host"] = {{"threads", default_worker_count()}};
+  j["finished"] = nullptr;
+  j["device"] = gpu ? nlohmann::json::parse(device_block_json()) : nlohmann::json(nullptr);
+  if (j["device"].is_object()) {
+    j["device"]["clocks_before"] = j["device"]["clocks"];
+    j["device"].erase("clocks");
+  }
+  write_atomically(path, j.dump(2));
+  return {path, j.dump()};
+}
+
+void finish_run_info(const RunInfo& info, std::size_t rows, std::size_t ran, std::size_t skipped) {
+  nlohmann::json j = nlohmann::json::parse(info.json);
+  j["finished"] = utc_now();
+  j["rows"] = {{"selected", rows}, {"written", ran}, {"already_present", skipped}};
+  if (j["device"].is_object()) {
+    const nlohmann::json after = nlohmann::json::parse(device_block_json());
+    if (after.is_object() && after.contains("clocks")) j["device"]["clocks_after"] = after["clocks"];
+  }
+  write_atomically(info.path, j.dump(2));
+}
+
+#if !defined(FLASHLAB_WITH_CUDA)
+std::string device_block_json() { return "null"; }
+#endif
+
+}  // namespace flashlab::harness

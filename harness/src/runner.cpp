@@ -1,0 +1,310 @@
+#include "flashlab/harness/runner.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "flashlab/core/bytes.hpp"
+#include "flashlab/core/errors.hpp"
+#include "flashlab/harness/backend.hpp"
+#include "flashlab/harness/registry.hpp"
+#include "flashlab/harness/results.hpp"
+#include "flashlab/harness/run_info.hpp"
+#include "flashlab/harness/suite.hpp"
+#include "flashlab/harness/verify.hpp"
+
+namespace flashlab::harness {
+namespace {
+
+std::string number(double x) { return fmt::format("{}", x); }
+std::string integer(std::int64_t x) { return std::to_string(x); }
+
+ResultRow identity(const Suite& suite, const std::string& run_id, const RowSpec& row) {
+  const Problem& p = row.problem;
+  return {{"key", row.key()},
+          {"suite", suite.settings.name},
+          {"run_id", run_id},
+          {"row_index", integer(row.index)},
+          {"variant", row.variant},
+          {"pass", std::string(name(row.pass))},
+          {"dtype", std::string(name(row.dtype))},
+          {"distribution", std::string(name(row.distribution))},
+          {"seed", std::to_string(suite.settings.seed)},
+          {"batch", integer(p.batch)},
+          {"heads", integer(p.heads)},
+          {"heads_kv", integer(p.heads_kv)},
+          {"seqlen_q", integer(p.seqlen_q)},
+          {"seqlen_k", integer(p.seqlen_k)},
+          {"head_dim", integer(p.head_dim)},
+          {"head_dim_v", integer(p.dv())},
+          {"causal", p.causal ? "1" : "0"},
+          {"window_left", integer(p.window.left)},
+          {"window_right", integer(p.window.right)},
+          {"softmax_scale", p.head_dim > 0 ? number(p.scale()) : ""},
+          {"varlen", p.is_varlen() ? "1" : "0"}};
+}
+
+// Median, p20, p80 (linear interpolation between order statistics), min, relative spread (p80 - p20) / median.
+struct TimeStats {
+  double median, p20, p80, min, spread;
+};
+TimeStats stats(std::vector<double> ms) {
+  std::sort(ms.begin(), ms.end());
+  auto quantile = [&](double q) {
+    const double at = q * static_cast<double>(ms.size() - 1);
+    const auto lo = static_cast<std::size_t>(std::floor(at));
+    const std::size_t hi = std::min(lo + 1, ms.size() - 1);
+    return ms[lo] + (at - static_cast<double>(lo)) * (ms[hi] - ms[lo]);
+  };
+  const double median = quantile(0.5);
+  return {median, quantile(0.2), quantile(0.8), ms.front(), median > 0 ? (quantile(0.8) - quantile(0.2)) / median : 0};
+}
+
+void record_verification(const Verification& v, ResultRow& r) {
+  r["verified_heads"] = v.verified_heads;
+  for (const auto& [tensor, e] : v.errors) {
+    const std::string prefix = "err_" + tensor + "_";
+    r[prefix + "max_abs"] = number(e.max_abs);
+    r[prefix + "rel_fro"] = number(e.rel_fro);
+    r[prefix + "worst_index"] = e.worst_index;
+    r[prefix + "baseline"] = number(e.baseline);
+    r[prefix + "floor"] = number(e.floor);
+    r[prefix + "pass"] = e.pass ? "1" : "0";
+  }
+  if (v.verified()) r["verify_pass"] = v.pass ? "1" : "0";
+}
+
+std::string first_failure(const Verification& v) {
+  for (const auto& [tensor, e] : v.errors) {
+    if (!e.pass) {
+      const double k = (tensor == "o" || tensor == "lse") ? 2 : 3;
+      return fmt::format("verification failed: {} max abs error {:.3g} at {} > {} x baseline {:.3g} + floor {:.3g}",
+                         tensor, e.max_abs, e.worst_index, k, e.baseline, e.floor);
+    }
+  }
+  return "verification failed";
+}
+
+struct Backends {
+  std::unique_ptr<Backend> cpu;
+  std::unique_ptr<Backend> gpu;
+  std::string gpu_missing;  // why there is no GPU backend
+};
+
+// Runs one row and returns its result columns.
+ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& row, Backends& backends,
+                  const std::optional<std::int64_t>& save_tensors, const std::filesystem::path& run_dir) {
+  ResultRow r = identity(suite, run_id, row);
+  auto finish = [&](const char* status, const std::string& reason) {
+    r["status"] = status;
+    r["reason"] = reason;
+    return r;
+  };
+  const kernels::Variant* variant = find_variant(row.variant);
+  if (!variant) {
+    return finish("unsupported", fmt::format("no variant '{}' in this build (flashlab list shows them)", row.variant));
+  }
+  r["materializes"] = variant->materializes ? "1" : "0";
+  r["device"] = std::string(kernels::name(variant->device));
+  try {
+    row.problem.validate();
+  } catch (const InvalidProblem& e) {
+    return finish("error", e.what());
+  }
+  const kernels::Support support = variant->supports(row.problem, row.dtype, row.pass);
+  if (!support.ok) return finish("unsupported", support.reason);
+  const Problem& p = row.problem;
+  r["flops"] = number(attention_flops(p, row.pass));
+  r["workspace_model_bytes"] = integer(variant->workspace_model(p, row.dtype, row.pass));
+  r["bytes_model_min"] = number(minimum_bytes(p, row.dtype, row.pass));
+  if (variant->materializes) r["bytes_model_variant"] = number(standard_bytes(p, row.dtype, row.pass));
+
+  Backend* backend = variant->device == kernels::Device::cpu ? backends.cpu.get() : backends.gpu.get();
+  if (!backend) return finish("unsupported", backends.gpu_missing);
+  const SuiteSettings& settings = suite.settings;
+  try {
+    backend->workspace().reset_peak();
+    backend->prepare(row, settings.seed);
+    r["io_bytes"] = integer(backend->io_bytes());
+    const kernels::AttentionParams& params = backend->params();
+    auto forward = [&] { variant->forward(params, backend->context()); };
+    auto backward = [&] { variant->backward(params, backend->context()); };
+    std::function<void()> region = forward;
+    if (row.pass == Pass::bwd) region = backward;
+    if (row.pass == Pass::fwdbwd) region = [&] { forward(); backward(); };
+
+    // verification run: forward (and backward), checked before anything is timed
+    forward();
+    if (row.pass != Pass::fwd) backward();
+    backend->synchronize();
+    if (const auto delta = backend->memgetinfo_delta()) r["memgetinfo_delta_bytes"] = integer(*delta);
+    const Expectation expected(p, row.dtype, row.pass, {settings.seed, row.distribution, row.dtype},
+                               choose_groups(p, row.pass, settings));
+    const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) { return backend->fetch(t, b, h); };
+    const Verification before = expected.check(fetch);
+
+    const std::vector<double> ms = backend->time(region, settings.warmup, settings.repetitions);
+    backend->synchronize();
+    const Verification verification = worse(before, expected.check(fetch));  // the last timed output
+    record_verification(verification, r);
+    r["workspace_peak_bytes"] = integer(backend->workspace().peak_bytes());
+    r["workspace_reserved_bytes"] = integer(backend->workspace().reserved_peak_bytes());
+    r["device_peak_bytes"] = integer(backend->io_bytes() + backend->workspace().peak_bytes());
+
+    const TimeStats t = stats(ms);
+    r["warmup"] = integer(settings.warmup);
+    r["time_samples"] = integer(static_cast<std::int64_t>(ms.size()));
+    r["time_median_ms"] = number(t.median);
+    r["time_p20_ms"] = number(t.p20);
+    r["time_p80_ms"] = number(t.p80);
+    r["time_min_ms"] = number(t.min);
+    r["time_spread"] = number(t.spread);
+
+    if (settings.profile && variant->device == kernels::Device::cuda) {
+      std::string why;
+      if (const auto traffic = backend->traffic(region, why)) {
+        r["dram_read_bytes"] = number(traffic->dram_read_bytes);
+        r["dram_write_bytes"] = number(traffic->dram_write_bytes);
+        r["l2_read_bytes"] = number(traffic->l2_read_bytes);
+        r["l2_write_bytes"] = number(traffic->l2_write_bytes);
+      } else {
+        r["reason"] = "traffic not measured: " + why;
+      }
+    }
+    if (save_tensors && *save_tensors == row.index) {
+      backend->save_tensors((run_dir / "tensors" / fmt::format("row-{}", row.index)).string(), row.pass);
+    }
+    backend->release();
+    if (verification.verified() && !verification.pass) return finish("error", first_failure(verification));
+    r["tflops"] = number(attention_flops(p, row.pass) / (t.median * 1e-3) / 1e12);
+    r["status"] = "ok";
+    return r;
+  } catch (const OutOfMemory& e) {
+    backend->release();
+    return finish("oom", e.what());
+  } catch (const Unsupported& e) {
+    backend->release();
+    return finish("unsupported", e.what());
+  } catch (const std::exception& e) {
+    backend->release();
+    return finish("error", e.what());
+  }
+}
+
+// The most recent run directory of a suite (run ids sort by time), or empty.
+std::string latest_run(const std::filesystem::path& suite_dir) {
+  std::string latest;
+  if (!std::filesystem::is_directory(suite_dir)) return latest;
+  for (const auto& entry : std::filesystem::directory_iterator(suite_dir)) {
+    if (entry.is_directory() && std::filesystem::exists(entry.path() / "results.csv")) {
+      latest = std::max(latest, entry.path().filename().string());
+    }
+  }
+  return latest;
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<long>(seconds);
+  return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
+}
+
+}  // namespace
+
+int run_suite(const RunOptions& options) {
+  const Suite suite = load_suite(options.suite);
+  std::vector<RowSpec> rows = suite.rows;
+  if (!options.filter.empty()) rows = filter_rows(rows, options.filter);
+  if (!options.shard.empty()) rows = shard_rows(rows, options.shard);
+
+  if (options.dry_run) {
+    fmt::print("{} rows of suite {} ({} before --filter/--shard)\n", rows.size(), suite.settings.name, suite.rows.size());
+    for (const RowSpec& row : rows) {
+      const kernels::Variant* v = find_variant(row.variant);
+      std::string status = v ? "run" : "unsupported: no such variant in this build";
+      if (v) {
+        try {
+          row.problem.validate();
+          const kernels::Support s = v->supports(row.problem, row.dtype, row.pass);
+          if (!s.ok) status = "unsupported: " + s.reason;
+        } catch (const InvalidProblem& e) {
+          status = std::string("error: ") + e.what();
+        }
+      }
+      fmt::print("{:>5}  {}  [{}]\n", row.index, row.key(), status);
+    }
+    return kExitOk;
+  }
+
+  const std::filesystem::path suite_dir = options.out / suite.settings.name;
+  std::string run_id = options.run_id;
+  if (run_id.empty() && options.resume) run_id = latest_run(suite_dir);
+  if (run_id.empty()) {
+    run_id = utc_time("%Y%m%dT%H%M%SZ");
+    if (!options.shard.empty()) {
+      std::string shard = options.shard;
+      std::replace(shard.begin(), shard.end(), '/', '-');
+      run_id += "-shard-" + shard;
+    }
+  }
+  const std::filesystem::path run_dir = suite_dir / run_id;
+  const std::filesystem::path csv = run_dir / "results.csv";
+  if (!options.resume && std::filesystem::exists(csv)) {
+    std::fprintf(stderr, "flashlab: %s exists; use --resume to continue it or another --run-id\n", csv.c_str());
+    return kExitOutput;
+  }
+  std::filesystem::create_directories(run_dir);
+  std::set<std::string> done = completed_keys(csv);
+  ResultsWriter writer(csv);
+
+  Backends backends;
+  backends.cpu = make_cpu_backend();
+  try {
+    backends.gpu = make_gpu_backend();
+  } catch (const std::exception& e) {
+    backends.gpu_missing = e.what();
+  }
+  RunInfo info = start_run_info(run_dir / "run.json", suite, run_id, options, backends.gpu != nullptr);
+
+  int failed = 0;
+  std::size_t index = 0, skipped = 0;
+  const auto started = std::chrono::steady_clock::now();
+  std::size_t ran = 0;
+  for (const RowSpec& row : rows) {
+    ++index;
+    if (done.count(row.key())) {
+      ++skipped;
+      continue;
+    }
+    const ResultRow result = run_row(suite, run_id, row, backends, options.save_tensors, run_dir);
+    writer.append(result);
+    ++ran;
+    const std::string& status = result.at("status");
+    if (status == "error") ++failed;
+    if (options.progress) {
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      const double eta = elapsed / static_cast<double>(ran) * static_cast<double>(rows.size() - index);
+      const auto ms = result.find("time_median_ms");
+      std::fprintf(stderr, "\r\033[K[%zu/%zu] %s %s %s N=%lld d=%lld: %s%s  ETA %s", index, rows.size(),
+                   row.variant.c_str(), std::string(name(row.pass)).c_str(), std::string(name(row.dtype)).c_str(),
+                   static_cast<long long>(row.problem.seqlen_q), static_cast<long long>(row.problem.head_dim),
+                   status.c_str(), ms != result.end() ? (" " + ms->second + " ms").c_str() : "",
+                   format_duration(eta).c_str());
+      std::fflush(stderr);
+    }
+  }
+  if (options.progress) std::fprintf(stderr, "\n");
+  finish_run_info(info, rows.size(), ran, skipped);
+  fmt::print("{}: {} rows written, {} already present, {} failed -> {}\n", suite.settings.name, ran, skipped, failed,
+             csv.string());
+  return failed ? kExitRowsFailed : kExitOk;
+}
+
+}  // namespace flashlab::harness

@@ -1,0 +1,667 @@
+// Suite files (experiments/README.md): parsing with toml++, validation of every key before anything runs,
+// and expansion of the axes into rows in canonical order.
+#include "flashlab/harness/suite.hpp"
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <array>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <limits>
+#include <set>
+#include <optional>
+#include <string_view>
+#include <variant>
+
+namespace flashlab::harness {
+namespace {
+
+// A cross-product larger than this is certainly a mistake (no GPU runs a million rows), and would only
+// exhaust memory before the first row runs.
+constexpr std::int64_t kMaxRows = 1'000'000;
+
+// The row keys in canonical expansion order (experiments/README.md): the first varies slowest.
+enum Field : int {
+  kVariant,
+  kPass,
+  kDType,
+  kDistribution,
+  kBatch,
+  kHeads,
+  kHeadsKv,
+  kSeqlen,
+  kSeqlenQ,
+  kSeqlenK,
+  kHeadDim,
+  kHeadDimV,
+  kCausal,
+  kWindow,
+  kSoftmaxScale,
+  kTokens,
+  kModelDim,
+  kFieldCount
+};
+
+// What a key holds: its TOML type and the values allowed.
+enum class Kind { text, pass, dtype, distribution, count, flag, window, scale };
+
+struct FieldSpec {
+  std::string_view name;
+  Kind kind;
+};
+
+constexpr std::array<FieldSpec, kFieldCount> kFields = {{
+    {"variant", Kind::text},
+    {"pass", Kind::pass},
+    {"dtype", Kind::dtype},
+    {"distribution", Kind::distribution},
+    {"batch", Kind::count},
+    {"heads", Kind::count},
+    {"heads_kv", Kind::count},
+    {"seqlen", Kind::count},
+    {"seqlen_q", Kind::count},
+    {"seqlen_k", Kind::count},
+    {"head_dim", Kind::count},
+    {"head_dim_v", Kind::count},
+    {"causal", Kind::flag},
+    {"window", Kind::window},
+    {"softmax_scale", Kind::scale},
+    {"tokens", Kind::count},
+    {"model_dim", Kind::count},
+}};
+
+// The suite's dtypes: fp64 is the reference's type, not a run's.
+constexpr std::array<DType, 4> kSuiteDTypes = {DType::fp32, DType::fp16, DType::bf16, DType::fp8_e4m3};
+
+using Value = std::variant<std::string, Pass, DType, Distribution, std::int64_t, bool, Window, double>;
+
+// The values of one key: one when it stands in [fixed], the axis values when in [axes]; none when unset.
+struct Values {
+  std::vector<Value> values;
+  bool axis = false;
+  std::string path;                  // "fixed.heads" or "axes.heads", for messages
+  const toml::node* node = nullptr;  // where it is set, for the line in messages
+  [[nodiscard]] bool set() const { return !values.empty(); }
+};
+
+std::string_view type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    case toml::node_type::none: break;
+  }
+  return "nothing";
+}
+
+std::string value_text(const Value& value) {
+  struct Visitor {
+    std::string operator()(const std::string& v) const { return fmt::format("\"{}\"", v); }
+    std::string operator()(Pass v) const { return std::string(name(v)); }
+    std::string operator()(DType v) const { return std::string(name(v)); }
+    std::string operator()(Distribution v) const { return std::string(name(v)); }
+    std::string operator()(std::int64_t v) const { return std::to_string(v); }
+    std::string operator()(bool v) const { return v ? "true" : "false"; }
+    std::string operator()(const Window& v) const { return fmt::format("[{}, {}]", v.left, v.right); }
+    std::string operator()(double v) const { return fmt::format("{}", v); }
+  };
+  return std::visit(Visitor{}, value);
+}
+
+// Messages are one line: a line break quoted from the file (a key or a string value) is written as \n.
+std::string one_line(const std::string& message) {
+  std::string line;
+  for (char c : message) {
+    if (c == '\n') {
+      line += "\\n";
+    } else if (c == '\r') {
+      line += "\\r";
+    } else {
+      line += c;
+    }
+  }
+  return line;
+}
+
+class Parser {
+ public:
+  explicit Parser(std::string file) : file_(std::move(file)) {}
+
+  // "FILE: key 'K': problem (line L)"; the line is left out where toml++ knows none.
+  [[noreturn]] void fail(std::string_view key, std::string_view problem, const toml::node* at = nullptr) const {
+    std::string where;
+    if (at != nullptr && at->source().begin.line > 0) where = fmt::format(" (line {})", at->source().begin.line);
+    throw SuiteError(one_line(fmt::format("{}: key '{}': {}{}", file_, key, problem, where)));
+  }
+
+  Suite parse(const std::string& text) {
+    toml::table root;
+    try {
+      root = toml::parse(text, file_);
+    } catch (const toml::parse_error& e) {
+      const auto& begin = e.source().begin;
+      throw SuiteError(one_line(fmt::format("{}:{}:{}: {}", file_, begin.line, begin.column, e.description())));
+    }
+    Suite suite;
+    for (auto&& [key, node] : root) {
+      const std::string_view name = key.str();
+      if (name == "sweep") {
+        if (!node.is_array_of_tables()) {
+          fail(name, fmt::format("must be an array of tables ([[sweep]]), found {}", type_name(node)), &node);
+        }
+        continue;
+      }
+      if (name != "suite" && name != "fixed" && name != "axes") {
+        fail(name, "unknown table or key (a suite has the tables [suite], [fixed], [axes] and [[sweep]])", &node);
+      }
+      if (!node.is_table()) fail(name, fmt::format("must be a table, found {}", type_name(node)), &node);
+    }
+    if (const toml::table* table = root["suite"].as_table()) parse_settings(*table, suite.settings);
+    std::array<Values, kFieldCount> fields;
+    if (const toml::table* table = root["fixed"].as_table()) parse_keys(*table, "fixed", false, fields);
+    if (const toml::table* table = root["axes"].as_table()) parse_keys(*table, "axes", true, fields);
+    const toml::array* sweeps = root["sweep"].as_array();
+    if (sweeps == nullptr) {
+      check_combination(fields);
+      suite.rows = expand(fields);
+      return suite;
+    }
+    // Each [[sweep]] adds its own [fixed] and [axes] keys to the top-level ones; the rows are the sweeps'
+    // cross-products one after another, numbered on.
+    std::set<std::string> keys;
+    for (std::size_t i = 0; i < sweeps->size(); ++i) {
+      const toml::table& sweep = *sweeps->get(i)->as_table();
+      const std::string section = fmt::format("sweep[{}]", i);
+      std::array<Values, kFieldCount> own = fields;
+      for (auto&& [key, node] : sweep) {
+        const std::string_view name = key.str();
+        if (name != "fixed" && name != "axes") {
+          fail(fmt::format("{}.{}", section, name), "unknown key (a [[sweep]] has the tables fixed and axes)", &node);
+        }
+        if (!node.is_table()) fail(fmt::format("{}.{}", section, name), fmt::format("must be a table, found {}", type_name(node)), &node);
+        parse_keys(*node.as_table(), fmt::format("{}.{}", section, name), name == "axes", own);
+      }
+      check_combination(own);
+      for (RowSpec& row : expand(own)) {
+        row.index = static_cast<std::int64_t>(suite.rows.size());
+        if (!keys.insert(row.key()).second) {
+          fail(section, fmt::format("repeats the row {} of an earlier sweep", row.key()), &sweep);
+        }
+        suite.rows.push_back(std::move(row));
+        if (static_cast<std::int64_t>(suite.rows.size()) > kMaxRows) {
+          fail(section, fmt::format("the sweeps have more than {} rows", kMaxRows));
+        }
+      }
+    }
+    return suite;
+  }
+
+ private:
+  // ---- [suite]
+  void parse_settings(const toml::table& table, SuiteSettings& settings) const {
+    for (auto&& [key, node] : table) {
+      const std::string path = fmt::format("suite.{}", key.str());
+      const std::string_view name = key.str();
+      if (name == "name") {
+        settings.name = suite_name(path, node);
+      } else if (name == "description") {
+        settings.description = text(path, node, true);
+      } else if (name == "seed") {
+        settings.seed = static_cast<std::uint64_t>(integer(path, node, 0));
+      } else if (name == "warmup") {
+        settings.warmup = small_integer(path, node, 0);
+      } else if (name == "repetitions") {
+        settings.repetitions = small_integer(path, node, 1);
+      } else if (name == "profile") {
+        settings.profile = flag(path, node);
+      } else if (name == "verify") {
+        settings.verify = text(path, node, false);
+        if (settings.verify != "all" && settings.verify != "none" && settings.verify != "auto") {
+          fail(path, fmt::format("is \"{}\", must be one of \"all\", \"none\", \"auto\"", settings.verify), &node);
+        }
+      } else if (name == "verify_max_flops") {
+        settings.verify_max_flops = number(path, node, false);
+      } else if (name == "verify_heads") {
+        settings.verify_heads = small_integer(path, node, 1);
+      } else {
+        fail(path,
+             "unknown key in [suite] (expected name, description, seed, warmup, repetitions, profile, verify, "
+             "verify_max_flops, verify_heads)",
+             &node);
+      }
+    }
+  }
+
+  // The suite name names the results folder, so it must be one plain path component.
+  std::string suite_name(const std::string& path, const toml::node& node) const {
+    std::string value = text(path, node, false);
+    for (char c : value) {
+      const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                         c == '-' || c == '.';
+      if (!plain) fail(path, fmt::format("\"{}\" may hold only letters, digits, '_', '-' and '.'", value), &node);
+    }
+    if (value == "." || value == "..") fail(path, fmt::format("\"{}\" is not a usable name", value), &node);
+    return value;
+  }
+
+  // ---- scalar readers: each checks the TOML type exactly (no float for an integer, no string for a bool)
+  std::string text(const std::string& path, const toml::node& node, bool allow_empty) const {
+    const auto* value = node.as_string();
+    if (value == nullptr) fail(path, fmt::format("must be a string, found {}", type_name(node)), &node);
+    if (!allow_empty && value->get().empty()) fail(path, "must not be empty", &node);
+    return value->get();
+  }
+
+  std::int64_t integer(const std::string& path, const toml::node& node, std::int64_t minimum) const {
+    const auto* value = node.as_integer();
+    if (value == nullptr) fail(path, fmt::format("must be an integer, found {}", type_name(node)), &node);
+    if (value->get() < minimum) fail(path, fmt::format("is {}, must be >= {}", value->get(), minimum), &node);
+    return value->get();
+  }
+
+  int small_integer(const std::string& path, const toml::node& node, std::int64_t minimum) const {
+    const std::int64_t value = integer(path, node, minimum);
+    if (value > std::numeric_limits<int>::max()) fail(path, fmt::format("is {}, too large", value), &node);
+    return static_cast<int>(value);
+  }
+
+  bool flag(const std::string& path, const toml::node& node) const {
+    const auto* value = node.as_boolean();
+    if (value == nullptr) fail(path, fmt::format("must be true or false, found {}", type_name(node)), &node);
+    return value->get();
+  }
+
+  // An integer or a float, finite; > 0 when `positive`, else >= 0.
+  double number(const std::string& path, const toml::node& node, bool positive) const {
+    double value = 0;
+    if (const auto* i = node.as_integer()) {
+      value = static_cast<double>(i->get());
+    } else if (const auto* f = node.as_floating_point()) {
+      value = f->get();
+    } else {
+      fail(path, fmt::format("must be a number, found {}", type_name(node)), &node);
+    }
+    if (!std::isfinite(value) || (positive ? !(value > 0) : !(value >= 0))) {
+      fail(path, fmt::format("is {}, must be finite and {} 0", value, positive ? ">" : ">="), &node);
+    }
+    return value;
+  }
+
+  template <class Enum, std::size_t N>
+  Enum choice(const std::string& path, const toml::node& node, Enum (*parse)(std::string_view),
+              const std::array<Enum, N>& allowed) const {
+    const std::string value = text(path, node, true);
+    std::string names;
+    for (Enum e : allowed) names += fmt::format("{}{}", names.empty() ? "" : ", ", name(e));
+    try {
+      const Enum parsed = parse(value);
+      for (Enum e : allowed) {
+        if (e == parsed) return parsed;
+      }
+    } catch (const std::invalid_argument&) {
+    }
+    fail(path, fmt::format("is \"{}\", must be one of {}", value, names), &node);
+  }
+
+  Window window(const std::string& path, const toml::node& node) const {
+    const toml::array* pair = node.as_array();
+    if (pair == nullptr || pair->size() != 2) {
+      fail(path,
+           fmt::format("must be a pair [left, right] of integers (-1 = unbounded), found {}",
+                       pair == nullptr ? std::string(type_name(node)) : fmt::format("an array of {}", pair->size())),
+           &node);
+    }
+    return {integer(path, (*pair)[0], -1), integer(path, (*pair)[1], -1)};
+  }
+
+  Value scalar(Kind kind, const std::string& path, const toml::node& node) const {
+    switch (kind) {
+      case Kind::text: return text(path, node, false);
+      case Kind::pass: return choice(path, node, &parse_pass, std::array<Pass, 3>{Pass::fwd, Pass::bwd, Pass::fwdbwd});
+      case Kind::dtype: return choice(path, node, &parse_dtype, kSuiteDTypes);
+      case Kind::distribution:
+        return choice(path, node, &parse_distribution,
+                      std::array<Distribution, 3>{Distribution::normal, Distribution::uniform, Distribution::outliers});
+      case Kind::count: return integer(path, node, 1);
+      case Kind::flag: return flag(path, node);
+      case Kind::window: return window(path, node);
+      case Kind::scale: return number(path, node, true);
+    }
+    fail(path, "unhandled kind");
+  }
+
+  // {from = A, to = B}: the powers of two A, 2A, ..., B.
+  std::vector<Value> power_of_two_range(const std::string& path, const toml::table& range) const {
+    for (auto&& [key, node] : range) {
+      if (key.str() != "from" && key.str() != "to") {
+        fail(fmt::format("{}.{}", path, key.str()), "unknown key in a range (a range is {from = A, to = B})", &node);
+      }
+    }
+    std::array<std::int64_t, 2> ends{};
+    std::size_t i = 0;
+    for (const char* end : {"from", "to"}) {
+      const toml::node* node = range.get(end);
+      const std::string end_path = fmt::format("{}.{}", path, end);
+      if (node == nullptr) fail(end_path, "missing (a range is {from = A, to = B}, both powers of two)", &range);
+      ends[i] = integer(end_path, *node, 1);
+      if ((ends[i] & (ends[i] - 1)) != 0) fail(end_path, fmt::format("is {}, not a power of two", ends[i]), node);
+      ++i;
+    }
+    if (ends[0] > ends[1]) {
+      fail(path, fmt::format("range is reversed: from = {} > to = {}", ends[0], ends[1]), &range);
+    }
+    std::vector<Value> values;
+    for (std::int64_t v = ends[0];; v *= 2) {
+      values.emplace_back(v);
+      if (v == ends[1]) break;
+    }
+    return values;
+  }
+
+  std::vector<Value> axis_values(Kind kind, const std::string& path, const toml::node& node) const {
+    if (kind == Kind::count) {
+      if (const toml::table* range = node.as_table()) return power_of_two_range(path, *range);
+    }
+    const toml::array* list = node.as_array();
+    if (list == nullptr) {
+      fail(path,
+           fmt::format("an axis must be a list{}, found {}", kind == Kind::count ? " or a range {from, to}" : "",
+                       type_name(node)),
+           &node);
+    }
+    if (list->empty()) fail(path, "an axis must not be empty", &node);
+    std::vector<Value> values;
+    for (std::size_t i = 0; i < list->size(); ++i) {
+      const std::string element = fmt::format("{}[{}]", path, i);
+      values.push_back(scalar(kind, element, (*list)[i]));
+      for (std::size_t j = 0; j < i; ++j) {
+        if (values[j] == values[i]) {
+          fail(element, fmt::format("{} is listed twice (also at [{}])", value_text(values[i]), j), &(*list)[i]);
+        }
+      }
+    }
+    return values;
+  }
+
+  // ---- [fixed] and [axes]
+  void parse_keys(const toml::table& table, std::string_view section, bool axis,
+                  std::array<Values, kFieldCount>& fields) const {
+    for (auto&& [key, node] : table) {
+      const std::string path = fmt::format("{}.{}", section, key.str());
+      int field = -1;
+      for (int f = 0; f < kFieldCount; ++f) {
+        if (kFields[f].name == key.str()) field = f;
+      }
+      if (field < 0) {
+        std::string names;
+        for (const FieldSpec& spec : kFields) names += fmt::format("{}{}", names.empty() ? "" : ", ", spec.name);
+        fail(path, fmt::format("unknown key in [{}] (expected one of {})", section, names), &node);
+      }
+      Values& values = fields[field];
+      if (values.set()) {
+        fail(path, fmt::format("already set as '{}': a key is either fixed or an axis", values.path), &node);
+      }
+      values.path = path;
+      values.node = &node;
+      values.axis = axis;
+      if (axis) {
+        values.values = axis_values(kFields[field].kind, path, node);
+      } else {
+        values.values.push_back(scalar(kFields[field].kind, path, node));
+      }
+    }
+  }
+
+  // Keys that exclude or need one another, and the divisions `tokens` and `model_dim` imply.
+  void check_combination(const std::array<Values, kFieldCount>& fields) const {
+    auto exclusive = [&](Field a, Field b, std::string_view why) {
+      if (fields[a].set() && fields[b].set()) {
+        fail(fields[a].path, fmt::format("cannot be set together with '{}' ({})", fields[b].path, why), fields[a].node);
+      }
+    };
+    exclusive(kTokens, kBatch, "batch = tokens / seqlen_q");
+    exclusive(kModelDim, kHeads, "heads = model_dim / head_dim");
+    exclusive(kSeqlen, kSeqlenQ, "seqlen sets both seqlen_q and seqlen_k");
+    exclusive(kSeqlen, kSeqlenK, "seqlen sets both seqlen_q and seqlen_k");
+    if (!fields[kVariant].set()) fail("variant", "missing: every row needs a variant (in [fixed] or [axes])");
+    if (fields[kSeqlenQ].set() != fields[kSeqlenK].set()) {
+      const Field given = fields[kSeqlenQ].set() ? kSeqlenQ : kSeqlenK;
+      fail(fields[given].path, "needs both seqlen_q and seqlen_k (or seqlen for N_q = N_k)", fields[given].node);
+    }
+    if (!fields[kSeqlen].set() && !fields[kSeqlenQ].set()) {
+      fail("seqlen", "missing: set seqlen (or seqlen_q and seqlen_k) in [fixed] or [axes]");
+    }
+    auto divides = [&](Field whole, Field part, std::int64_t part_default) {
+      if (!fields[whole].set()) return;
+      const std::vector<Value> defaults{Value{part_default}};
+      const std::vector<Value>& parts = fields[part].set() ? fields[part].values : defaults;
+      for (const Value& w : fields[whole].values) {
+        for (const Value& p : parts) {
+          const auto total = std::get<std::int64_t>(w);
+          const auto piece = std::get<std::int64_t>(p);
+          if (total % piece != 0) {
+            fail(fields[whole].path,
+                 fmt::format("{} = {} is not a multiple of {} = {}", kFields[whole].name, total, kFields[part].name,
+                             piece),
+                 fields[whole].node);
+          }
+        }
+      }
+    };
+    divides(kTokens, fields[kSeqlen].set() ? kSeqlen : kSeqlenQ, 1);
+    divides(kModelDim, kHeadDim, Problem{}.head_dim);
+  }
+
+  // ---- expansion
+  std::vector<RowSpec> expand(const std::array<Values, kFieldCount>& fields) const {
+    std::int64_t total = 1;
+    for (const Values& values : fields) {
+      if (!values.axis) continue;
+      total *= static_cast<std::int64_t>(values.values.size());
+      if (total > kMaxRows) {
+        fail("axes", fmt::format("the cross-product has more than {} rows", kMaxRows));
+      }
+    }
+    std::vector<RowSpec> rows;
+    rows.reserve(static_cast<std::size_t>(total));
+    std::array<std::size_t, kFieldCount> pick{};
+    for (std::int64_t index = 0; index < total; ++index) {
+      std::int64_t rest = index;  // mixed radix, the last axis fastest
+      for (int f = kFieldCount - 1; f >= 0; --f) {
+        if (!fields[f].axis) continue;
+        const auto size = static_cast<std::int64_t>(fields[f].values.size());
+        pick[f] = static_cast<std::size_t>(rest % size);
+        rest /= size;
+      }
+      rows.push_back(make_row(fields, pick, index));
+    }
+    return rows;
+  }
+
+  static RowSpec make_row(const std::array<Values, kFieldCount>& fields,
+                          const std::array<std::size_t, kFieldCount>& pick, std::int64_t index) {
+    auto has = [&](Field f) { return fields[f].set(); };
+    auto get = [&]<class T>(Field f, T fallback) { return has(f) ? std::get<T>(fields[f].values[pick[f]]) : fallback; };
+    RowSpec row;
+    row.index = index;
+    row.variant = get(kVariant, std::string());
+    row.pass = get(kPass, row.pass);
+    row.dtype = get(kDType, row.dtype);
+    row.distribution = get(kDistribution, row.distribution);
+    Problem& p = row.problem;
+    p.head_dim = get(kHeadDim, p.head_dim);
+    p.head_dim_v = get(kHeadDimV, std::int64_t{0});
+    if (has(kSeqlen)) {
+      p.seqlen_q = p.seqlen_k = get(kSeqlen, std::int64_t{1});
+    } else {
+      p.seqlen_q = get(kSeqlenQ, p.seqlen_q);
+      p.seqlen_k = get(kSeqlenK, p.seqlen_k);
+    }
+    p.batch = has(kTokens) ? get(kTokens, std::int64_t{1}) / p.seqlen_q : get(kBatch, p.batch);
+    p.heads = has(kModelDim) ? get(kModelDim, std::int64_t{1}) / p.head_dim : get(kHeads, p.heads);
+    p.heads_kv = get(kHeadsKv, p.heads);
+    p.causal = get(kCausal, false);
+    p.window = get(kWindow, Window{});
+    if (has(kSoftmaxScale)) p.softmax_scale = get(kSoftmaxScale, 0.0);
+    return row;
+  }
+
+  std::string file_;
+};
+
+// FNV-1a, 64 bits.
+std::string fnv1a_hex(std::string_view bytes) {
+  std::uint64_t hash = 0xcbf29ce484222325ULL;
+  for (unsigned char c : bytes) {
+    hash ^= c;
+    hash *= 0x100000001b3ULL;
+  }
+  return fmt::format("{:016x}", hash);
+}
+
+std::string trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string_view::npos) return {};
+  const auto last = text.find_last_not_of(" \t");
+  return std::string(text.substr(first, last - first + 1));
+}
+
+// A whole decimal number of digits only (no sign, no spaces), or nothing.
+std::optional<std::int64_t> parse_natural(std::string_view text) {
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string_view::npos) return std::nullopt;
+  std::int64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+}  // namespace
+
+std::string RowSpec::key() const {
+  const Problem& p = problem;
+  std::string key = fmt::format(
+      "variant={}|pass={}|dtype={}|dist={}|B={}|H={}|Hkv={}|Nq={}|Nk={}|d={}|dv={}|causal={}|window={},{}|scale={}",
+      variant, name(pass), name(dtype), name(distribution), p.batch, p.heads, p.heads_kv, p.seqlen_q, p.seqlen_k,
+      p.head_dim, p.dv(), p.causal ? 1 : 0, p.window.left, p.window.right,
+      p.softmax_scale ? fmt::format("{}", *p.softmax_scale) : std::string("default"));
+  if (p.is_varlen()) {
+    key += fmt::format("|cu_q={}|cu_k={}", fmt::join(p.cu_seqlens_q, ","), fmt::join(p.cu_seqlens_k, ","));
+  }
+  return key;
+}
+
+Suite parse_suite(const std::string& text, const std::string& file_name) {
+  Suite suite = Parser(file_name).parse(text);
+  suite.path = file_name;
+  suite.text_hash = fnv1a_hex(text);
+  if (suite.settings.name.empty()) suite.settings.name = std::filesystem::path(file_name).stem().string();
+  return suite;
+}
+
+Suite load_suite(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw SuiteError(fmt::format("{}: cannot open the suite file", path.string()));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw SuiteError(fmt::format("{}: cannot read the suite file", path.string()));
+  Suite suite = parse_suite(text, path.string());
+  suite.path = path;
+  return suite;
+}
+
+std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::string& filter) {
+  using Test = std::function<bool(const RowSpec&)>;
+  std::vector<Test> tests;
+  std::string_view rest = filter;
+  while (!trim(rest).empty()) {
+    const auto comma = rest.find(',');
+    const std::string term = trim(rest.substr(0, comma));
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    const auto equals = term.find('=');
+    if (equals == std::string::npos) {
+      throw SuiteError(fmt::format("filter '{}': term '{}' is not key=value", filter, term));
+    }
+    const std::string key = trim(std::string_view(term).substr(0, equals));
+    const std::string value = trim(std::string_view(term).substr(equals + 1));
+    auto bad = [&](std::string_view problem) {
+      return SuiteError(fmt::format("filter '{}': key '{}': {}", filter, key, problem));
+    };
+    if (value.empty()) throw bad("has no value");
+    auto enum_test = [&]<class Enum>(Enum (*parse)(std::string_view), auto member) -> Test {
+      try {
+        const Enum wanted = parse(value);
+        return [wanted, member](const RowSpec& r) { return r.*member == wanted; };
+      } catch (const std::invalid_argument& e) {
+        throw bad(e.what());
+      }
+    };
+    auto int_test = [&](std::int64_t Problem::*member) -> Test {
+      const auto wanted = parse_natural(value);
+      if (!wanted) throw bad(fmt::format("'{}' is not a whole number", value));
+      return [wanted = *wanted, member](const RowSpec& r) { return r.problem.*member == wanted; };
+    };
+    if (key == "variant") {
+      tests.emplace_back([value](const RowSpec& r) { return r.variant == value; });
+    } else if (key == "pass") {
+      tests.push_back(enum_test(&parse_pass, &RowSpec::pass));
+    } else if (key == "dtype") {
+      tests.push_back(enum_test(&parse_dtype, &RowSpec::dtype));
+    } else if (key == "distribution") {
+      tests.push_back(enum_test(&parse_distribution, &RowSpec::distribution));
+    } else if (key == "batch") {
+      tests.push_back(int_test(&Problem::batch));
+    } else if (key == "heads") {
+      tests.push_back(int_test(&Problem::heads));
+    } else if (key == "heads_kv") {
+      tests.push_back(int_test(&Problem::heads_kv));
+    } else if (key == "seqlen" || key == "seqlen_q") {
+      tests.push_back(int_test(&Problem::seqlen_q));
+    } else if (key == "seqlen_k") {
+      tests.push_back(int_test(&Problem::seqlen_k));
+    } else if (key == "head_dim") {
+      tests.push_back(int_test(&Problem::head_dim));
+    } else if (key == "causal") {
+      if (value != "true" && value != "false" && value != "1" && value != "0") {
+        throw bad(fmt::format("'{}' is not true, false, 1 or 0", value));
+      }
+      const bool wanted = value == "true" || value == "1";
+      tests.emplace_back([wanted](const RowSpec& r) { return r.problem.causal == wanted; });
+    } else {
+      throw bad(
+          "unknown (expected variant, pass, dtype, distribution, batch, heads, heads_kv, seqlen, seqlen_q, "
+          "seqlen_k, head_dim, causal)");
+    }
+  }
+  std::vector<RowSpec> kept;
+  for (const RowSpec& row : rows) {
+    bool all = true;
+    for (const Test& test : tests) all = all && test(row);
+    if (all) kept.push_back(row);
+  }
+  return kept;
+}
+
+std::vector<RowSpec> shard_rows(const std::vector<RowSpec>& rows, const std::string& shard) {
+  const auto slash = shard.find('/');
+  const std::string_view text = shard;
+  const auto i = slash == std::string::npos ? std::nullopt : parse_natural(text.substr(0, slash));
+  const auto n = slash == std::string::npos ? std::nullopt : parse_natural(text.substr(slash + 1));
+  if (!i || !n) throw SuiteError(fmt::format("shard '{}': must be i/n with whole numbers 0 <= i < n", shard));
+  if (*n < 1 || *i >= *n) throw SuiteError(fmt::format("shard '{}': needs 0 <= i < n", shard));
+  std::vector<RowSpec> kept;
+  for (const RowSpec& row : rows) {
+    if (row.index % *n == *i) kept.push_back(row);
+  }
+  return kept;
+}
+
+}  // namespace flashlab::harness

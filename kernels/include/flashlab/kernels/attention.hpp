@@ -1,0 +1,98 @@
+// The one host API every attention variant (GPU kernels here, CPU variants in the harness) is called through:
+// a flat params struct with explicit strides, a workspace allocator owned by the caller, and a registry entry.
+// No CUDA or Eigen types appear here, so the harness and CPU-only builds include it freely.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "flashlab/core/allocator.hpp"
+#include "flashlab/core/dtype.hpp"
+#include "flashlab/core/flops.hpp"
+#include "flashlab/core/problem.hpp"
+
+namespace flashlab::kernels {
+
+// Strides in elements of a [B, N, H, d] tensor (varlen: [1, total, H, d]); the last dimension is contiguous.
+struct Strides {
+  std::int64_t batch = 0;
+  std::int64_t token = 0;
+  std::int64_t head = 0;
+};
+
+// Contiguous BSHD strides for `heads` heads of dimension `dim` and `tokens` tokens per batch entry.
+[[nodiscard]] Strides contiguous_bshd(std::int64_t tokens, std::int64_t heads, std::int64_t dim);
+
+// Everything a forward or backward launch needs. Tensors are in `dtype` (fp32, fp16 or bf16 storage)
+// except LSE (float32, [B, H, N_q] or varlen [1, H, total_q], contiguous) and pointers live where the
+// variant runs (device memory for GPU variants, host memory for CPU variants). Filled once by the harness.
+struct AttentionParams {
+  Problem problem;  // validated; problem.scale() is the softmax scale
+  DType dtype = DType::fp16;
+
+  // forward inputs and outputs (backward reads o and lse as inputs)
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;
+  Strides q_strides, k_strides, v_strides, o_strides;
+
+  // backward
+  const void* d_out = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  Strides d_out_strides, dq_strides, dk_strides, dv_strides;
+
+  // varlen offsets (length B+1, int32, where the variant runs); null for dense batches
+  const std::int32_t* cu_seqlens_q = nullptr;
+  const std::int32_t* cu_seqlens_k = nullptr;
+
+  bool deterministic = false;  // bitwise repeatable backward where a variant offers it
+};
+
+// Workspace memory (core/allocator.hpp): every buffer a variant needs beyond the params' tensors comes from
+// the launch context's allocator, so the harness measures it exactly.
+using flashlab::Allocator;
+using flashlab::Workspace;
+
+// Where a launch runs: the workspace allocator and, for GPU variants, the cudaStream_t (as void*).
+struct LaunchContext {
+  Allocator& workspace;
+  void* stream = nullptr;
+};
+
+enum class Device { cpu, cuda };
+[[nodiscard]] std::string_view name(Device device);
+
+// Whether a variant runs a (problem, dtype, pass); when not, why (one line, for the `unsupported` row).
+struct Support {
+  bool ok = true;
+  std::string reason;
+  [[nodiscard]] static Support yes() { return {}; }
+  [[nodiscard]] static Support no(std::string why) { return {false, std::move(why)}; }
+};
+
+// One registry entry (STYLE.md 1). `flashlab list`, the README table and the harness all read these.
+struct Variant {
+  std::string id;           // e.g. "standard"
+  std::string description;  // one line
+  Device device = Device::cuda;
+  bool materializes = false;  // allocates N x N buffers
+  std::string supported;      // human summary of dtypes / head dims / features, for `flashlab list`
+  std::function<Support(const Problem&, DType, Pass)> supports;
+  // Predicted workspace bytes of one launch of `pass` (fwd: forward; bwd: backward; fwdbwd: the larger).
+  std::function<std::int64_t(const Problem&, DType, Pass)> workspace_model;
+  std::function<void(const AttentionParams&, const LaunchContext&)> forward;
+  std::function<void(const AttentionParams&, const LaunchContext&)> backward;
+};
+
+// The GPU variants of this build (empty when built without CUDA).
+[[nodiscard]] const std::vector<Variant>& gpu_variants();
+
+}  // namespace flashlab::kernels

@@ -1,0 +1,12 @@
+// The GPU variants of a CUDA build, in the order `flashlab list` shows them.
+#include "flashlab/kernels/attention.hpp"
+#include "standard/standard.hpp"
+
+namespace flashlab::kernels {
+
+const std::vector<Variant>& gpu_variants() {
+  static const std::vector<Variant> variants = {standard_variant()};
+  return variants;
+}
+
+}  // namespace flashlab::kernels

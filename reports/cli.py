@@ -1,0 +1,50 @@
+"""The command: python3 -m reports RESULTS_DIR [--out DIR].
+
+Exit status 0 when the report is written, 2 on malformed input (one line on stderr naming the file and the
+problem: results.csv missing or unreadable, a required column missing, a field that does not parse, run.json
+that is not a JSON object). A run.json that does not exist is not an error: the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from . import markdown
+from .data import RESULTS_FILE, RUN_FILE, InputError, load_results, load_run
+from .figures import Outcome, render_all
+
+REPORT_FILE = "report.md"
+
+
+def make_report(results_dir: str, out_dir: Optional[str] = None) -> List[Outcome]:
+    """Writes the figures and report.md of one run into out_dir (default RESULTS_DIR/report). Raises InputError."""
+    if not os.path.isdir(results_dir):
+        raise InputError(results_dir, "not a directory")
+    results = load_results(os.path.join(results_dir, RESULTS_FILE))
+    run = load_run(os.path.join(results_dir, RUN_FILE))
+    out_dir = out_dir or os.path.join(results_dir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    outcomes = render_all(results, run, out_dir)
+    markdown.write(os.path.join(out_dir, REPORT_FILE), results, run, outcomes)
+    return outcomes
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m reports",
+        description="Figures (PNG + SVG) and report.md from a flashlab run's results.csv and run.json.")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="folder holding results.csv and run.json")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: RESULTS_DIR/report)")
+    args = parser.parse_args(argv)
+    try:
+        outcomes = make_report(args.results_dir, args.out)
+    except InputError as e:
+        print(f"reports: {e}", file=sys.stderr)
+        return 2
+    out_dir = args.out or os.path.join(args.results_dir, "report")
+    drawn = sum(1 for o in outcomes if not o.skipped)
+    print(f"reports: wrote {os.path.join(out_dir, REPORT_FILE)} ({drawn} figures, {len(outcomes) - drawn} skipped)")
+    return 0

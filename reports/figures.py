@@ -1,0 +1,249 @@
+"""The registry of figures, and the figures themselves.
+
+A figure is a function (results, context) -> Drawn, registered with @figure under the name of its files
+(NAME.png, NAME.svg), a title, a one-line caption for the report, the columns it reads and the measured
+columns of which at least one must hold a value. A figure whose columns are absent, or whose measured columns
+are empty in every row (no traffic on a CPU run), is skipped with a one-line note in the report. The report
+draws the figures in registration order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import style
+from .data import (Results, column, column_sum, group_by, oom_ns, plotted_rows, points, setting_columns)
+from .scaling import Panel, Series, SlopeRow, draw_grid, line_handle, oom_handle
+
+
+@dataclass
+class Context:
+    """What every figure of one report shares, so a variant keeps its color from figure to figure."""
+
+    colors: Dict[str, str]          # variant -> color
+    markers: Dict[str, str]         # dtype -> marker
+    materializes: Dict[str, bool]   # variant -> materializes the N x N matrix
+    settings: List[str]             # extra panel columns (data.setting_columns)
+    device_memory: Optional[float]  # bytes of device memory (run.json device.memory_bytes), if recorded
+
+    @classmethod
+    def of(cls, results: Results, run: Optional[Dict[str, Any]]) -> "Context":
+        variants = results.distinct("variant")
+        materializing = {row["variant"] for row in results.rows if row.get("materializes") == 1}
+        device = (run or {}).get("device")
+        memory = device.get("memory_bytes") if isinstance(device, dict) else None
+        return cls(colors=style.palette(variants), markers=style.markers(results.distinct("dtype")),
+                   materializes={v: v in materializing for v in variants}, settings=setting_columns(results),
+                   device_memory=float(memory) if isinstance(memory, (int, float)) and memory > 0 else None)
+
+
+@dataclass
+class Drawn:
+    figure: object                  # matplotlib Figure
+    slopes: List[SlopeRow]
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    title: str
+    caption: str
+    columns: Tuple[str, ...]
+    measured: Tuple[str, ...]
+    draw: Callable[[Results, Context], Optional[Drawn]]
+
+
+@dataclass
+class Outcome:
+    spec: FigureSpec
+    files: List[str] = field(default_factory=list)  # written, relative to the output folder
+    skipped: str = ""                               # why not, when skipped
+    slopes: List[SlopeRow] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+FIGURES: List[FigureSpec] = []
+
+
+def figure(name: str, title: str, caption: str, columns: Sequence[str], measured: Sequence[str]):
+    """Registers the decorated function as a figure."""
+
+    def register(draw: Callable[[Results, Context], Optional[Drawn]]):
+        if any(f.name == name for f in FIGURES):
+            raise ValueError(f"figure '{name}' registered twice")
+        FIGURES.append(FigureSpec(name, title, caption, tuple(columns), tuple(measured), draw))
+        return draw
+
+    return register
+
+
+def render_all(results: Results, run: Optional[Dict[str, Any]], out_dir: str) -> List[Outcome]:
+    """Draws every registered figure into out_dir (removing the files of a skipped one left by an older run)."""
+    context = Context.of(results, run)
+    outcomes = []
+    for spec in FIGURES:
+        outcome = Outcome(spec)
+        missing = [c for c in spec.columns if not results.has(c)]
+        if missing:
+            outcome.skipped = "column " + ", ".join(f"'{c}'" for c in missing) + " absent from results.csv"
+        elif not results.any_value(spec.measured):
+            outcome.skipped = "not measured in this run (" + ", ".join(spec.measured) + " empty in every row)"
+        else:
+            with style.fixed_style():
+                drawn = spec.draw(results, context)
+                if drawn is None:
+                    outcome.skipped = "no ok row with a positive value to plot"
+                else:
+                    outcome.files = style.save(drawn.figure, out_dir, spec.name)
+                    outcome.slopes, outcome.notes = drawn.slopes, drawn.notes
+        if outcome.skipped:
+            for stale in (f"{spec.name}.png", f"{spec.name}.svg"):
+                if os.path.isfile(os.path.join(out_dir, stale)):
+                    os.remove(os.path.join(out_dir, stale))
+        outcomes.append(outcome)
+    return outcomes
+
+
+# --- shared pieces ---------------------------------------------------------------------------------------
+
+PASS_LABELS = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward"}
+N_LABEL = "sequence length N (seqlen_q)"
+
+
+def describe(columns: Sequence[str], values: Sequence) -> str:
+    """Panel title from its key, e.g. 'forward, d=64, causal'."""
+    parts = []
+    for c, v in zip(columns, values):
+        if c == "pass":
+            parts.append(PASS_LABELS.get(v, str(v)))
+        elif c == "head_dim":
+            parts.append(f"d={v}")
+        elif c == "causal":
+            parts.append("causal" if str(v).lower() in ("1", "true") else "non-causal")
+        elif c == "seqlen_k":
+            parts.append(f"N_k={v}")
+        elif c == "variant":
+            parts.append(str(v))
+        else:
+            parts.append(f"{c}={'' if v is None else v}")
+    return ", ".join(parts)
+
+
+def _merged_note(figure: str, series: Sequence[Series]) -> List[str]:
+    merged = sum(s.merged for s in series)
+    return [f"{figure}: {merged} values at an N already measured for their line were merged (median)"] \
+        if merged else []
+
+
+def _dtype_legend(context: Context, dtypes: Sequence[str]) -> List[Tuple[object, str]]:
+    return [(line_handle(style.MODEL_GRAY, context.markers[d], "none"), d) for d in dtypes]
+
+
+# --- memory ----------------------------------------------------------------------------------------------
+
+def _memory(results: Results, context: Context, name: str, title: str, value, model, quantity: str,
+            ylabel: str, capacity: bool = False) -> Optional[Drawn]:
+    panel_columns = ("pass", "head_dim", *context.settings)
+    panels, all_series, variants, dtypes = [], [], set(), set()
+    for key, rows in group_by(plotted_rows(results), panel_columns):
+        series = []
+        for (variant, dtype), line_rows in group_by(rows, ("variant", "dtype")):
+            ns, ys, merged = points(line_rows, value)
+            oom = oom_ns(line_rows)
+            if not ns and not oom:
+                continue
+            color, marker = context.colors[variant], context.markers[dtype]
+            series.append(Series(f"{variant} {dtype}", quantity, ns, ys, color, marker, oom=oom, merged=merged))
+            mns, mys, _ = points(line_rows, model, status=("ok", "oom"))
+            if mns:
+                series.append(Series(f"{variant} {dtype}", f"{quantity} (model)", mns, mys, color, None, "--",
+                                     print_slope=False))
+            variants.add(variant)
+            dtypes.add(dtype)
+        if any(s.ns for s in series if s.linestyle == "-"):
+            panels.append(Panel(describe(panel_columns, key), key[:1], key[1:], series))
+            all_series += series
+    if not panels:
+        return None
+    legend = [(line_handle(context.colors[v]), f"{v} (N×N)" if context.materializes.get(v) else v)
+              for v in results.distinct("variant") if v in variants]
+    legend += _dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
+    legend.append((line_handle(style.MODEL_GRAY, None, "--"), "model (dashed)"))
+    if any(s.oom for s in all_series):
+        legend.append((oom_handle(), "OOM"))
+    hline = None
+    if capacity and context.device_memory:
+        hline = (context.device_memory, f"device memory {style.format_bytes(context.device_memory)}")
+    fig, slopes = draw_grid(name, title, panels, ("pass",), panel_columns[1:], N_LABEL, ylabel, legend, hline)
+    return Drawn(fig, slopes, _merged_note(name, all_series))
+
+
+@figure("memory", "Workspace memory vs N",
+        "peak workspace bytes (every device allocation of the variant beyond its inputs and outputs) against N, "
+        "one line per variant and dtype, the memory model dashed, out-of-memory rows marked at the top.",
+        columns=("workspace_peak_bytes", "workspace_model_bytes"), measured=("workspace_peak_bytes",))
+def memory(results: Results, context: Context) -> Optional[Drawn]:
+    return _memory(results, context, "memory", "Workspace memory vs N", column("workspace_peak_bytes"),
+                   column("workspace_model_bytes"), "workspace peak", "workspace peak (bytes)")
+
+
+@figure("memory_device", "Device memory vs N",
+        "peak device bytes (workspace plus inputs and outputs) against N; dashed: workspace model plus the "
+        "input/output bytes; dotted: the device's memory (run.json).",
+        columns=("device_peak_bytes", "workspace_model_bytes", "io_bytes"), measured=("device_peak_bytes",))
+def memory_device(results: Results, context: Context) -> Optional[Drawn]:
+    return _memory(results, context, "memory_device", "Device memory vs N", column("device_peak_bytes"),
+                   column_sum("workspace_model_bytes", "io_bytes"), "device peak", "device peak (bytes)",
+                   capacity=True)
+
+
+# --- HBM traffic -----------------------------------------------------------------------------------------
+
+TRAFFIC_QUANTITIES = (
+    # (quantity, value, color, measured)
+    ("DRAM read+write", column_sum("dram_read_bytes", "dram_write_bytes"), "#1f77b4", True),
+    ("L2 requests read+write", column_sum("l2_read_bytes", "l2_write_bytes"), "#ff7f0e", True),
+    ("model: minimum", column("bytes_model_min"), style.MODEL_GRAY, False),
+    ("model: variant", column("bytes_model_variant"), "#2ca02c", False),
+)
+
+
+@figure("traffic", "HBM traffic vs N",
+        "bytes moved per pass against N, per variant: DRAM read+write and L2 request read+write (profiled pass), "
+        "with the bytes models dashed (minimum: each input read once, each output written once; variant: the "
+        "IO-complexity model of the variant).",
+        columns=("dram_read_bytes", "dram_write_bytes", "l2_read_bytes", "l2_write_bytes", "bytes_model_min",
+                 "bytes_model_variant"),
+        measured=("dram_read_bytes", "dram_write_bytes", "l2_read_bytes", "l2_write_bytes"))
+def traffic(results: Results, context: Context) -> Optional[Drawn]:
+    panel_columns = ("variant", "pass", "head_dim", *context.settings)
+    panels, all_series, dtypes = [], [], set()
+    for key, rows in group_by(plotted_rows(results), panel_columns):
+        series = []
+        for (dtype,), line_rows in group_by(rows, ("dtype",)):
+            oom = oom_ns(line_rows)
+            for i, (quantity, value, color, measured) in enumerate(TRAFFIC_QUANTITIES):
+                ns, ys, merged = points(line_rows, value, status=("ok",) if measured else ("ok", "oom"))
+                if measured and (ns or (oom and i == 0)):
+                    series.append(Series(dtype, quantity, ns, ys, color, context.markers[dtype],
+                                         oom=oom if i == 0 else [], oom_color=style.OOM_COLOR,
+                                         label_below=i == 1, merged=merged))
+                elif not measured and ns:
+                    series.append(Series(dtype, quantity, ns, ys, color, None, "--", print_slope=False))
+        if any(s.ns for s in series if s.linestyle == "-"):
+            panels.append(Panel(describe(panel_columns, key), key[:1], key[1:], series))
+            all_series += series
+            dtypes.update(s.line for s in series)
+    if not panels:
+        return None
+    legend = [(line_handle(color, None, "-" if measured else "--"), quantity)
+              for quantity, _, color, measured in TRAFFIC_QUANTITIES]
+    legend += _dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
+    if any(s.oom for s in all_series):
+        legend.append((oom_handle(), "OOM"))
+    fig, slopes = draw_grid("traffic", "HBM traffic vs N", panels, ("variant",), panel_columns[1:], N_LABEL,
+                            "bytes per pass", legend)
+    return Drawn(fig, slopes, _merged_note("traffic", all_series))

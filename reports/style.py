@@ -1,0 +1,125 @@
+"""The fixed look of every figure, and saving it so the same CSV gives the same bytes.
+
+Determinism: the Agg canvas attached to each figure (no display, no pyplot state, the global backend
+untouched), matplotlib's own defaults with the user's matplotlibrc ignored, one font that matplotlib ships
+(DejaVu Sans), text drawn as paths in SVG, a fixed svg.hashsalt (SVG element ids derive from it), figure sizes
+that depend on the panel grid only, a fixed dpi, and metadata without a date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Dict, Iterator, List, Sequence
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+SOFTWARE = "flashlab reports"
+PNG_DPI = 150
+PANEL_SIZE = (4.2, 3.1)   # inches per panel
+LEGEND_HEIGHT = 0.75      # inches for the legend row under the panels
+
+RC = {
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],
+    "mathtext.fontset": "dejavusans",
+    "font.size": 8.5,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8.5,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 4,
+    "figure.dpi": 100,
+    "savefig.dpi": PNG_DPI,
+    "svg.fonttype": "path",
+    "svg.hashsalt": "flashlab-reports",
+}
+
+# Colors: the tab10 cycle, spelled out so it cannot change under us.
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+          "#d62728")
+OOM_COLOR = "#d62728"
+MODEL_GRAY = "#555555"
+DTYPE_MARKERS = {"fp64": "D", "fp32": "s", "fp16": "o", "bf16": "^", "fp8_e4m3": "v"}
+OTHER_MARKERS = ("P", "X", "*", "h", "<", ">")
+
+
+@contextlib.contextmanager
+def fixed_style() -> Iterator[None]:
+    """matplotlib defaults plus RC, whatever the environment's matplotlibrc says; restored on exit."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(RC)
+        yield
+
+
+def palette(values: Sequence[str]) -> Dict[str, str]:
+    """One color per value (e.g. variant), in the given (deterministic) order."""
+    return {v: COLORS[i % len(COLORS)] for i, v in enumerate(values)}
+
+
+def markers(dtypes: Sequence[str]) -> Dict[str, str]:
+    others = [d for d in dtypes if d not in DTYPE_MARKERS]
+    out = {d: DTYPE_MARKERS[d] for d in dtypes if d in DTYPE_MARKERS}
+    out.update({d: OTHER_MARKERS[i % len(OTHER_MARKERS)] for i, d in enumerate(others)})
+    return out
+
+
+def format_n(n: float) -> str:
+    """Sequence lengths: 512, 1K, 64K."""
+    if n <= 0 or abs(n - round(n)) > 1e-9:
+        return ""
+    n = int(round(n))
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def format_bytes(b: float) -> str:
+    """Binary units: 512 B, 4 KiB, 16 GiB (3 significant digits off powers of two)."""
+    if b <= 0:
+        return ""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    k = min(int(math.floor(math.log(b, 1024) + 1e-9)), len(units) - 1) if b >= 1 else 0
+    v = b / 1024 ** k
+    text = f"{v:.0f}" if abs(v - round(v)) < 1e-6 else f"{v:.3g}"
+    return f"{text} {units[k]}"
+
+
+def loglog_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Base-2 logarithmic axes, ticks at powers of two labelled in N and bytes."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.xaxis.set_major_locator(LogLocator(base=2, numticks=9))
+    ax.yaxis.set_major_locator(LogLocator(base=2, subs=(1.0,), numticks=8))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_n(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_bytes(v)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def new_figure(ncols: int, nrows: int) -> Figure:
+    """A figure of nrows x ncols panels plus a legend row; the size depends only on the grid."""
+    width = PANEL_SIZE[0] * max(ncols, 1) + 0.4
+    height = PANEL_SIZE[1] * max(nrows, 1) + LEGEND_HEIGHT + 0.3
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, out_dir: str, name: str) -> List[str]:
+    """Writes NAME.png and NAME.svg; returns the file names (relative to out_dir)."""
+    files = [f"{name}.png", f"{name}.svg"]
+    fig.savefig(os.path.join(out_dir, files[0]), format="png", dpi=PNG_DPI, metadata={"Software": SOFTWARE})
+    fig.savefig(os.path.join(out_dir, files[1]), format="svg", metadata={"Date": None, "Creator": SOFTWARE})
+    return files

@@ -1,0 +1,539 @@
+// GPU tests of the standard variant: forward and backward against the fp64 Eigen reference on identical inputs
+// (generated on the device, filled on the host from the same seed and dtype rounding), the workspace model against
+// the bytes actually allocated, and out-of-memory behaviour.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "flashlab/core/errors.hpp"
+#include "flashlab/core/generator.hpp"
+#include "flashlab/core/storage.hpp"
+#include "flashlab/core/tensor.hpp"
+#include "flashlab/kernels/attention.hpp"
+#include "flashlab/kernels/device.hpp"
+#include "flashlab/reference/attention_data.hpp"
+
+namespace {
+
+using namespace flashlab;
+using kernels::AttentionParams;
+using kernels::LaunchContext;
+
+void check_cuda(cudaError_t status, const char* call) {
+  if (status != cudaSuccess) FAIL(std::string(call) + ": " + cudaGetErrorString(status));
+}
+#define CHECK_CUDA(call) check_cuda((call), #call)
+
+const kernels::Variant& standard() {
+  for (const kernels::Variant& v : kernels::gpu_variants()) {
+    if (v.id == "standard") return v;
+  }
+  FAIL("no variant 'standard' in gpu_variants()");
+  throw std::logic_error("unreachable");
+}
+
+// Workspace allocator around cudaMalloc/cudaFree that counts live bytes, the peak, and live allocations, and can
+// refuse the allocation number `fail_at` (0-based) with OutOfMemory, as the harness's allocator does on OOM.
+class CountingAllocator final : public kernels::Allocator {
+ public:
+  explicit CountingAllocator(int fail_at = -1) : fail_at_(fail_at) {}
+  ~CountingAllocator() override {
+    for (auto& [pointer, bytes] : sizes_) cudaFree(pointer);
+  }
+  void* allocate(std::size_t bytes, std::string_view what) override {
+    if (calls_++ == fail_at_)
+      throw OutOfMemory("test allocator refuses " + std::to_string(bytes) + " bytes for " + std::string(what));
+    void* pointer = nullptr;
+    if (cudaMalloc(&pointer, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      throw OutOfMemory("cudaMalloc of " + std::to_string(bytes) + " bytes for " + std::string(what));
+    }
+    sizes_[pointer] = bytes;
+    live_ += static_cast<std::int64_t>(bytes);
+    peak_ = std::max(peak_, live_);
+    return pointer;
+  }
+  void release(void* pointer) noexcept override {
+    auto it = sizes_.find(pointer);
+    if (it == sizes_.end()) return;
+    cudaFree(pointer);
+    live_ -= static_cast<std::int64_t>(it->second);
+    sizes_.erase(it);
+  }
+  void reset_peak() { peak_ = live_; }
+  [[nodiscard]] std::int64_t peak() const { return peak_; }
+  [[nodiscard]] std::int64_t live_bytes() const { return live_; }
+  [[nodiscard]] std::size_t live_count() const { return sizes_.size(); }
+  [[nodiscard]] int calls() const { return calls_; }
+
+ private:
+  int fail_at_;
+  int calls_ = 0;
+  std::int64_t live_ = 0;
+  std::int64_t peak_ = 0;
+  std::map<void*, std::size_t> sizes_;
+};
+
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
+    if (bytes) CHECK_CUDA(cudaMalloc(&data_, bytes));
+  }
+  ~DeviceBuffer() {
+    if (data_) cudaFree(data_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  [[nodiscard]] void* get() const { return data_; }
+  [[nodiscard]] std::size_t bytes() const { return bytes_; }
+  [[nodiscard]] std::vector<unsigned char> to_host() const {
+    std::vector<unsigned char> host(bytes_);
+    if (bytes_) CHECK_CUDA(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t bytes_;
+};
+
+class Stream {
+ public:
+  Stream() { CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  [[nodiscard]] void* get() const { return stream_; }
+  void sync() const { CHECK_CUDA(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// Device tensors of one (problem, dtype): contiguous BSHD inputs from the generator, NaN-poisoned outputs.
+struct DeviceTensors {
+  Problem problem;
+  DType dtype;
+  AttentionShapes shapes;
+  DeviceBuffer q, k, v, d_out, o, lse, dq, dk, dv, cu_q, cu_k;
+
+  static std::size_t bytes(const Shape<4>& s, DType dtype) {
+    return static_cast<std::size_t>(element_count<4>(s)) * size_bytes(dtype);
+  }
+  static std::size_t cu_bytes(const Problem& p) { return p.is_varlen() ? (p.batch + 1) * sizeof(std::int32_t) : 0; }
+
+  DeviceTensors(const Problem& p, DType t, std::uint64_t seed, void* stream)
+      : problem(p),
+        dtype(t),
+        shapes(attention_shapes(p)),
+        q(bytes(shapes.q, t)),
+        k(bytes(shapes.k, t)),
+        v(bytes(shapes.v, t)),
+        d_out(bytes(shapes.o, t)),
+        o(bytes(shapes.o, t)),
+        lse(static_cast<std::size_t>(element_count<3>(shapes.lse)) * sizeof(float)),
+        dq(bytes(shapes.q, t)),
+        dk(bytes(shapes.k, t)),
+        dv(bytes(shapes.v, t)),
+        cu_q(cu_bytes(p)),
+        cu_k(cu_bytes(p)) {
+    kernels::generate(q.get(), t, element_count<4>(shapes.q), seed, TensorId::q, Distribution::normal, stream);
+    kernels::generate(k.get(), t, element_count<4>(shapes.k), seed, TensorId::k, Distribution::normal, stream);
+    kernels::generate(v.get(), t, element_count<4>(shapes.v), seed, TensorId::v, Distribution::normal, stream);
+    kernels::generate(d_out.get(), t, element_count<4>(shapes.o), seed, TensorId::d_out, Distribution::normal, stream);
+    kernels::fill_nan(o.get(), t, element_count<4>(shapes.o), stream);
+    kernels::fill_nan(lse.get(), DType::fp32, element_count<3>(shapes.lse), stream);
+    kernels::fill_nan(dq.get(), t, element_count<4>(shapes.q), stream);
+    kernels::fill_nan(dk.get(), t, element_count<4>(shapes.k), stream);
+    kernels::fill_nan(dv.get(), t, element_count<4>(shapes.v), stream);
+    if (p.is_varlen()) {
+      const std::vector<std::int32_t> cq(p.cu_seqlens_q.begin(), p.cu_seqlens_q.end());
+      const std::vector<std::int32_t> ck(p.cu_seqlens_k.begin(), p.cu_seqlens_k.end());
+      CHECK_CUDA(cudaMemcpy(cu_q.get(), cq.data(), cu_q.bytes(), cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaMemcpy(cu_k.get(), ck.data(), cu_k.bytes(), cudaMemcpyHostToDevice));
+    }
+  }
+
+  [[nodiscard]] AttentionParams params() const {
+    AttentionParams a;
+    a.problem = problem;
+    a.dtype = dtype;
+    const std::int64_t tokens_q = shapes.q[1], tokens_k = shapes.k[1];
+    a.q = q.get();
+    a.k = k.get();
+    a.v = v.get();
+    a.o = o.get();
+    a.lse = static_cast<float*>(lse.get());
+    a.q_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.head_dim);
+    a.k_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.head_dim);
+    a.v_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.dv());
+    a.o_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.dv());
+    a.d_out = d_out.get();
+    a.dq = dq.get();
+    a.dk = dk.get();
+    a.dv = dv.get();
+    a.d_out_strides = a.o_strides;
+    a.dq_strides = a.q_strides;
+    a.dk_strides = a.k_strides;
+    a.dv_strides = a.v_strides;
+    a.cu_seqlens_q = static_cast<const std::int32_t*>(cu_q.get());
+    a.cu_seqlens_k = static_cast<const std::int32_t*>(cu_k.get());
+    return a;
+  }
+};
+
+std::vector<double> decode(const DeviceBuffer& buffer, DType dtype) {
+  const std::vector<unsigned char> raw = buffer.to_host();
+  std::vector<double> values(raw.size() / size_bytes(dtype));
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = load(raw.data(), static_cast<std::int64_t>(i), dtype);
+  return values;
+}
+
+std::int64_t count_nan(const std::vector<double>& x) {
+  return std::count_if(x.begin(), x.end(), [](double value) { return std::isnan(value); });
+}
+
+std::int64_t bit_mismatches(const std::vector<double>& got, const std::vector<double>& want) {
+  std::int64_t n = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) n += !(got[i] == want[i]);  // exact: both are values of the run's dtype
+  return n;
+}
+
+// Relative Frobenius error ||got - want|| / ||want|| over the entries where `want` is finite; entries where it is
+// -inf (LSE of fully masked rows) must be -inf in `got` too, counted in `inf_mismatches`.
+struct Error {
+  double rel_fro = 0;
+  double want_norm = 0;
+  double max_abs = 0;
+  std::int64_t inf_mismatches = 0;
+};
+
+Error compare(const std::vector<double>& got, const std::vector<double>& want) {
+  Error e;
+  double diff2 = 0, want2 = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (std::isinf(want[i])) {
+      e.inf_mismatches += got[i] != want[i];
+      continue;
+    }
+    const double d = got[i] - want[i];
+    diff2 += d * d;
+    want2 += want[i] * want[i];
+    e.max_abs = std::max(e.max_abs, std::abs(d));
+  }
+  e.want_norm = std::sqrt(want2);
+  e.rel_fro = want2 > 0 ? std::sqrt(diff2 / want2) : (diff2 > 0 ? std::numeric_limits<double>::infinity() : 0.0);
+  return e;
+}
+
+double max_abs(const std::vector<double>& x) {
+  double m = 0;
+  for (double value : x) m = std::max(m, std::abs(value));
+  return m;
+}
+
+// Relative Frobenius error bounds, derived from the unit roundoff u of the run's dtype (2^-24 fp32, 2^-11 fp16,
+// 2^-8 bf16) and u32 = 2^-24 of the fp32 accumulation, not fitted to measurements.
+//  - Every value stored in dtype carries a relative rounding error of at most u. The forward stores S, P and O;
+//    S's rounding moves each score by u |S| and so P relatively by about u |S|, with |S| of order 1 for
+//    unit-normal inputs at scale 1/sqrt(d). O therefore carries 4 roundings of size <= u each; the bound adds
+//    them linearly, 4u, where independent errors would add in quadrature (about 2u). The backward stores S,
+//    P, dP, dS and the gradient, and reads O (through D) with its own forward error: 6u.
+//  - LSE = m + log l is computed in fp32 from the rounded S: its error is a P-weighted mean of S's rounding
+//    errors, within the forward bound.
+//  - Accumulation in fp32 over the longest dot product n = max(d, d_v, N_k, group * N_q): fp32 runs use cuBLAS's
+//    fp32 FMA path (TF32 off), round to nearest, whose error grows like sqrt(n) u32 for random data (4 sigma
+//    taken); fp16/bf16 run on tensor cores whose fp32 accumulation may truncate, so the worst case n u32.
+//  - fp16 has gradual underflow below 2^-14: a probability (or dS entry) of order 1/N_k there keeps an absolute
+//    error of up to 2^-25, which relative to O (of order 1/sqrt(N_k) times |V|, with N_k such terms) gives at
+//    most N_k 2^-25. bf16 and fp32 reach no subnormals here.
+// bf16: 4u = 1.6e-2 forward, 6u = 2.3e-2 backward; fp16: 2.0e-3 and 2.9e-3; fp32 (n = 1025): 8e-6 and 8e-6.
+struct Bounds {
+  double forward;
+  double gradient;
+};
+
+Bounds bounds(const Problem& p, DType dtype) {
+  const double u = unit_roundoff(dtype);
+  const double u32 = unit_roundoff(DType::fp32);
+  const double n =
+      static_cast<double>(std::max({p.head_dim, p.dv(), p.seqlen_k, p.group_size() * p.seqlen_q, std::int64_t{1}}));
+  const double accumulation = dtype == DType::fp32 ? 4 * std::sqrt(n) * u32 : n * u32;
+  const double underflow = dtype == DType::fp16 ? static_cast<double>(p.seqlen_k) * std::ldexp(1.0, -25) : 0.0;
+  return {4 * u + accumulation + underflow, 6 * u + accumulation + underflow};
+}
+
+// Fully masked rows the problem has (Problem::key_range empty), over sequences and heads.
+std::int64_t fully_masked_rows(const Problem& p) {
+  std::int64_t rows = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    const Sequence s = p.sequence(b);
+    for (std::int64_t i = 0; i < s.seqlen_q; ++i) rows += p.key_range(i, s.seqlen_q, s.seqlen_k).empty();
+  }
+  return rows * p.heads;
+}
+
+struct Case {
+  std::string name;
+  Problem problem;
+};
+
+Problem dense(std::int64_t batch, std::int64_t heads, std::int64_t heads_kv, std::int64_t seqlen_q,
+              std::int64_t seqlen_k, std::int64_t head_dim) {
+  Problem p;
+  p.batch = batch;
+  p.heads = heads;
+  p.heads_kv = heads_kv;
+  p.seqlen_q = seqlen_q;
+  p.seqlen_k = seqlen_k;
+  p.head_dim = head_dim;
+  return p;
+}
+
+std::vector<Case> accuracy_cases() {
+  std::vector<Case> cases;
+  cases.push_back({"dense N=1", dense(2, 2, 2, 1, 1, 32)});
+  {
+    Problem p = dense(2, 3, 3, 17, 17, 64);
+    p.head_dim_v = 32;
+    cases.push_back({"dense N=17, d_v != d", p});
+  }
+  cases.push_back({"dense N=97, d=40", dense(1, 2, 2, 97, 97, 40)});
+  {
+    Problem p = dense(2, 2, 2, 129, 129, 64);
+    p.causal = true;
+    cases.push_back({"causal N=129", p});
+  }
+  {
+    Problem p = dense(1, 2, 2, 1025, 1025, 32);
+    p.window = {16, 8};
+    cases.push_back({"window (16, 8), N=1025", p});
+  }
+  cases.push_back({"GQA 4:1, N=128", dense(2, 8, 2, 128, 128, 64)});
+  {
+    Problem p = dense(1, 4, 1, 1025, 1025, 64);
+    p.causal = true;
+    cases.push_back({"MQA 4:1 causal, N=1025", p});
+  }
+  {
+    Problem p = dense(2, 2, 2, 129, 17, 64);
+    p.causal = true;
+    cases.push_back({"causal N_q=129 > N_k=17 (fully masked rows)", p});
+  }
+  {
+    Problem p = dense(2, 2, 2, 17, 129, 64);
+    p.causal = true;
+    cases.push_back({"causal N_q=17 < N_k=129", p});
+  }
+  cases.push_back(
+      {"varlen GQA 2:1 with empty entries", Problem::varlen(4, 2, 64, {17, 0, 97, 128, 1}, {33, 5, 0, 129, 1025})});
+  {
+    Problem p = Problem::varlen(2, 2, 32, {129, 17, 0}, {17, 129, 3});
+    p.causal = true;
+    cases.push_back({"varlen causal, N_q != N_k, empty entry", p});
+  }
+  // Rows of every forward softmax configuration: register tiles (a warp or a block of 128 per row) and the
+  // two-read kernel with 256 and 512 threads, in every dtype; the backward kernel with a warp and a block per row.
+  for (std::int64_t seqlen_k : {300, 3000, 6000, 12000, 20000, 40000, 70000}) {
+    Problem p = dense(1, 2, 2, 3, seqlen_k, 32);
+    if (seqlen_k % 2000 == 0) {
+      p.window = {seqlen_k / 2, -1};
+    } else {
+      p.causal = true;
+    }
+    cases.push_back({"long rows N_q=3, N_k=" + std::to_string(seqlen_k), p});
+  }
+  return cases;
+}
+
+constexpr std::uint64_t kSeed = 20261121;
+
+void check_case(const Case& c, DType dtype) {
+  INFO(c.name << " [" << c.problem.describe() << "] " << name(dtype));
+  const Problem& p = c.problem;
+  const kernels::Variant& variant = standard();
+  REQUIRE(variant.supports(p, dtype, Pass::fwdbwd).ok);
+  Stream stream;
+  DeviceTensors t(p, dtype, kSeed, stream.get());
+  const AttentionParams params = t.params();
+  CountingAllocator allocator;
+  const LaunchContext ctx{allocator, stream.get()};
+
+  variant.forward(params, ctx);
+  stream.sync();
+  CHECK(allocator.peak() == variant.workspace_model(p, dtype, Pass::fwd));
+  CHECK(allocator.live_count() == 0);
+  allocator.reset_peak();
+  variant.backward(params, ctx);
+  stream.sync();
+  CHECK(allocator.peak() == variant.workspace_model(p, dtype, Pass::bwd));
+  CHECK(allocator.live_count() == 0);
+
+  reference::AttentionData<double> ref(p);
+  ref.randomize({kSeed, Distribution::normal, dtype});
+  ref.run_forward();
+  ref.run_backward();
+
+  // the inputs are bit for bit those of the reference
+  CHECK(bit_mismatches(decode(t.q, dtype), ref.q.values()) == 0);
+  CHECK(bit_mismatches(decode(t.k, dtype), ref.k.values()) == 0);
+  CHECK(bit_mismatches(decode(t.v, dtype), ref.v.values()) == 0);
+  CHECK(bit_mismatches(decode(t.d_out, dtype), ref.d_out.values()) == 0);
+
+  const std::vector<double> o = decode(t.o, dtype), lse = decode(t.lse, DType::fp32);
+  const std::vector<double> dq = decode(t.dq, dtype), dk = decode(t.dk, dtype), dv = decode(t.dv, dtype);
+  // every output element written, none NaN
+  CHECK(count_nan(o) == 0);
+  CHECK(count_nan(lse) == 0);
+  CHECK(count_nan(dq) == 0);
+  CHECK(count_nan(dk) == 0);
+  CHECK(count_nan(dv) == 0);
+
+  const Bounds bound = bounds(p, dtype);
+  const Error e_o = compare(o, ref.o.values()), e_lse = compare(lse, ref.lse.values());
+  const Error e_dq = compare(dq, ref.dq.values()), e_dk = compare(dk, ref.dk.values());
+  const Error e_dv = compare(dv, ref.dv.values());
+  INFO("rel. Frobenius error: O " << e_o.rel_fro << ", LSE " << e_lse.rel_fro << " (bound " << bound.forward << "); dQ "
+                                  << e_dq.rel_fro << ", dK " << e_dk.rel_fro << ", dV " << e_dv.rel_fro << " (bound "
+                                  << bound.gradient << ")");
+  CHECK(e_o.rel_fro <= bound.forward);
+  CHECK(e_lse.rel_fro <= bound.forward);
+  CHECK(e_lse.inf_mismatches == 0);
+  CHECK(e_dv.rel_fro <= bound.gradient);
+  // With one key per row (N_k = 1) softmax is constant: the exact dQ and dK are 0, and what the kernel computes
+  // is the rounding of dS = P (dP - D) = dP - D, |dP - D| <= (u + 2 d_v u32) d_v max|dO| max|V|, times
+  // scale |K| (dQ) or scale |Q| (dK), summed over a GQA group (dK).
+  if (e_dq.want_norm == 0 && e_dk.want_norm == 0) {
+    const double u = unit_roundoff(dtype), u32 = unit_roundoff(DType::fp32);
+    const auto dv_dim = static_cast<double>(p.dv());
+    const double ds = (u + 2 * dv_dim * u32) * dv_dim * max_abs(ref.d_out.values()) * max_abs(ref.v.values());
+    const double scale = p.scale() * (1 + u);
+    CHECK(max_abs(dq) <= scale * ds * max_abs(ref.k.values()));
+    CHECK(max_abs(dk) <= static_cast<double>(p.group_size()) * scale * ds * max_abs(ref.q.values()));
+  } else {
+    CHECK(e_dq.rel_fro <= bound.gradient);
+    CHECK(e_dk.rel_fro <= bound.gradient);
+  }
+
+  // fully masked rows: LSE = -inf, O = 0 and dQ = 0 exactly
+  const std::int64_t masked = fully_masked_rows(p);
+  const Shape<3> ls = t.shapes.lse;  // [B', H, T]
+  std::int64_t lse_inf = 0, nonzero = 0;
+  for (std::int64_t b = 0; b < ls[0]; ++b) {
+    for (std::int64_t h = 0; h < ls[1]; ++h) {
+      for (std::int64_t i = 0; i < ls[2]; ++i) {
+        if (!std::isinf(lse[static_cast<std::size_t>((b * ls[1] + h) * ls[2] + i)])) continue;
+        ++lse_inf;
+        for (std::int64_t c = 0; c < p.dv(); ++c) nonzero += o[((b * ls[2] + i) * ls[1] + h) * p.dv() + c] != 0;
+        for (std::int64_t c = 0; c < p.head_dim; ++c) {
+          nonzero += dq[((b * ls[2] + i) * ls[1] + h) * p.head_dim + c] != 0;
+        }
+      }
+    }
+  }
+  CHECK(lse_inf == masked);
+  CHECK(nonzero == 0);
+}
+
+}  // namespace
+
+TEST_CASE("standard is registered with its support rules", "[gpu][standard]") {
+  const kernels::Variant& v = standard();
+  CHECK(v.device == kernels::Device::cuda);
+  CHECK(v.materializes);
+  CHECK_FALSE(v.description.empty());
+  CHECK_FALSE(v.supported.empty());
+  const Problem p = dense(1, 2, 2, 64, 64, 64);
+  for (DType dtype : {DType::fp32, DType::fp16, DType::bf16}) CHECK(v.supports(p, dtype, Pass::fwdbwd).ok);
+  for (DType dtype : {DType::fp64, DType::fp8_e4m3}) {
+    const kernels::Support s = v.supports(p, dtype, Pass::fwd);
+    CHECK_FALSE(s.ok);
+    CHECK_FALSE(s.reason.empty());
+  }
+  Problem odd = dense(1, 2, 2, 64, 64, 36);
+  CHECK_FALSE(v.supports(odd, DType::fp16, Pass::fwd).ok);
+  odd.head_dim = 64;
+  odd.head_dim_v = 20;
+  CHECK_FALSE(v.supports(odd, DType::fp16, Pass::fwd).ok);
+}
+
+TEST_CASE("standard matches the fp64 reference", "[gpu][standard]") {
+  for (const Case& c : accuracy_cases()) {
+    for (DType dtype : {DType::fp32, DType::fp16, DType::bf16}) check_case(c, dtype);
+  }
+}
+
+TEST_CASE("standard allocates exactly its workspace model", "[gpu][standard]") {
+  const kernels::Variant& v = standard();
+  std::vector<Problem> problems = {dense(2, 4, 4, 256, 256, 64), dense(3, 8, 2, 100, 37, 128),
+                                   Problem::varlen(8, 2, 64, {5, 0, 300, 64}, {7, 33, 0, 1000}),
+                                   Problem::varlen(4, 4, 32, {1, 2, 3}, {3, 2, 1})};
+  problems[1].causal = true;
+  for (const Problem& p : problems) {
+    for (DType dtype : {DType::fp32, DType::fp16, DType::bf16}) {
+      INFO(p.describe() << " " << name(dtype));
+      Stream stream;
+      DeviceTensors t(p, dtype, 7, stream.get());
+      CountingAllocator allocator;
+      const std::int64_t fwd = v.workspace_model(p, dtype, Pass::fwd);
+      const std::int64_t bwd = v.workspace_model(p, dtype, Pass::bwd);
+      CHECK(v.workspace_model(p, dtype, Pass::fwdbwd) == std::max(fwd, bwd));
+      v.forward(t.params(), {allocator, stream.get()});
+      stream.sync();
+      CHECK(allocator.peak() == fwd);
+      allocator.reset_peak();
+      v.backward(t.params(), {allocator, stream.get()});
+      stream.sync();
+      CHECK(allocator.peak() == bwd);
+      CHECK(allocator.live_bytes() == 0);
+      CHECK(allocator.live_count() == 0);
+    }
+  }
+}
+
+TEST_CASE("standard turns a refused allocation into OutOfMemory without leaking", "[gpu][standard][sanitize]") {
+  const kernels::Variant& v = standard();
+  Problem p = Problem::varlen(4, 2, 64, {33, 0, 17}, {65, 9, 0});
+  p.causal = true;
+  Stream stream;
+  DeviceTensors t(p, DType::bf16, 11, stream.get());
+  for (Pass pass : {Pass::fwd, Pass::bwd}) {
+    INFO(name(pass));
+    auto launch = [&](kernels::Allocator& allocator) {
+      const LaunchContext ctx{allocator, stream.get()};
+      if (pass == Pass::fwd) {
+        v.forward(t.params(), ctx);
+      } else {
+        v.backward(t.params(), ctx);
+      }
+    };
+    CountingAllocator counting;
+    launch(counting);
+    stream.sync();
+    const int allocations = counting.calls();
+    CHECK(allocations >= 1);
+    // refuse each allocation of the launch in turn
+    for (int refused = 0; refused < allocations; ++refused) {
+      CountingAllocator refusing(refused);
+      CHECK_THROWS_AS(launch(refusing), OutOfMemory);
+      stream.sync();
+      CHECK(refusing.live_count() == 0);
+      CHECK(refusing.live_bytes() == 0);
+    }
+    // the variant is usable afterwards (the cuBLAS handle's lock was released, nothing was left enqueued)
+    CountingAllocator again;
+    launch(again);
+    stream.sync();
+    CHECK(again.live_count() == 0);
+  }
+  CHECK(count_nan(decode(t.o, DType::bf16)) == 0);
+  CHECK(count_nan(decode(t.dq, DType::bf16)) == 0);
+}

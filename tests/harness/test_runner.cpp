@@ -1,0 +1,299 @@
+// The runner end to end on the CPU variants: rows and statuses, workspace accounting, verification, resume
+// after a killed process, shards, saved tensors.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "catch.hpp"
+#include "flashlab/harness/backend.hpp"
+#include "flashlab/harness/registry.hpp"
+#include "flashlab/harness/results.hpp"
+#include "flashlab/harness/runner.hpp"
+#include "flashlab/harness/verify.hpp"
+
+using namespace flashlab;
+using namespace flashlab::harness;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path fresh_directory(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("flashlab-test-" + name + "-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+fs::path write_suite(const fs::path& dir, const std::string& text) {
+  const fs::path path = dir / "suite.toml";
+  std::ofstream(path) << text;
+  return path;
+}
+
+const char* kSmallSuite = R"(
+[suite]
+name = "small"
+warmup = 1
+repetitions = 2
+
+[fixed]
+batch = 2
+heads = 4
+head_dim = 16
+
+[axes]
+variant = ["cpu-reference", "cpu-standard", "no-such-variant"]
+pass = ["fwd", "fwdbwd"]
+dtype = ["fp16", "bf16", "fp8_e4m3"]
+seqlen = [17, 64]
+heads_kv = [2, 3]
+)";
+
+RowSpec row_of(const std::string& variant, Pass pass, DType dtype, const Problem& p) {
+  RowSpec row;
+  row.variant = variant;
+  row.pass = pass;
+  row.dtype = dtype;
+  row.problem = p;
+  return row;
+}
+
+std::vector<Problem> awkward_problems() {
+  std::vector<Problem> out;
+  Problem gqa;
+  gqa.batch = 2;
+  gqa.heads = 4;
+  gqa.heads_kv = 1;
+  gqa.seqlen_q = 17;
+  gqa.seqlen_k = 33;
+  gqa.head_dim = 24;
+  gqa.causal = true;
+  out.push_back(gqa);
+  Problem varlen = Problem::varlen(2, 2, 16, {5, 0, 31}, {7, 3, 31});
+  varlen.window = {4, 2};
+  out.push_back(varlen);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("CPU variants take exactly their modelled workspace", "[harness][memory]") {
+  auto backend = make_cpu_backend();
+  for (const char* id : {"cpu-reference", "cpu-standard"}) {
+    const kernels::Variant* v = find_variant(id);
+    REQUIRE(v != nullptr);
+    for (const Problem& p : awkward_problems()) {
+      for (DType dtype : {DType::fp64, DType::fp16, DType::bf16}) {
+        for (Pass pass : {Pass::fwd, Pass::bwd}) {
+          INFO(id << " " << name(dtype) << " " << name(pass) << " " << p.describe());
+          backend->workspace().reset_peak();
+          backend->prepare(row_of(id, pass, dtype, p), 3);
+          v->forward(backend->params(), backend->context());
+          if (pass == Pass::fwd) {
+            CHECK(backend->workspace().peak_bytes() == v->workspace_model(p, dtype, Pass::fwd));
+          } else {
+            backend->workspace().reset_peak();
+            v->backward(backend->params(), backend->context());
+            CHECK(backend->workspace().peak_bytes() == v->workspace_model(p, dtype, Pass::bwd));
+          }
+          CHECK(backend->workspace().live_bytes() == 0);
+          backend->release();
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("verification passes real outputs and fails wrong ones", "[harness][verify]") {
+  auto backend = make_cpu_backend();
+  SuiteSettings settings;
+  for (const Problem& p : awkward_problems()) {
+    for (const char* id : {"cpu-reference", "cpu-standard"}) {
+      const DType dtype = DType::bf16;
+      INFO(id << " " << p.describe());
+      const kernels::Variant* v = find_variant(id);
+      backend->prepare(row_of(id, Pass::fwdbwd, dtype, p), 9);
+      v->forward(backend->params(), backend->context());
+      v->backward(backend->params(), backend->context());
+      const Expectation expected(p, dtype, Pass::fwdbwd, {9, Distribution::normal, dtype},
+                                 choose_groups(p, Pass::fwdbwd, settings));
+      const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) {
+        return backend->fetch(t, b, h);
+      };
+      const Verification good = expected.check(fetch);
+      CHECK(good.verified_heads == "all");
+      CHECK(good.pass);
+      REQUIRE(good.errors.size() == 5);
+      for (const auto& [tensor, e] : good.errors) {
+        INFO(tensor);
+        CHECK(std::isfinite(e.max_abs));
+        CHECK(e.rel_fro < 2e-2);  // bf16: u = 2^-8 ~ 4e-3 per rounding, a few roundings deep
+      }
+      // one element of dV off by 10% of the tensor's scale must fail the k = 3 rule
+      const FetchOutput wrong = [&](const std::string& t, std::int64_t b, std::int64_t h) {
+        std::vector<double> values = backend->fetch(t, b, h);
+        if (t == "dv" && b == 0 && h == 0 && !values.empty()) values[0] += 0.5;
+        return values;
+      };
+      const Verification bad = expected.check(wrong);
+      CHECK_FALSE(bad.pass);
+      CHECK_FALSE(bad.errors.at("dv").pass);
+      CHECK(bad.errors.at("o").pass);
+      backend->release();
+    }
+  }
+}
+
+TEST_CASE("a run writes one row per expanded row, with statuses and reasons", "[harness][run]") {
+  const fs::path dir = fresh_directory("run");
+  RunOptions options;
+  options.suite = write_suite(dir, kSmallSuite);
+  options.out = dir / "results";
+  options.run_id = "r1";
+  const int code = run_suite(options);
+  const auto rows = read_results(options.out / "small" / "r1" / "results.csv");
+  REQUIRE(rows.size() == 3 * 2 * 3 * 2 * 2);
+  std::set<std::string> keys;
+  int ok = 0;
+  for (const ResultRow& r : rows) {
+    keys.insert(r.at("key"));
+    const std::string& status = r.at("status");
+    if (r.at("variant") == "no-such-variant") {
+      CHECK(status == "unsupported");
+      CHECK(r.at("reason").find("no-such-variant") != std::string::npos);
+    } else if (r.at("heads_kv") == "3") {
+      CHECK(status == "error");
+      CHECK(r.at("reason").find("heads_kv") != std::string::npos);
+    } else if (r.at("dtype") == "fp8_e4m3") {
+      CHECK(status == "unsupported");
+    } else {
+      CHECK(status == "ok");
+      CHECK(r.at("verify_pass") == "1");
+      CHECK(std::stod(r.at("time_median_ms")) > 0);
+      CHECK(std::stod(r.at("tflops")) > 0);
+      CHECK(r.at("workspace_peak_bytes") == r.at("workspace_model_bytes"));
+      ++ok;
+    }
+  }
+  CHECK(ok == 2 * 2 * 2 * 2);
+  CHECK(keys.size() == rows.size());
+  CHECK(code == kExitRowsFailed);  // the heads_kv = 3 rows are errors
+  CHECK(fs::exists(options.out / "small" / "r1" / "run.json"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("shards are disjoint and together complete", "[harness][run]") {
+  const fs::path dir = fresh_directory("shards");
+  const fs::path suite = write_suite(dir, kSmallSuite);
+  std::multiset<std::string> keys;
+  for (int i = 0; i < 3; ++i) {
+    RunOptions options;
+    options.suite = suite;
+    options.out = dir / "results";
+    options.shard = std::to_string(i) + "/3";
+    options.run_id = "shard" + std::to_string(i);
+    options.filter = "variant=no-such-variant";  // quick rows; the split is what is tested
+    run_suite(options);
+    for (const ResultRow& r : read_results(options.out / "small" / options.run_id / "results.csv")) keys.insert(r.at("key"));
+  }
+  CHECK(keys.size() == 3 * 2 * 2 * 2);
+  CHECK(std::set<std::string>(keys.begin(), keys.end()).size() == keys.size());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("resume after the process is killed mid-run loses and duplicates nothing", "[harness][run]") {
+  const fs::path dir = fresh_directory("resume");
+  // cpu-reference rows at N = 1024 take long enough to kill the run between rows.
+  const fs::path suite = write_suite(dir, R"(
+[suite]
+name = "slow"
+warmup = 0
+repetitions = 3
+verify = "none"
+[fixed]
+heads = 8
+head_dim = 64
+variant = "cpu-reference"
+pass = "fwdbwd"
+dtype = "bf16"
+[axes]
+seqlen = [512, 1024]
+batch = [1, 2, 3, 4]
+)");
+  const fs::path csv = dir / "results" / "slow" / "killed" / "results.csv";
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const std::string out = (dir / "results").string(), path = suite.string();
+    execl(FLASHLAB_BINARY, FLASHLAB_BINARY, "run", path.c_str(), "--out", out.c_str(), "--run-id", "killed",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // kill it once two rows are on disk
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::size_t written = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    written = fs::exists(csv) ? read_results(csv).size() : 0;
+    if (written >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(child, SIGKILL);
+  int status = 0;
+  waitpid(child, &status, 0);
+  REQUIRE(written >= 2);
+  const std::size_t before = read_results(csv).size();
+  CHECK(before < 8);  // killed before the end
+
+  RunOptions options;
+  options.suite = suite;
+  options.out = dir / "results";
+  options.resume = true;  // picks the latest run of the suite: "killed"
+  CHECK(run_suite(options) == kExitOk);
+  const auto rows = read_results(csv);
+  std::set<std::string> keys;
+  for (const ResultRow& r : rows) {
+    keys.insert(r.at("key"));
+    CHECK(r.at("status") == "ok");
+  }
+  CHECK(rows.size() == 8);
+  CHECK(keys.size() == 8);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("save-tensors writes the row tensors as .npy", "[harness][run]") {
+  const fs::path dir = fresh_directory("save");
+  RunOptions options;
+  options.suite = write_suite(dir, kSmallSuite);
+  options.out = dir / "results";
+  options.run_id = "r";
+  options.filter = "variant=cpu-standard,pass=fwdbwd,dtype=bf16,seqlen=17,heads_kv=2";
+  options.save_tensors = 0;
+  for (const ResultRow& r : [&] {
+         run_suite(options);
+         return read_results(options.out / "small" / "r" / "results.csv");
+       }()) {
+    options.save_tensors = std::stoll(r.at("row_index"));
+  }
+  fs::remove_all(options.out);
+  run_suite(options);
+  const fs::path tensors = options.out / "small" / "r" / "tensors" / ("row-" + std::to_string(*options.save_tensors));
+  for (const char* t : {"q", "k", "v", "o", "lse", "d_out", "dq", "dk", "dv"}) {
+    INFO(t);
+    const fs::path file = tensors / (std::string(t) + ".npy");
+    REQUIRE(fs::exists(file));
+    std::ifstream in(file, std::ios::binary);
+    std::string header(128, '\0');
+    in.read(header.data(), 128);
+    CHECK(header.substr(1, 5) == "NUMPY");
+    CHECK(header.find("'descr': '<f4'") != std::string::npos);  // bf16 widened to float32
+  }
+  CHECK(fs::file_size(tensors / "q.npy") == 128 + 2 * 17 * 4 * 16 * 4);
+  fs::remove_all(dir);
+}

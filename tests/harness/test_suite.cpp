@@ -1,0 +1,714 @@
+// Suite files: parsing, expansion order, row keys, every class of malformed input, --filter and --shard.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "flashlab/harness/suite.hpp"
+
+using flashlab::Distribution;
+using flashlab::DType;
+using flashlab::Pass;
+using flashlab::Window;
+using flashlab::harness::filter_rows;
+using flashlab::harness::parse_suite;
+using flashlab::harness::RowSpec;
+using flashlab::harness::shard_rows;
+using flashlab::harness::Suite;
+using flashlab::harness::SuiteError;
+
+namespace {
+
+const char* const kExample = R"(
+[suite]
+name = "memory_scaling"
+description = "one line"
+seed = 7
+warmup = 2
+repetitions = 5
+profile = false
+verify = "all"
+verify_max_flops = 1e9
+verify_heads = 3
+
+[fixed]
+heads = 16
+distribution = "normal"
+
+[axes]
+variant = ["standard", "cpu-reference"]
+pass = ["fwd", "bwd", "fwdbwd"]
+dtype = ["fp16", "bf16"]
+head_dim = [64, 128]
+seqlen = { from = 256, to = 131072 }
+causal = [false, true]
+window = [[-1, -1], [256, 0]]
+)";
+
+std::vector<std::string> keys_of(const std::vector<RowSpec>& rows) {
+  std::vector<std::string> keys;
+  for (const RowSpec& row : rows) keys.push_back(row.key());
+  return keys;
+}
+
+std::vector<std::int64_t> indices_of(const std::vector<RowSpec>& rows) {
+  std::vector<std::int64_t> indices;
+  for (const RowSpec& row : rows) indices.push_back(row.index);
+  return indices;
+}
+
+// The SuiteError message of a malformed suite text (empty when it parses).
+std::string error_of(const std::string& text, const std::string& file = "bad.toml") {
+  try {
+    (void)parse_suite(text, file);
+  } catch (const SuiteError& e) {
+    return e.what();
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("suite: the documented example parses into settings and the full cross-product") {
+  const Suite suite = parse_suite(kExample, "experiments/memory_scaling.toml");
+  CHECK(suite.settings.name == "memory_scaling");
+  CHECK(suite.settings.description == "one line");
+  CHECK(suite.settings.seed == 7);
+  CHECK(suite.settings.warmup == 2);
+  CHECK(suite.settings.repetitions == 5);
+  CHECK_FALSE(suite.settings.profile);
+  CHECK(suite.settings.verify == "all");
+  CHECK(suite.settings.verify_max_flops == 1e9);
+  CHECK(suite.settings.verify_heads == 3);
+  // 2 variants x 3 passes x 2 dtypes x 2 head dims x 10 lengths (2^8 .. 2^17) x 2 causal x 2 windows
+  REQUIRE(suite.rows.size() == 2u * 3 * 2 * 2 * 10 * 2 * 2);
+  for (std::size_t i = 0; i < suite.rows.size(); ++i) REQUIRE(suite.rows[i].index == static_cast<std::int64_t>(i));
+
+  const RowSpec& first = suite.rows.front();
+  CHECK(first.variant == "standard");
+  CHECK(first.pass == Pass::fwd);
+  CHECK(first.dtype == DType::fp16);
+  CHECK(first.distribution == Distribution::normal);
+  CHECK(first.problem.batch == 1);
+  CHECK(first.problem.heads == 16);
+  CHECK(first.problem.heads_kv == 16);
+  CHECK(first.problem.head_dim == 64);
+  CHECK(first.problem.head_dim_v == 0);
+  CHECK(first.problem.seqlen_q == 256);
+  CHECK(first.problem.seqlen_k == 256);
+  CHECK_FALSE(first.problem.causal);
+  CHECK(first.problem.window == Window{-1, -1});
+  CHECK_FALSE(first.problem.softmax_scale.has_value());
+
+  // Canonical order, the last varying fastest: ..., seqlen, head_dim, causal, window.
+  CHECK(suite.rows[1].problem.window == Window{256, 0});
+  CHECK(suite.rows[2].problem.causal);
+  CHECK(suite.rows[4].problem.head_dim == 128);
+  CHECK(suite.rows[4].problem.seqlen_q == 256);
+  CHECK(suite.rows[8].problem.head_dim == 64);
+  CHECK(suite.rows[8].problem.seqlen_q == 512);
+  CHECK(suite.rows[80].problem.seqlen_q == 256);  // 10 lengths x 8 later combinations: the next dtype
+  CHECK(suite.rows[80].dtype == DType::bf16);
+
+  const RowSpec& last = suite.rows.back();
+  CHECK(last.variant == "cpu-reference");
+  CHECK(last.pass == Pass::fwdbwd);
+  CHECK(last.dtype == DType::bf16);
+  CHECK(last.problem.head_dim == 128);
+  CHECK(last.problem.seqlen_q == 131072);
+  CHECK(last.problem.causal);
+  CHECK(last.problem.window == Window{256, 0});
+}
+
+TEST_CASE("suite: the expansion order does not depend on the order of keys in the file") {
+  const char* const shuffled = R"(
+[axes]
+window = [[-1, -1], [256, 0]]
+causal = [false, true]
+seqlen = { from = 256, to = 131072 }
+head_dim = [64, 128]
+dtype = ["fp16", "bf16"]
+pass = ["fwd", "bwd", "fwdbwd"]
+variant = ["standard", "cpu-reference"]
+
+[fixed]
+distribution = "normal"
+heads = 16
+
+[suite]
+verify_heads = 3
+name = "memory_scaling"
+)";
+  const Suite a = parse_suite(kExample, "a.toml");
+  const Suite b = parse_suite(shuffled, "b.toml");
+  CHECK(keys_of(a.rows) == keys_of(b.rows));
+  CHECK(a.text_hash != b.text_hash);
+}
+
+TEST_CASE("suite: defaults of settings and of unset keys") {
+  const Suite suite = parse_suite("[fixed]\nvariant = \"standard\"\nseqlen = 128\n", "dir/my_suite.toml");
+  CHECK(suite.settings.name == "my_suite");
+  CHECK(suite.settings.description.empty());
+  CHECK(suite.settings.seed == 0);
+  CHECK(suite.settings.warmup == 3);
+  CHECK(suite.settings.repetitions == 10);
+  CHECK(suite.settings.profile);
+  CHECK(suite.settings.verify == "auto");
+  CHECK(suite.settings.verify_max_flops == 2e10);
+  CHECK(suite.settings.verify_heads == 2);
+  REQUIRE(suite.rows.size() == 1);
+  const RowSpec& row = suite.rows[0];
+  CHECK(row.index == 0);
+  CHECK(row.pass == Pass::fwd);
+  CHECK(row.dtype == DType::fp16);
+  CHECK(row.distribution == Distribution::normal);
+  CHECK(row.problem.batch == 1);
+  CHECK(row.problem.heads == 1);
+  CHECK(row.problem.heads_kv == 1);
+  CHECK(row.problem.head_dim == 64);
+  CHECK(row.problem.head_dim_v == 0);
+  CHECK(row.problem.seqlen_q == 128);
+  CHECK(row.problem.seqlen_k == 128);
+  CHECK_FALSE(row.problem.causal);
+  CHECK(row.problem.window == Window{-1, -1});
+  CHECK_FALSE(row.problem.softmax_scale.has_value());
+  CHECK_FALSE(row.problem.is_varlen());
+}
+
+TEST_CASE("suite: heads_kv defaults to heads on every row, head_dim_v to 0 (same as head_dim)") {
+  const Suite suite = parse_suite(R"(
+[fixed]
+variant = "standard"
+seqlen = 64
+[axes]
+heads = [4, 8]
+head_dim = [32, 128]
+)",
+                                  "t.toml");
+  REQUIRE(suite.rows.size() == 4);
+  for (const RowSpec& row : suite.rows) {
+    CHECK(row.problem.heads_kv == row.problem.heads);
+    CHECK(row.problem.head_dim_v == 0);
+    CHECK(row.problem.dv() == row.problem.head_dim);
+  }
+  const Suite gqa = parse_suite(R"(
+[fixed]
+variant = "standard"
+seqlen = 64
+heads = 8
+head_dim = 64
+head_dim_v = 128
+[axes]
+heads_kv = [1, 2, 8]
+)",
+                                "t.toml");
+  REQUIRE(gqa.rows.size() == 3);
+  CHECK(gqa.rows[0].problem.heads_kv == 1);
+  CHECK(gqa.rows[1].problem.heads_kv == 2);
+  CHECK(gqa.rows[2].problem.heads_kv == 8);
+  CHECK(gqa.rows[0].problem.head_dim_v == 128);
+}
+
+TEST_CASE("suite: seqlen as a list keeps the file order, a range doubles from..to") {
+  const Suite list = parse_suite("[fixed]\nvariant = \"v\"\n[axes]\nseqlen = [1, 17, 97, 1025]\n", "t.toml");
+  REQUIRE(list.rows.size() == 4);
+  CHECK(list.rows[0].problem.seqlen_q == 1);
+  CHECK(list.rows[1].problem.seqlen_q == 17);
+  CHECK(list.rows[2].problem.seqlen_k == 97);
+  CHECK(list.rows[3].problem.seqlen_k == 1025);
+
+  const Suite range = parse_suite("[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 1, to = 8 }\n", "t.toml");
+  REQUIRE(range.rows.size() == 4);
+  for (std::size_t i = 0; i < 4; ++i) CHECK(range.rows[i].problem.seqlen_q == (std::int64_t{1} << i));
+
+  const Suite single = parse_suite("[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { to = 64, from = 64 }\n", "t.toml");
+  REQUIRE(single.rows.size() == 1);
+  CHECK(single.rows[0].problem.seqlen_q == 64);
+}
+
+TEST_CASE("suite: seqlen_q and seqlen_k set N_q and N_k separately") {
+  const Suite suite = parse_suite(R"(
+[fixed]
+variant = "v"
+seqlen_q = 1
+[axes]
+seqlen_k = [128, 4096]
+)",
+                                  "t.toml");
+  REQUIRE(suite.rows.size() == 2);
+  CHECK(suite.rows[0].problem.seqlen_q == 1);
+  CHECK(suite.rows[0].problem.seqlen_k == 128);
+  CHECK(suite.rows[1].problem.seqlen_k == 4096);
+}
+
+TEST_CASE("suite: tokens fixes batch times seqlen_q") {
+  const Suite suite = parse_suite(R"(
+[fixed]
+variant = "v"
+tokens = 16384
+[axes]
+seqlen = { from = 512, to = 16384 }
+)",
+                                  "t.toml");
+  REQUIRE(suite.rows.size() == 6);
+  for (const RowSpec& row : suite.rows) CHECK(row.problem.batch * row.problem.seqlen_q == 16384);
+  CHECK(suite.rows.front().problem.batch == 32);
+  CHECK(suite.rows.back().problem.batch == 1);
+
+  const Suite qk = parse_suite(R"(
+[fixed]
+variant = "v"
+tokens = 4096
+seqlen_q = 1024
+seqlen_k = 2048
+)",
+                               "t.toml");
+  REQUIRE(qk.rows.size() == 1);
+  CHECK(qk.rows[0].problem.batch == 4);
+}
+
+TEST_CASE("suite: model_dim fixes heads times head_dim") {
+  const Suite suite = parse_suite(R"(
+[fixed]
+variant = "v"
+seqlen = 256
+model_dim = 2048
+[axes]
+head_dim = [64, 128]
+)",
+                                  "t.toml");
+  REQUIRE(suite.rows.size() == 2);
+  CHECK(suite.rows[0].problem.heads == 32);
+  CHECK(suite.rows[0].problem.heads_kv == 32);
+  CHECK(suite.rows[1].problem.heads == 16);
+  CHECK(suite.rows[1].problem.heads_kv == 16);
+
+  const Suite default_d = parse_suite("[fixed]\nvariant = \"v\"\nseqlen = 8\nmodel_dim = 256\n", "t.toml");
+  CHECK(default_d.rows[0].problem.heads == 4);  // head_dim defaults to 64
+}
+
+TEST_CASE("suite: windows, causal and softmax_scale") {
+  const Suite fixed = parse_suite(R"(
+[fixed]
+variant = "v"
+seqlen = 64
+window = [16, 0]
+causal = true
+softmax_scale = 0.125
+)",
+                                  "t.toml");
+  REQUIRE(fixed.rows.size() == 1);
+  CHECK(fixed.rows[0].problem.window == Window{16, 0});
+  CHECK(fixed.rows[0].problem.causal);
+  REQUIRE(fixed.rows[0].problem.softmax_scale.has_value());
+  CHECK(*fixed.rows[0].problem.softmax_scale == 0.125);
+
+  const Suite axes = parse_suite(R"(
+[fixed]
+variant = "v"
+seqlen = 64
+[axes]
+window = [[-1, -1], [8, 8], [0, -1]]
+softmax_scale = [1, 0.5]
+)",
+                                 "t.toml");
+  REQUIRE(axes.rows.size() == 6);
+  CHECK(axes.rows[0].problem.window == Window{-1, -1});
+  CHECK(*axes.rows[0].problem.softmax_scale == 1.0);  // an integer scale is accepted
+  CHECK(*axes.rows[1].problem.softmax_scale == 0.5);
+  CHECK(axes.rows[2].problem.window == Window{8, 8});
+  CHECK(axes.rows[5].problem.window == Window{0, -1});
+}
+
+TEST_CASE("suite: rows with an invalid problem are kept for the runner") {
+  const Suite suite = parse_suite(R"(
+[fixed]
+variant = "v"
+seqlen = 64
+heads = 8
+heads_kv = 3
+)",
+                                  "t.toml");
+  REQUIRE(suite.rows.size() == 1);
+  CHECK(suite.rows[0].problem.heads_kv == 3);
+}
+
+TEST_CASE("suite: the row key names every identity field") {
+  RowSpec row;
+  row.variant = "standard";
+  row.pass = Pass::fwd;
+  row.dtype = DType::bf16;
+  row.distribution = Distribution::normal;
+  row.problem.batch = 2;
+  row.problem.heads = 16;
+  row.problem.heads_kv = 16;
+  row.problem.seqlen_q = 1024;
+  row.problem.seqlen_k = 1024;
+  row.problem.head_dim = 64;
+  CHECK(row.key() ==
+        "variant=standard|pass=fwd|dtype=bf16|dist=normal|B=2|H=16|Hkv=16|Nq=1024|Nk=1024|d=64|dv=64|causal=0|"
+        "window=-1,-1|scale=default");
+  row.pass = Pass::fwdbwd;
+  row.dtype = DType::fp16;
+  row.distribution = Distribution::outliers;
+  row.problem.heads_kv = 4;
+  row.problem.seqlen_q = 17;
+  row.problem.head_dim_v = 128;
+  row.problem.causal = true;
+  row.problem.window = {256, 0};
+  row.problem.softmax_scale = 0.1;
+  CHECK(row.key() ==
+        "variant=standard|pass=fwdbwd|dtype=fp16|dist=outliers|B=2|H=16|Hkv=4|Nq=17|Nk=1024|d=64|dv=128|causal=1|"
+        "window=256,0|scale=0.1");
+
+  const RowSpec varlen{
+      0, "v", Pass::fwd, DType::fp16, Distribution::normal, flashlab::Problem::varlen(2, 2, 32, {3, 0, 5}, {4, 1, 5})};
+  CHECK(varlen.key() ==
+        "variant=v|pass=fwd|dtype=fp16|dist=normal|B=3|H=2|Hkv=2|Nq=5|Nk=5|d=32|dv=32|causal=0|window=-1,-1|"
+        "scale=default|cu_q=0,3,3,8|cu_k=0,4,5,10");
+}
+
+TEST_CASE("suite: row keys are unique across a suite and stable across parses") {
+  const char* const text = R"(
+[fixed]
+seqlen_q = 64
+[axes]
+variant = ["standard", "flash"]
+pass = ["fwd", "bwd"]
+dtype = ["fp16", "bf16", "fp32"]
+distribution = ["normal", "uniform", "outliers"]
+batch = [1, 2]
+heads = [4, 8]
+heads_kv = [1, 4]
+seqlen_k = [64, 128]
+head_dim = [32, 64]
+head_dim_v = [32, 64]
+causal = [false, true]
+window = [[-1, -1], [4, 0]]
+softmax_scale = [0.25, 0.5]
+)";
+  const Suite a = parse_suite(text, "t.toml");
+  const Suite b = parse_suite(text, "t.toml");
+  REQUIRE(a.rows.size() == 2u * 2 * 3 * 3 * 2 * 2 * 2 * 2 * 2 * 2 * 2 * 2 * 2);
+  const std::vector<std::string> keys = keys_of(a.rows);
+  CHECK(keys == keys_of(b.rows));
+  CHECK(std::set<std::string>(keys.begin(), keys.end()).size() == keys.size());
+  CHECK(a.text_hash == b.text_hash);
+}
+
+namespace {
+// FNV-1a 64, written out independently of the harness.
+std::string fnv1a_reference(const std::string& bytes) {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ULL;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+}  // namespace
+
+TEST_CASE("suite: text_hash is FNV-1a 64 of the file bytes as 16 hex digits") {
+  // Known answers of the reference function.
+  CHECK(fnv1a_reference("") == "cbf29ce484222325");
+  CHECK(fnv1a_reference("a") == "af63dc4c8601ec8c");
+  CHECK(fnv1a_reference("foobar") == "85944171f73967e8");
+
+  const std::string text = "[fixed]\nvariant = \"v\"\nseqlen = 8\n";
+  const Suite suite = parse_suite(text, "t.toml");
+  CHECK(suite.text_hash == fnv1a_reference(text));
+  // A comment changes the bytes, hence the hash, but not the rows.
+  const Suite commented = parse_suite(text + "# note\n", "t.toml");
+  CHECK(commented.text_hash == fnv1a_reference(text + "# note\n"));
+  CHECK(commented.text_hash != suite.text_hash);
+  CHECK(keys_of(commented.rows) == keys_of(suite.rows));
+}
+
+TEST_CASE("suite: load_suite reads the file, names the suite after it and hashes its bytes") {
+  const auto dir = std::filesystem::temp_directory_path() / ("flashlab_suite_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto path = dir / "hashed.toml";
+  const std::string text = "# a suite\r\n[fixed]\r\nvariant = \"a\"\r\nseqlen = 1\r\n";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+  }
+  const Suite loaded = flashlab::harness::load_suite(path);
+  CHECK(loaded.text_hash == fnv1a_reference(text));
+  CHECK(loaded.settings.name == "hashed");
+  CHECK(loaded.path == path);
+  REQUIRE(loaded.rows.size() == 1);
+  CHECK(loaded.rows[0].variant == "a");
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("suite: load_suite reports a missing file as a SuiteError naming it") {
+  REQUIRE_THROWS_AS(flashlab::harness::load_suite("/nonexistent/dir/none.toml"), SuiteError);
+  REQUIRE_THROWS_WITH(flashlab::harness::load_suite("/nonexistent/dir/none.toml"),
+                      Catch::Contains("/nonexistent/dir/none.toml"));
+}
+
+TEST_CASE("suite: every class of malformed input is one line naming the file and the key") {
+  struct Case {
+    const char* what;
+    std::string text;
+    std::string key;  // must appear in the message as key '...'
+  };
+  const std::string ok = "variant = \"v\"\nseqlen = 64\n";
+  const std::vector<Case> cases = {
+      // unknown tables and keys
+      {"unknown table", "[fixed]\n" + ok + "[axis]\nheads = [1]\n", "'axis'"},
+      {"unknown top-level key", "seed = 1\n[fixed]\n" + ok, "'seed'"},
+      {"unknown key in [suite]", "[suite]\nrepeats = 3\n[fixed]\n" + ok, "'suite.repeats'"},
+      {"unknown key in [fixed]", "[fixed]\n" + ok + "head_size = 64\n", "'fixed.head_size'"},
+      {"unknown key in [axes]", "[fixed]\n" + ok + "[axes]\nlength = [1, 2]\n", "'axes.length'"},
+      {"unknown key in a range", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 1, to = 4, step = 2 }\n",
+       "'axes.seqlen.step'"},
+      {"a nested table", "[fixed]\n" + ok + "[fixed.extra]\nx = 1\n", "'fixed.extra'"},
+      {"a section that is not a table", "fixed = 3\n", "'fixed'"},
+      // wrong types
+      {"float for an integer", "[fixed]\n" + ok + "head_dim = 64.0\n", "'fixed.head_dim'"},
+      {"string for an integer", "[fixed]\n" + ok + "heads = \"16\"\n", "'fixed.heads'"},
+      {"float in an integer axis", "[fixed]\n" + ok + "[axes]\nbatch = [1, 2.0]\n", "'axes.batch[1]'"},
+      {"string for a bool", "[fixed]\n" + ok + "causal = \"true\"\n", "'fixed.causal'"},
+      {"integer for a bool", "[fixed]\n" + ok + "[axes]\ncausal = [0, 1]\n", "'axes.causal[0]'"},
+      {"integer for a string", "[fixed]\nvariant = 3\nseqlen = 64\n", "'fixed.variant'"},
+      {"unknown dtype", "[fixed]\n" + ok + "dtype = \"fp17\"\n", "'fixed.dtype'"},
+      {"fp64 is not a run dtype", "[fixed]\n" + ok + "dtype = \"fp64\"\n", "'fixed.dtype'"},
+      {"unknown pass", "[fixed]\n" + ok + "[axes]\npass = [\"fwd\", \"backward\"]\n", "'axes.pass[1]'"},
+      {"unknown distribution", "[fixed]\n" + ok + "distribution = \"gauss\"\n", "'fixed.distribution'"},
+      {"string for softmax_scale", "[fixed]\n" + ok + "softmax_scale = \"0.1\"\n", "'fixed.softmax_scale'"},
+      {"window of one element", "[fixed]\n" + ok + "window = [4]\n", "'fixed.window'"},
+      {"window of floats", "[fixed]\n" + ok + "window = [4.0, 0.0]\n", "'fixed.window'"},
+      {"window axis of integers", "[fixed]\n" + ok + "[axes]\nwindow = [-1, -1]\n", "'axes.window[0]'"},
+      {"a scalar axis", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = 64\n", "'axes.seqlen'"},
+      {"a list in [fixed]", "[fixed]\nvariant = \"v\"\nseqlen = [64, 128]\n", "'fixed.seqlen'"},
+      {"a range in [fixed]", "[fixed]\nvariant = \"v\"\nseqlen = { from = 1, to = 4 }\n", "'fixed.seqlen'"},
+      {"a range for a string axis", "[fixed]\nseqlen = 4\n[axes]\nvariant = { from = 1, to = 2 }\n", "'axes.variant'"},
+      {"string seed", "[suite]\nseed = \"0\"\n[fixed]\n" + ok, "'suite.seed'"},
+      {"float repetitions", "[suite]\nrepetitions = 10.0\n[fixed]\n" + ok, "'suite.repetitions'"},
+      {"string profile", "[suite]\nprofile = \"yes\"\n[fixed]\n" + ok, "'suite.profile'"},
+      {"unknown verify mode", "[suite]\nverify = \"some\"\n[fixed]\n" + ok, "'suite.verify'"},
+      {"string verify_max_flops", "[suite]\nverify_max_flops = \"2e10\"\n[fixed]\n" + ok, "'suite.verify_max_flops'"},
+      {"a name with a slash", "[suite]\nname = \"a/b\"\n[fixed]\n" + ok, "'suite.name'"},
+      // empty axes, duplicates, conflicts
+      {"empty axis", "[fixed]\n" + ok + "[axes]\nheads = []\n", "'axes.heads'"},
+      {"a value with a line break listed twice", "[fixed]\nseqlen = 4\n[axes]\nvariant = [\"a\\nb\", \"a\\nb\"]\n",
+       "'axes.variant[1]'"},
+      {"a value listed twice", "[fixed]\n" + ok + "[axes]\nhead_dim = [64, 128, 64]\n", "'axes.head_dim[2]'"},
+      {"key both fixed and an axis", "[fixed]\n" + ok + "heads = 8\n[axes]\nheads = [8, 16]\n", "'axes.heads'"},
+      {"tokens with batch", "[fixed]\n" + ok + "tokens = 4096\nbatch = 2\n", "'fixed.tokens'"},
+      {"tokens with a batch axis", "[fixed]\n" + ok + "tokens = 4096\n[axes]\nbatch = [1, 2]\n", "'fixed.tokens'"},
+      {"tokens not a multiple of seqlen", "[fixed]\n" + ok + "[axes]\ntokens = [4096, 100]\n", "'axes.tokens'"},
+      {"model_dim with heads", "[fixed]\n" + ok + "model_dim = 1024\nheads = 16\n", "'fixed.model_dim'"},
+      {"model_dim not a multiple of head_dim", "[fixed]\n" + ok + "model_dim = 1000\n", "'fixed.model_dim'"},
+      {"seqlen with seqlen_q", "[fixed]\n" + ok + "seqlen_q = 64\nseqlen_k = 64\n", "'fixed.seqlen'"},
+      {"seqlen_q without seqlen_k", "[fixed]\nvariant = \"v\"\nseqlen_q = 64\n", "'fixed.seqlen_q'"},
+      {"no sequence length", "[fixed]\nvariant = \"v\"\n", "'seqlen'"},
+      {"no variant", "[fixed]\nseqlen = 64\n", "'variant'"},
+      // ranges
+      {"range end not a power of two", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 256, to = 1000 }\n",
+       "'axes.seqlen.to'"},
+      {"range start not a power of two", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 3, to = 1024 }\n",
+       "'axes.seqlen.from'"},
+      {"reversed range", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 1024, to = 256 }\n", "'axes.seqlen'"},
+      {"range without to", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 1 }\n", "'axes.seqlen.to'"},
+      {"range of floats", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 1.0, to = 4 }\n", "'axes.seqlen.from'"},
+      {"zero range start", "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 0, to = 4 }\n", "'axes.seqlen.from'"},
+      // sizes
+      {"zero heads", "[fixed]\n" + ok + "heads = 0\n", "'fixed.heads'"},
+      {"negative batch", "[fixed]\n" + ok + "batch = -2\n", "'fixed.batch'"},
+      {"zero seqlen", "[fixed]\nvariant = \"v\"\nseqlen = 0\n", "'fixed.seqlen'"},
+      {"negative head_dim in an axis", "[fixed]\n" + ok + "[axes]\nhead_dim = [64, -64]\n", "'axes.head_dim[1]'"},
+      {"zero head_dim_v", "[fixed]\n" + ok + "head_dim_v = 0\n", "'fixed.head_dim_v'"},
+      {"zero tokens", "[fixed]\n" + ok + "tokens = 0\n", "'fixed.tokens'"},
+      {"window below -1", "[fixed]\n" + ok + "window = [-2, 0]\n", "'fixed.window'"},
+      {"zero softmax_scale", "[fixed]\n" + ok + "softmax_scale = 0.0\n", "'fixed.softmax_scale'"},
+      {"negative softmax_scale", "[fixed]\n" + ok + "[axes]\nsoftmax_scale = [1, -1]\n", "'axes.softmax_scale[1]'"},
+      {"infinite softmax_scale", "[fixed]\n" + ok + "softmax_scale = inf\n", "'fixed.softmax_scale'"},
+      {"negative seed", "[suite]\nseed = -1\n[fixed]\n" + ok, "'suite.seed'"},
+      {"zero repetitions", "[suite]\nrepetitions = 0\n[fixed]\n" + ok, "'suite.repetitions'"},
+      {"negative warmup", "[suite]\nwarmup = -1\n[fixed]\n" + ok, "'suite.warmup'"},
+      {"a cross-product too large (11^6 rows)",
+       "[fixed]\nvariant = \"v\"\n[axes]\nseqlen = { from = 1, to = 1024 }\nbatch = { from = 1, to = 1024 }\n"
+       "heads = { from = 1, to = 1024 }\nheads_kv = { from = 1, to = 1024 }\nhead_dim = { from = 1, to = 1024 }\n"
+       "head_dim_v = { from = 1, to = 1024 }\n",
+       "'axes'"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    const std::string message = error_of(c.text);
+    INFO(message);
+    CHECK(message.rfind("bad.toml: key " + c.key + ": ", 0) == 0);
+    CHECK(message.find('\n') == std::string::npos);
+  }
+}
+
+TEST_CASE("suite: a TOML syntax error names the file, line and column") {
+  const std::string message = error_of("[fixed]\nvariant = \"v\"\nseqlen = = 3\n", "dir/syntax.toml");
+  CHECK(message.rfind("dir/syntax.toml:3:", 0) == 0);
+  CHECK(message.find('\n') == std::string::npos);
+  const std::string duplicate = error_of("[fixed]\nvariant = \"v\"\nvariant = \"w\"\n", "dup.toml");
+  CHECK(duplicate.rfind("dup.toml:3:", 0) == 0);
+  const std::string unterminated = error_of("[fixed\nvariant = \"v\"\n", "open.toml");
+  CHECK(unterminated.rfind("open.toml:1:", 0) == 0);
+}
+
+TEST_CASE("suite: errors in wrong types give the line of the value") {
+  const std::string message = error_of("[fixed]\nvariant = \"v\"\nseqlen = 64\nhead_dim = 64.0\n");
+  CHECK_THAT(message, Catch::Contains("(line 4)"));
+  CHECK_THAT(message, Catch::Contains("integer"));
+  CHECK_THAT(message, Catch::Contains("float"));
+}
+
+namespace {
+const char* const kFilterSuite = R"(
+[fixed]
+heads = 8
+[axes]
+variant = ["standard", "flash"]
+pass = ["fwd", "bwd"]
+dtype = ["fp16", "bf16"]
+distribution = ["normal", "outliers"]
+batch = [1, 2]
+heads_kv = [2, 8]
+seqlen = [128, 256]
+head_dim = [64, 128]
+causal = [false, true]
+)";
+}  // namespace
+
+TEST_CASE("suite: filter keeps the rows matching every term") {
+  const Suite suite = parse_suite(kFilterSuite, "t.toml");
+  const auto& rows = suite.rows;
+  REQUIRE(rows.size() == 512);
+  CHECK(filter_rows(rows, "").size() == rows.size());
+
+  struct Case {
+    std::string filter;
+    std::size_t count;
+  };
+  const std::vector<Case> cases = {
+      {"variant=standard", 256},
+      {"variant=none", 0},
+      {"pass=bwd", 256},
+      {"dtype=bf16", 256},
+      {"distribution=outliers", 256},
+      {"batch=2", 256},
+      {"heads=8", 512},
+      {"heads=4", 0},
+      {"heads_kv=2", 256},
+      {"seqlen=128", 256},
+      {"seqlen_q=256", 256},
+      {"seqlen_k=256", 256},
+      {"head_dim=128", 256},
+      {"causal=true", 256},
+      {"causal=0", 256},
+      {"variant=standard,dtype=bf16,seqlen=256", 64},
+      {" variant = flash , pass = fwd , causal = 1 ", 64},
+      {"dtype=fp16,dtype=bf16", 0},
+  };
+  for (const Case& c : cases) {
+    INFO(c.filter);
+    CHECK(filter_rows(rows, c.filter).size() == c.count);
+  }
+
+  const auto kept = filter_rows(rows,
+                                "variant=flash,pass=bwd,dtype=fp16,distribution=normal,batch=1,"
+                                "heads_kv=8,seqlen=256,head_dim=64,causal=false");
+  REQUIRE(kept.size() == 1);
+  const RowSpec& row = kept[0];
+  CHECK(row.variant == "flash");
+  CHECK(row.pass == Pass::bwd);
+  CHECK(row.dtype == DType::fp16);
+  CHECK(row.distribution == Distribution::normal);
+  CHECK(row.problem.batch == 1);
+  CHECK(row.problem.heads_kv == 8);
+  CHECK(row.problem.seqlen_q == 256);
+  CHECK(row.problem.head_dim == 64);
+  CHECK_FALSE(row.problem.causal);
+  // Filtering keeps each row's index in the full expansion.
+  CHECK(rows[static_cast<std::size_t>(row.index)].key() == row.key());
+}
+
+TEST_CASE("suite: filter rejects unknown keys and malformed terms") {
+  const Suite suite = parse_suite(kFilterSuite, "t.toml");
+  for (const char* bad : {"colour=red", "variant", "seqlen=abc", "seqlen=-1", "dtype=fp17", "pass=forward",
+                          "distribution=gauss", "causal=maybe", "batch=", "variant=standard,,dtype=bf16"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(filter_rows(suite.rows, bad), SuiteError);
+  }
+  CHECK_THROWS_WITH(filter_rows(suite.rows, "variant=standard,colour=red"), Catch::Contains("'colour'"));
+}
+
+TEST_CASE("suite: shards are disjoint and their union is the whole suite") {
+  const Suite suite = parse_suite(kFilterSuite, "t.toml");
+  const auto rows = filter_rows(suite.rows, "dtype=bf16,causal=true");  // indices with gaps
+  REQUIRE(rows.size() == 128);
+  for (int n : {1, 2, 3, 7}) {
+    std::vector<std::int64_t> all;
+    for (int i = 0; i < n; ++i) {
+      const auto shard = shard_rows(rows, std::to_string(i) + "/" + std::to_string(n));
+      for (const RowSpec& row : shard) CHECK(row.index % n == i);
+      const auto indices = indices_of(shard);
+      CHECK(std::is_sorted(indices.begin(), indices.end()));
+      all.insert(all.end(), indices.begin(), indices.end());
+    }
+    std::sort(all.begin(), all.end());
+    CHECK(all == indices_of(rows));  // complete, and no index twice
+  }
+}
+
+TEST_CASE("suite: malformed shard text is an error") {
+  const Suite suite = parse_suite(kFilterSuite, "t.toml");
+  for (const char* bad :
+       {"2/2", "3/2", "a/b", "1", "-1/3", "1/-3", "0/0", "", "/", "1/", "/3", "1/3/5", " 1/3", "+1/3", "1.0/3"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(shard_rows(suite.rows, bad), SuiteError);
+  }
+  CHECK_THROWS_WITH(shard_rows(suite.rows, "2/2"), Catch::Contains("2/2"));
+}
+
+TEST_CASE("sweeps add their own keys and concatenate their rows", "[suite][sweep]") {
+  const flashlab::harness::Suite suite = flashlab::harness::parse_suite(R"(
+[fixed]
+head_dim = 64
+[axes]
+dtype = ["fp16", "bf16"]
+[[sweep]]
+fixed = { variant = "cpu-standard" }
+axes = { seqlen = [64, 128, 256] }
+[[sweep]]
+fixed = { variant = "standard" }
+axes = { seqlen = { from = 256, to = 4096 }, causal = [false, true] }
+)", "sweeps.toml");
+  REQUIRE(suite.rows.size() == 2 * 3 + 2 * 5 * 2);
+  for (std::size_t i = 0; i < suite.rows.size(); ++i) CHECK(suite.rows[i].index == static_cast<std::int64_t>(i));
+  CHECK(suite.rows.front().variant == "cpu-standard");
+  CHECK(suite.rows.back().variant == "standard");
+  CHECK(suite.rows.back().problem.seqlen_q == 4096);
+  CHECK(suite.rows.back().problem.causal);
+}
+
+TEST_CASE("malformed sweeps are named", "[suite][sweep]") {
+  using flashlab::harness::parse_suite;
+  using flashlab::harness::SuiteError;
+  // a key both at the top level and in a sweep
+  REQUIRE_THROWS_WITH(parse_suite("[fixed]\nvariant = \"a\"\nseqlen = 4\n[[sweep]]\nfixed = { variant = \"b\" }\n", "s.toml"),
+                      Catch::Contains("s.toml: key 'sweep[0].fixed.variant'"));
+  // an unknown table inside a sweep
+  REQUIRE_THROWS_WITH(parse_suite("[fixed]\nvariant = \"a\"\n[[sweep]]\nfixd = { seqlen = 4 }\n", "s.toml"),
+                      Catch::Contains("s.toml: key 'sweep[0].fixd'"));
+  // two sweeps that produce the same row
+  REQUIRE_THROWS_WITH(parse_suite("[fixed]\nvariant = \"a\"\n[[sweep]]\naxes = { seqlen = [4, 8] }\n"
+                                  "[[sweep]]\naxes = { seqlen = [8, 16] }\n", "s.toml"),
+                      Catch::Contains("s.toml: key 'sweep[1]': repeats the row"));
+  // sweep written as a plain table
+  REQUIRE_THROWS_WITH(parse_suite("[fixed]\nvariant = \"a\"\nseqlen = 4\n[sweep]\naxes = { seqlen = [8] }\n", "s.toml"),
+                      Catch::Contains("s.toml: key 'sweep': must be an array of tables"));
+}

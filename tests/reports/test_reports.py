@@ -1,0 +1,375 @@
+"""Tests of reports/ (python3 -m unittest discover -s tests/reports -t . from the repository root).
+
+The fixture run fixtures/memory_scaling/ is written by fixtures/make_fixture.py: standard attention with a
+workspace exactly proportional to N^2 that runs out of memory from N = 32768, flash2 with a workspace exactly
+proportional to N, CPU rows without memory or traffic, and one unsupported row.
+"""
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import unittest
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RUN_DIR = FIXTURES / "memory_scaling"
+FIGURE_NAMES = ("memory", "memory_device", "traffic")
+
+sys.path.insert(0, str(ROOT))
+from reports import data, figures, style  # noqa: E402
+from reports.cli import main  # noqa: E402
+from reports.fit import fit_power_law, fit_window, loglog_slope  # noqa: E402
+
+
+def run_module(args, hash_seed):
+    """python3 -m reports in its own process (its own string-hash seed)."""
+    env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
+    return subprocess.run([sys.executable, "-m", "reports", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def run_main(args):
+    """main() in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path, columns, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(text, heading):
+    """Rows (lists of cells) of the first table after `heading` in a Markdown text."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip().strip("*") for c in line.strip().strip("|").split("|")])
+    return rows[2:]  # without the header and the rule
+
+
+def png_chunks(path):
+    data_ = Path(path).read_bytes()
+    assert data_[:8] == b"\x89PNG\r\n\x1a\n", path
+    chunks, i = [], 8
+    while i < len(data_):
+        (n,) = struct.unpack(">I", data_[i:i + 4])
+        chunks.append((data_[i + 4:i + 8].decode("ascii"), data_[i + 8:i + 8 + n]))
+        i += 12 + n
+    return chunks
+
+
+class ReportOfFixture(unittest.TestCase):
+    """Two runs of the command on the fixture, in separate processes, into different folders."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="reports-test-")
+        cls.out = [os.path.join(cls.tmp, "first"), os.path.join(cls.tmp, "second", "nested")]
+        cls.runs = [run_module([str(RUN_DIR), "--out", out], hash_seed=seed)
+                    for out, seed in zip(cls.out, (1, 2))]
+        report = os.path.join(cls.out[0], "report.md")
+        cls.report = Path(report).read_text(encoding="utf-8") if os.path.exists(report) else ""
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    def test_runs_and_writes_the_files(self):
+        for run in self.runs:
+            self.assertEqual(run.returncode, 0, run.stderr)
+            self.assertEqual(run.stderr, "")
+        for name in FIGURE_NAMES:
+            png = os.path.join(self.out[0], f"{name}.png")
+            svg = os.path.join(self.out[0], f"{name}.svg")
+            self.assertEqual(png_chunks(png)[0][0], "IHDR")
+            self.assertTrue(ET.parse(svg).getroot().tag.endswith("svg"))
+            self.assertIn(f"]({name}.png)", self.report)
+            self.assertIn(f"]({name}.svg)", self.report)
+        self.assertNotIn("skipped", self.report)
+
+    def test_two_runs_are_byte_identical(self):
+        first, second = (sorted(os.listdir(d)) for d in self.out)
+        self.assertEqual(first, second)
+        self.assertEqual(first, sorted([f"{n}.{e}" for n in FIGURE_NAMES for e in ("png", "svg")] + ["report.md"]))
+        for name in first:
+            a = Path(self.out[0], name).read_bytes()
+            b = Path(self.out[1], name).read_bytes()
+            self.assertTrue(a == b, f"{name} differs between two runs")
+
+    def test_files_carry_no_date_and_no_path(self):
+        for name in FIGURE_NAMES:
+            chunks = png_chunks(os.path.join(self.out[0], f"{name}.png"))
+            kinds = [kind for kind, _ in chunks]
+            self.assertNotIn("tIME", kinds)
+            texts = [body for kind, body in chunks if kind in ("tEXt", "iTXt", "zTXt")]
+            self.assertEqual(texts, [b"Software\x00" + style.SOFTWARE.encode()])
+            svg = Path(self.out[0], f"{name}.svg").read_text(encoding="utf-8")
+            self.assertNotIn("<dc:date>", svg)
+            self.assertIn(style.SOFTWARE, svg)
+            self.assertNotIn(self.tmp, svg)
+        self.assertNotIn(self.tmp, self.report)
+        self.assertNotIn(str(ROOT), self.report)
+
+    def test_provenance(self):
+        run = json.loads((RUN_DIR / "run.json").read_text(encoding="utf-8"))
+        for key in ("suite", "run_id", "command", "git_commit", "suite_file", "suite_hash", "seed",
+                    "flops_convention", "started", "finished"):
+            self.assertIn(str(run[key]), self.report, key)
+        for key in ("name", "sm_count", "l2_bytes", "memory_bytes", "compute_capability", "driver_version",
+                    "runtime_version"):
+            self.assertIn(f"| {key} | `{run['device'][key]}`", self.report, key)
+        for key in ("clocks_before", "clocks_after"):
+            self.assertIn(json.dumps(run["device"][key], sort_keys=True), self.report, key)
+
+    def test_status_counts_include_the_oom_rows(self):
+        rows = read_csv(RUN_DIR / "results.csv")
+        table = {r[0]: r[1:] for r in markdown_table(self.report, "## Rows by status")}
+        statuses = ["ok", "oom", "unsupported", "error"]
+        for variant in sorted({r["variant"] for r in rows}):
+            expected = [sum(1 for r in rows if r["variant"] == variant and r["status"] == s) for s in statuses]
+            self.assertEqual(table[variant], [str(n) for n in expected + [sum(expected)]], variant)
+        self.assertEqual(table["standard"][1], "8")  # 2 passes x 2 dtypes x N in {32768, 65536}
+        self.assertEqual(table["all"], ["67", "8", "1", "0", "76"])
+        not_ok = markdown_table(self.report, "### Rows not ok")
+        oom = [r for r in not_ok if r[0] == "oom"]
+        self.assertEqual(len(oom), 8)  # the reason names the bytes asked for, so one line per N
+        self.assertEqual(sorted({r[5] for r in oom}), ["32K", "64K"])
+        self.assertIn(["unsupported", "flash2", "fwd", "fp32", "64", "256",
+                       "flash2 supports dtypes fp16, bf16 (not fp32)"], not_ok)
+
+    def test_slopes_printed_in_the_report(self):
+        table = markdown_table(self.report, "`memory`:")
+        self.assertEqual(len(table), 8)  # 2 passes x (standard, flash2) x (fp16, bf16)
+        for panel, line, measured, model in table:
+            expected = "2.00" if line.startswith("standard") else "1.00"
+            self.assertTrue(measured.startswith(expected + " ("), (panel, line, measured))
+            self.assertTrue(model.startswith(expected + " ("), (panel, line, model))
+
+
+class Fitting(unittest.TestCase):
+
+    def test_slopes_of_the_fixture(self):
+        results = data.load_results(str(RUN_DIR / "results.csv"))
+        seen = set()
+        gpu_rows = [r for r in data.plotted_rows(results) if r["device"] == "cuda"]
+        for (variant, pass_, dtype), rows in data.group_by(gpu_rows, ("variant", "pass", "dtype")):
+            ns, ys, merged = data.points(rows, data.column("workspace_peak_bytes"))
+            fit = fit_power_law(ns, ys)
+            self.assertIsNotNone(fit)
+            self.assertEqual(merged, 0)
+            expected = {"standard": 2.0, "flash2": 1.0}[variant]
+            self.assertAlmostEqual(fit.slope, expected, delta=0.01, msg=(variant, pass_, dtype))
+            seen.add(variant)
+        self.assertEqual(seen, {"standard", "flash2"})
+
+    def test_power_laws(self):
+        ns = [2 ** k for k in range(8, 17)]
+        self.assertAlmostEqual(fit_power_law(ns, [3.0 * n ** 1.5 for n in ns]).slope, 1.5, places=9)
+        # A linear term beside N^2: the fit uses the large-N end, where N^2 dominates (1.91 over all points).
+        ys = [n * n + 200.0 * n for n in ns]
+        fit = fit_power_law(ns, ys)
+        self.assertEqual((fit.n_lo, fit.n_hi, fit.points), (4096, 65536, 5))
+        self.assertAlmostEqual(fit.slope, 2.0, delta=0.02)
+        self.assertLess(loglog_slope(ns, ys)[0], 1.95)
+
+    def test_window(self):
+        self.assertEqual(fit_window([256, 512]), [])
+        self.assertIsNone(fit_power_law([256, 512], [1.0, 2.0]))
+        self.assertEqual(fit_window([256, 512, 1024]), [0, 1, 2])
+        self.assertEqual(fit_window([2 ** k for k in range(8, 17)]), [4, 5, 6, 7, 8])
+        self.assertEqual(fit_window([1, 2, 4, 8, 1024]), [2, 3, 4])  # never fewer than 3 points
+
+
+class Malformed(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="reports-test-")
+        self.columns = list(read_csv(RUN_DIR / "results.csv")[0].keys())
+        self.rows = read_csv(RUN_DIR / "results.csv")
+        shutil.copy(RUN_DIR / "run.json", self.dir)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def assert_fails(self, *needles):
+        rc, out, err = run_main([self.dir])
+        self.assertEqual(rc, 2)
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        for needle in needles:
+            self.assertIn(needle, err)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "report")))
+
+    def test_missing_column(self):
+        write_csv(os.path.join(self.dir, "results.csv"), [c for c in self.columns if c != "status"], self.rows)
+        self.assert_fails("results.csv", "missing required column 'status'")
+
+    def test_missing_columns(self):
+        kept = [c for c in self.columns if c not in ("seqlen_q", "dtype")]
+        write_csv(os.path.join(self.dir, "results.csv"), kept, self.rows)
+        self.assert_fails("results.csv", "'dtype'", "'seqlen_q'")
+
+    def test_missing_results_csv(self):
+        self.assert_fails(os.path.join(self.dir, "results.csv"), "no such file")
+
+    def test_field_not_a_number(self):
+        self.rows[3]["workspace_peak_bytes"] = "12 MiB"
+        write_csv(os.path.join(self.dir, "results.csv"), self.columns, self.rows)
+        self.assert_fails("results.csv", "line 5", "'workspace_peak_bytes'", "12 MiB")
+
+    def test_wrong_field_count(self):
+        path = os.path.join(self.dir, "results.csv")
+        write_csv(path, self.columns, self.rows)
+        lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+        lines[2] = lines[2].rstrip("\n") + ",extra\n"
+        Path(path).write_text("".join(lines), encoding="utf-8")
+        self.assert_fails("results.csv", "line 3")
+
+    def test_run_json_not_json(self):
+        write_csv(os.path.join(self.dir, "results.csv"), self.columns, self.rows)
+        Path(self.dir, "run.json").write_text("{\"suite\": ", encoding="utf-8")
+        self.assert_fails("run.json", "not valid JSON")
+
+
+class Tolerant(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="reports-test-")
+        self.rows = read_csv(RUN_DIR / "results.csv")
+        self.columns = list(self.rows[0].keys())
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def test_cpu_run_skips_figures_with_a_note(self):
+        write_csv(os.path.join(self.dir, "results.csv"), self.columns,
+                  [r for r in self.rows if r["device"] == "cpu"])
+        run = json.loads((RUN_DIR / "run.json").read_text(encoding="utf-8"))
+        run["device"] = None
+        del run["finished"]
+        Path(self.dir, "run.json").write_text(json.dumps(run), encoding="utf-8")
+        out = os.path.join(self.dir, "report")
+        os.makedirs(out)
+        Path(out, "traffic.png").write_bytes(b"left by an older run")
+        rc, _, err = run_main([self.dir])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(sorted(os.listdir(out)), ["report.md"])
+        report = Path(out, "report.md").read_text(encoding="utf-8")
+        for name in FIGURE_NAMES:
+            notes = [line for line in report.splitlines() if f"(`{name}`): skipped" in line]
+            self.assertEqual(len(notes), 1, name)
+            self.assertIn("not measured in this run", notes[0])
+        self.assertIn("Device: none (a CPU-only run).", report)
+        self.assertIn("- **finished**: (not recorded)", report)
+        self.assertEqual(markdown_table(report, "## Rows by status")[-1], ["all", "3", "0", "0", "0", "3"])
+
+    def test_incomplete_last_line_and_repeated_header(self):
+        path = os.path.join(self.dir, "results.csv")
+        write_csv(path, self.columns, self.rows[:40])
+        text = Path(path).read_text(encoding="utf-8")
+        header = text.splitlines(keepends=True)[0]
+        write_csv(os.path.join(self.dir, "shard.csv"), self.columns, self.rows[40:])
+        shard = Path(self.dir, "shard.csv").read_text(encoding="utf-8")
+        Path(path).write_text(text + shard + "flash2,fwd,fp1", encoding="utf-8")  # a crash mid-row
+        self.assertTrue(shard.startswith(header))
+        rc, _, err = run_main([self.dir, "--out", os.path.join(self.dir, "out")])
+        self.assertEqual(rc, 0, err)
+        report = Path(self.dir, "out", "report.md").read_text(encoding="utf-8")
+        self.assertIn("ignored an incomplete last line", report)
+        self.assertIn("run.json not found", report)
+        self.assertEqual(markdown_table(report, "## Rows by status")[-1], ["all", "67", "8", "1", "0", "76"])
+
+    def test_setting_columns(self):
+        def results(rows):
+            return data.Results("results.csv", tuple(rows[0]), rows)
+
+        base = dict(variant="flash2", status="ok", dtype="fp16", head_dim=64, causal="0", batch=1)
+        rows = [dict(base, seqlen_q=n, pass_="fwd") for n in (256, 512)]
+        for r in rows:
+            r["pass"] = r.pop("pass_")
+        self.assertEqual(data.setting_columns(results(rows)), [])
+        # batch follows N (a fixed `tokens` axis): it tells no two rows apart
+        coupled = [dict(r, batch=4096 // r["seqlen_q"]) for r in rows]
+        self.assertEqual(data.setting_columns(results(coupled)), [])
+        causal = rows + [dict(r, causal="1") for r in rows]
+        self.assertEqual(data.setting_columns(results(causal)), ["causal"])
+        both = causal + [dict(r, batch=8) for r in causal]
+        self.assertEqual(data.setting_columns(results(both)), ["causal", "batch"])
+
+
+class Figures(unittest.TestCase):
+
+    def test_oom_rows_are_marked_at_the_top(self):
+        results = data.load_results(str(RUN_DIR / "results.csv"))
+        run = data.load_run(str(RUN_DIR / "run.json"))
+        with style.fixed_style():
+            drawn = figures.memory(results, figures.Context.of(results, run))
+        marked = []
+        for ax in drawn.figure.axes:
+            for line in ax.get_lines():
+                if line.get_marker() == "x":
+                    marked.append((ax.get_title(), tuple(line.get_xdata())))
+                    self.assertTrue(all(y > 0.8 for y in line.get_ydata()))  # axes fraction: the top
+                    self.assertEqual(line.get_color(), style.OOM_COLOR)
+        self.assertEqual(sorted(marked), [("forward + backward, d=64", (32768, 65536)),
+                                          ("forward, d=64", (32768, 65536))])
+
+    def test_registry(self):
+        names = [f.name for f in figures.FIGURES]
+        self.assertEqual(names[:3], list(FIGURE_NAMES))
+        self.assertEqual(len(set(names)), len(names))
+        with self.assertRaises(ValueError):
+            figures.figure("memory", "again", "", (), ())(lambda results, context: None)
+
+
+class Contract(unittest.TestCase):
+
+    def test_reports_reads_only_columns_the_harness_writes(self):
+        source = ROOT / "harness" / "src" / "columns.cpp"
+        if not source.exists():
+            self.skipTest("harness/src/columns.cpp not present")
+        written = set(re.findall(r'"([a-z0-9_]+)"', source.read_text(encoding="utf-8")))
+        read = set(data.REQUIRED_COLUMNS) | set(data.INT_COLUMNS) | set(data.NUMBER_COLUMNS)
+        read |= set(data.SETTING_COLUMNS) | {"key", "reason"}
+        for spec in figures.FIGURES:
+            read |= set(spec.columns) | set(spec.measured)
+        self.assertEqual(sorted(read - written), [])
+        fixture_columns = list(read_csv(RUN_DIR / "results.csv")[0].keys())
+        self.assertEqual(sorted(c for c in fixture_columns if not c.startswith("err_") and c not in written), [])
+
+    def test_fixture_is_what_the_generator_writes(self):
+        spec = importlib.util.spec_from_file_location("make_fixture", FIXTURES / "make_fixture.py")
+        generator = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(generator)
+        with tempfile.TemporaryDirectory(prefix="reports-test-") as tmp:
+            generator.write(tmp)
+            for name in ("results.csv", "run.json"):
+                self.assertEqual(Path(tmp, name).read_bytes(), (RUN_DIR / name).read_bytes(), name)
+
+
+if __name__ == "__main__":
+    unittest.main()
