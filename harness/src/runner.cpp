@@ -10,7 +10,10 @@
 #include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <map>
+#include <optional>
 #include <set>
+#include <tuple>
 
 #include "flashlab/core/bytes.hpp"
 #include "flashlab/core/errors.hpp"
@@ -93,6 +96,42 @@ std::string first_failure(const Verification& v) {
   return "verification failed";
 }
 
+// Outputs of the GPU `standard` variant for the verified groups, by (tensor, sequence, head).
+struct BaselineRun {
+  std::map<std::tuple<std::string, std::int64_t, std::int64_t>, std::vector<double>> values;
+};
+
+std::optional<BaselineRun> run_gpu_baseline(const RowSpec& row, std::uint64_t seed, const GroupChoice& choice,
+                                            Backend& backend) {
+  const kernels::Variant* standard = find_variant("standard");
+  if (!standard || !standard->supports(row.problem, row.dtype, row.pass).ok) return std::nullopt;
+  RowSpec baseline_row = row;
+  baseline_row.variant = standard->id;
+  try {
+    backend.prepare(baseline_row, seed);
+    standard->forward(backend.params(), backend.context());
+    if (row.pass != Pass::fwd) standard->backward(backend.params(), backend.context());
+    backend.synchronize();
+    BaselineRun run;
+    const std::int64_t group = row.problem.group_size();
+    for (const Group& grp : choice.groups) {
+      for (std::int64_t h = grp.g * group; h < (grp.g + 1) * group; ++h) {
+        for (const char* t : {"o", "lse", "dq"}) {
+          if (row.pass != Pass::fwd || std::string(t) != "dq") run.values[{t, grp.b, h}] = backend.fetch(t, grp.b, h);
+        }
+      }
+      if (row.pass != Pass::fwd) {
+        for (const char* t : {"dk", "dv"}) run.values[{t, grp.b, grp.g}] = backend.fetch(t, grp.b, grp.g);
+      }
+    }
+    backend.release();
+    return run;
+  } catch (const OutOfMemory&) {
+    backend.release();
+    return std::nullopt;
+  }
+}
+
 struct Backends {
   std::unique_ptr<Backend> cpu;
   std::unique_ptr<Backend> gpu;
@@ -131,6 +170,13 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
   if (!backend) return finish("unsupported", backends.gpu_missing);
   const SuiteSettings& settings = suite.settings;
   try {
+    // GPU rows: the baseline is the GPU `standard` variant on the same inputs, run first (its outputs kept on the
+    // host for the verified groups); where it cannot run (unsupported, out of memory) cpu-standard stands in.
+    const GroupChoice choice = choose_groups(p, row.pass, settings);
+    std::optional<BaselineRun> baseline;
+    if (variant->device == kernels::Device::cuda && !choice.groups.empty()) {
+      baseline = run_gpu_baseline(row, settings.seed, choice, *backend);
+    }
     backend->workspace().reset_peak();
     backend->prepare(row, settings.seed);
     r["io_bytes"] = integer(backend->io_bytes());
@@ -146,8 +192,11 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
     if (row.pass != Pass::fwd) backward();
     backend->synchronize();
     if (const auto delta = backend->memgetinfo_delta()) r["memgetinfo_delta_bytes"] = integer(*delta);
-    const Expectation expected(p, row.dtype, row.pass, {settings.seed, row.distribution, row.dtype},
-                               choose_groups(p, row.pass, settings));
+    const FetchOutput baseline_fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) {
+      return baseline->values.at({t, b, h});
+    };
+    const Expectation expected(p, row.dtype, row.pass, {settings.seed, row.distribution, row.dtype}, choice,
+                               baseline ? &baseline_fetch : nullptr);
     const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) { return backend->fetch(t, b, h); };
     const Verification before = expected.check(fetch);
 

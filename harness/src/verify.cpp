@@ -201,7 +201,37 @@ struct GroupExpectation {
   Outputs baseline;
 };
 
-Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const InputSpec& inputs, GroupChoice choice)
+// The baseline outputs of a group read from another variant's run, in the group problem's layout.
+Outputs fetched_baseline(const Problem& p, const Group& grp, Pass pass, const FetchOutput& fetch) {
+  const Problem sub = group_problem(p, grp.b);
+  const AttentionShapes s = attention_shapes(sub);
+  const std::int64_t group = p.group_size();
+  Outputs out;
+  auto place = [&](std::vector<double>& target, const Shape<4>& shape, const std::string& tensor, std::int64_t local,
+                   std::int64_t global) {
+    target.resize(static_cast<std::size_t>(element_count<4>(shape)));
+    const std::vector<double> values = fetch(tensor, grp.b, global);
+    const TensorView<double, 4> view(target.data(), shape);
+    for (std::int64_t n = 0; n < shape[1]; ++n)
+      for (std::int64_t c = 0; c < shape[3]; ++c) view(0, n, local, c) = values[static_cast<std::size_t>(n * shape[3] + c)];
+  };
+  out.lse.resize(static_cast<std::size_t>(element_count<3>(s.lse)));
+  for (std::int64_t j = 0; j < group; ++j) {
+    const std::int64_t h = grp.g * group + j;
+    place(out.o, s.o, "o", j, h);
+    const std::vector<double> lse = fetch("lse", grp.b, h);
+    std::copy(lse.begin(), lse.end(), out.lse.begin() + j * sub.seqlen_q);
+    if (has_backward(pass)) place(out.dq, s.q, "dq", j, h);
+  }
+  if (has_backward(pass)) {
+    place(out.dk, s.k, "dk", 0, grp.g);
+    place(out.dv, s.v, "dv", 0, grp.g);
+  }
+  return out;
+}
+
+Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const InputSpec& inputs, GroupChoice choice,
+                         const FetchOutput* baseline)
     : problem_(problem), dtype_(dtype), pass_(pass), choice_(std::move(choice)) {
   for (const Group& grp : choice_.groups) {
     const Problem sub = group_problem(problem_, grp.b);
@@ -209,8 +239,11 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
     fill_group(problem_, grp, inputs, ref);
     ref.run_forward();
     if (has_backward(pass_)) ref.run_backward();
-    Outputs base = run_baseline(sub, dtype_, pass_, ref);
+    Outputs base = baseline ? fetched_baseline(problem_, grp, pass_, *baseline) : run_baseline(sub, dtype_, pass_, ref);
     groups_.push_back({grp, std::move(ref), std::move(base)});
+  }
+  if (!choice_.groups.empty()) {
+    choice_.description += baseline ? "; baseline: standard on the GPU" : "; baseline: cpu-standard";
   }
 }
 

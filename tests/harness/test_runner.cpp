@@ -128,7 +128,7 @@ TEST_CASE("verification passes real outputs and fails wrong ones", "[harness][ve
         return backend->fetch(t, b, h);
       };
       const Verification good = expected.check(fetch);
-      CHECK(good.verified_heads == "all");
+      CHECK(good.verified_heads == "all; baseline: cpu-standard");
       CHECK(good.pass);
       REQUIRE(good.errors.size() == 5);
       for (const auto& [tensor, e] : good.errors) {
