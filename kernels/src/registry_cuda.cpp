@@ -1,11 +1,12 @@
 // The GPU variants of a CUDA build, in the order `flashlab list` shows them.
 #include "flashlab/kernels/attention.hpp"
+#include "flash2/flash2.hpp"
 #include "standard/standard.hpp"
 
 namespace flashlab::kernels {
 
 const std::vector<Variant>& gpu_variants() {
-  static const std::vector<Variant> variants = {standard_variant()};
+  static const std::vector<Variant> variants = {standard_variant(), flash2_variant()};
   return variants;
 }
 

@@ -153,3 +153,48 @@ TEST_CASE("standard on small awkward shapes, for the sanitizers", "[gpu][standar
     }
   }
 }
+
+TEST_CASE("flash2 forward on small awkward shapes, for the sanitizers", "[gpu][flash2][sanitize]") {
+  // Tile edges (N not a multiple of 64), fully masked rows and whole fully masked query blocks, a window, GQA,
+  // varlen with empty sequences, head dims 32 and 64 (two tile configurations).
+  std::vector<Problem> problems;
+  Problem causal;
+  causal.batch = 2;
+  causal.heads = 4;
+  causal.heads_kv = 1;
+  causal.seqlen_q = 130;
+  causal.seqlen_k = 33;
+  causal.head_dim = 64;
+  causal.causal = true;
+  problems.push_back(causal);
+  Problem window = causal;
+  window.heads_kv = 2;
+  window.causal = false;
+  window.window = {5, 3};
+  window.seqlen_k = 97;
+  problems.push_back(window);
+  problems.push_back(Problem::varlen(2, 2, 32, {5, 0, 77}, {9, 3, 0}));
+  const kernels::Variant* flash2 = find_variant("flash2");
+  REQUIRE(flash2 != nullptr);
+  auto backend = make_gpu_backend();
+  for (const Problem& p : problems) {
+    for (DType dtype : {DType::fp16, DType::bf16}) {
+      INFO(p.describe() << " " << name(dtype));
+      RowSpec row;
+      row.variant = "flash2";
+      row.pass = Pass::fwd;
+      row.dtype = dtype;
+      row.problem = p;
+      backend->prepare(row, 7);
+      flash2->forward(backend->params(), backend->context());
+      backend->synchronize();
+      for (std::int64_t b = 0; b < p.batch; ++b) {
+        for (std::int64_t h = 0; h < p.heads; ++h) {
+          for (double x : backend->fetch("o", b, h)) CHECK(std::isfinite(x));
+          for (double x : backend->fetch("lse", b, h)) CHECK(!std::isnan(x));
+        }
+      }
+      backend->release();
+    }
+  }
+}

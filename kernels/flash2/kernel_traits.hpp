@@ -1,0 +1,58 @@
+// Tile shapes of the flash2 kernels (internal header of kernels/flash2/): one traits struct per (head dim, element
+// size), from which the thread count, the shared-memory layout and its size follow. No CUDA types appear here.
+#pragma once
+
+namespace flashlab::kernels::flash2 {
+
+// The largest dynamic shared memory a block may use on sm_80 (A100: 163 KB); sm_90 allows 227 KB. Every tile
+// configuration fits the smaller, so one set of traits serves both targets.
+constexpr int kMaxSharedBytesSm80 = 163 * 1024;
+
+// Forward tiles. Each warp owns 16 query rows (one m16n8k16 row block), so kBlockM = 16 * kWarps.
+//  - kBlockN = 64 for d <= 128: the tile FlashAttention-2 uses for these head dims on sm_80/sm_90 with 4 warps;
+//    S is 32 fp32 registers per thread, leaving room for O (d / 2 registers).
+//  - kBlockN = 32 for d = 256: with 64 keys the padded Q tile and two stages of K and V take 165 KB, more than sm_80
+//    allows, and O alone is already 128 registers per thread.
+// Not tuned by measurement yet (issue 4, item 4).
+template <int kHeadDim_, int kElemBytes_>
+struct ForwardTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kElemBytes = kElemBytes_;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockM = 16 * kWarps;
+  static constexpr int kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr int kStages = 2;  // K/V tile j+1 loads while tile j is computed
+
+  // Shared-memory rows of kHeadDim elements padded by one 16-byte chunk: for every supported d a row is then an odd
+  // number of 16-byte chunks long, so 8 consecutive rows start in 8 distinct 16-byte groups of the 32 banks and
+  // the 8 row addresses of one ldmatrix phase (or 8 cp.async chunks of one column) never conflict, without an XOR
+  // swizzle. The price is 16 bytes per row (3% of a tile at d = 256, 20% at d = 32).
+  static constexpr int kChunkElems = 16 / kElemBytes;  // one cp.async / ldmatrix row: 16 bytes
+  static constexpr int kRowElems = kHeadDim + kChunkElems;
+  static constexpr int kRowBytes = kRowElems * kElemBytes;
+  static constexpr int kChunksPerRow = kHeadDim / kChunkElems;
+
+  static constexpr int kQTileBytes = kBlockM * kRowBytes;
+  static constexpr int kKVTileBytes = kBlockN * kRowBytes;
+  // layout: Q | K stage 0 | K stage 1 | V stage 0 | V stage 1 (the epilogue stages O through the Q tile)
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kQTileBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKVTileBytes;
+  static constexpr int kSharedBytes = kVOffset + kStages * kKVTileBytes;
+
+  // fragments per warp: S is 16 x kBlockN, O is 16 x kHeadDim, in n8 tiles of 4 fp32 per thread
+  static constexpr int kSTiles = kBlockN / 8;
+  static constexpr int kOTiles = kHeadDim / 8;
+
+  static_assert(kElemBytes == 2, "the m16n8k16 tensor-core path takes 16-bit inputs");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dims are multiples of 32 up to 256");
+  static_assert(kBlockN % 16 == 0, "P V consumes S in k16 steps");
+  static_assert((kBlockM * kChunksPerRow) % kThreads == 0, "every thread loads the same number of Q chunks");
+  static_assert((kBlockN * kChunksPerRow) % kThreads == 0, "every thread loads the same number of K/V chunks");
+  static_assert(kRowBytes % 16 == 0, "ldmatrix and cp.async need 16-byte aligned rows");
+  static_assert((kRowBytes / 16) % 2 == 1, "padded rows must be an odd number of 16-byte chunks (bank conflicts)");
+  static_assert(kSharedBytes <= kMaxSharedBytesSm80, "tiles must fit the shared memory of sm_80");
+};
+
+}  // namespace flashlab::kernels::flash2
