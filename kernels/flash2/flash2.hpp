@@ -1,6 +1,9 @@
 // The `flash2` GPU variant: FlashAttention-2 on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async), fp16 and
-// bf16. flash2_fwd.cu holds the forward kernel and the registry entry; the backward is not written yet.
+// bf16. flash2_fwd.cu holds the forward kernel, the support rules and the registry entry; flash2_bwd.cu the
+// backward (preprocessing, main and epilogue kernels) and its workspace model.
 #pragma once
+
+#include <cstdint>
 
 #include "flashlab/kernels/attention.hpp"
 
@@ -9,4 +12,16 @@ namespace flashlab::kernels {
 // The registry entry of the flash2 variant.
 [[nodiscard]] Variant flash2_variant();
 
+namespace flash2 {
+
+// Whether flash2 runs (problem, dtype, pass): the same rules for fwd, bwd and fwdbwd.
+[[nodiscard]] Support supports(const Problem& p, DType dtype, Pass pass);
+
+// Bytes the backward allocates from the workspace for (problem, dtype): exactly what backward() allocates.
+[[nodiscard]] std::int64_t backward_workspace_bytes(const Problem& p, DType dtype);
+
+// The backward launcher (Q, K, V, O, LSE, dO given; dQ, dK, dV written).
+void backward(const AttentionParams& params, const LaunchContext& ctx);
+
+}  // namespace flash2
 }  // namespace flashlab::kernels

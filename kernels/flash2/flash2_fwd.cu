@@ -18,7 +18,7 @@
 // A row that sees no key keeps m_i = -inf: its shift is taken as 0 (not -inf, which would give -inf - -inf = NaN),
 // so P = 0, l_i = 0, and the epilogue writes O = 0 and LSE = -inf.
 //
-// The forward needs no workspace: LSE is an output.
+// The forward needs no workspace: LSE is an output. The backward is in flash2_bwd.cu.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "flash2/flash2.hpp"
+#include "flash2/flash2_common.cuh"
 #include "flash2/kernel_traits.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/kernels/device.hpp"
@@ -39,14 +40,6 @@
 namespace flashlab::kernels {
 namespace flash2 {
 namespace {
-
-constexpr double kLog2eDouble = 1.4426950408889634;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::int64_t kAlignBytes = 16;                    // cp.async chunks and the epilogue's vector stores
-constexpr std::int64_t kMaxGridYZ = 65535;                  // heads go to gridDim.y, batch entries to gridDim.z
-constexpr std::int64_t kMaxLength = std::int64_t{1} << 30;  // token indices stay in 32-bit arithmetic
-
-const char* const kBackwardMissing = "flash2 backward: not implemented yet";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Launch arguments (one flat struct, by value)
@@ -73,98 +66,6 @@ struct ForwardArgs {
   float scale;       // softmax scale
   float scale_log2;  // softmax scale * log2(e)
 };
-
-// ---------------------------------------------------------------------------------------------------------------
-// Element types
-
-template <class T>
-struct Elem;
-template <>
-struct Elem<__half> {
-  // two fp32 values as one packed register of the mma's A operand (round to nearest)
-  __device__ static std::uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const std::uint32_t*>(&h);
-  }
-  __device__ static void mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <>
-struct Elem<__nv_bfloat16> {
-  __device__ static std::uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const std::uint32_t*>(&h);
-  }
-  __device__ static void mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-
-// ---------------------------------------------------------------------------------------------------------------
-// PTX wrappers
-
-__device__ inline std::uint32_t smem_address(const void* pointer) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-// 16 bytes global -> shared, bypassing L1; src_bytes = 0 writes 16 zero bytes and reads nothing.
-__device__ inline void cp_async_16(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ inline void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int kPending>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-__device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-__device__ inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-// 2^x on the special-function unit alone (MUFU.EX2): 2 ulp like exp2f without its subnormal fix-up; results below
-// 2^-126 flush to 0, an absolute error < 1.2e-38 on a probability, far below fp16/bf16 rounding.
-__device__ inline float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Tile loads: kRows rows of d elements from global memory (row stride in elements) into padded shared rows.
-// Rows at or past `valid_rows` are zero-filled (cp.async with a source size of 0), so no garbage, and no NaN from
-// poisoned memory, can reach the mma.
-
-template <class Traits, int kRows, class T>
-__device__ inline void load_tile(std::uint32_t dst, const T* src, std::int64_t row_stride, int valid_rows, int tid) {
-  constexpr int kPerThread = kRows * Traits::kChunksPerRow / Traits::kThreads;
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int chunk = tid + i * Traits::kThreads;
-    const int row = chunk / Traits::kChunksPerRow;
-    const int col = (chunk % Traits::kChunksPerRow) * Traits::kChunkElems;
-    const bool valid = row < valid_rows;
-    const T* from = valid ? src + row * row_stride + col : src;
-    cp_async_16(dst + row * Traits::kRowBytes + col * Traits::kElemBytes, from, valid ? 16 : 0);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // The kernel
@@ -411,66 +312,9 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
 // ---------------------------------------------------------------------------------------------------------------
 // Host side
 
-Support supports(const Problem& p, DType dtype, Pass pass) {
-  switch (dtype) {
-    case DType::fp16:
-    case DType::bf16: break;
-    case DType::fp32:
-      return Support::no(
-          "flash2 runs fp16 and bf16 (tensor cores); fp32 has no m16n8k16 tensor-core path here: "
-          "use standard");
-    case DType::fp64: return Support::no("flash2 runs fp16 and bf16 (tensor cores); fp64 is the CPU reference's type");
-    case DType::fp8_e4m3: return Support::no("flash2 runs fp16 and bf16 (tensor cores); fp8_e4m3 is not implemented");
-  }
-  const std::int64_t d = p.head_dim;
-  if (d != 32 && d != 64 && d != 96 && d != 128 && d != 256) {
-    return Support::no("flash2 has kernels for head_dim 32, 64, 96, 128 and 256; head_dim = " + std::to_string(d) +
-                       " is not one of them (pad it to the next one with zeros, or use standard)");
-  }
-  if (p.dv() != d) {
-    return Support::no("flash2 needs head_dim_v == head_dim (head_dim_v = " + std::to_string(p.dv()) +
-                       ", head_dim = " + std::to_string(d) + ")");
-  }
-  if (p.seqlen_q >= kMaxLength || p.seqlen_k >= kMaxLength || p.total_q() >= kMaxLength || p.total_k() >= kMaxLength) {
-    return Support::no(
-        "flash2 indexes tokens of a sequence in 32 bits: N_q, N_k and the varlen totals must be below "
-        "2^30");
-  }
-  if (p.heads > kMaxGridYZ || p.batch > kMaxGridYZ) {
-    return Support::no("flash2 puts heads and batch entries on gridDim.y and .z: at most 65535 each");
-  }
-  if (pass != Pass::fwd) return Support::no(kBackwardMissing);
-  return Support::yes();
-}
-
-std::int64_t workspace_bytes(const Problem&, DType, Pass) {
-  return 0;  // forward: LSE is an output, nothing else is stored
-}
-
-void require(bool ok, const char* field, const std::string& message) {
-  if (!ok) throw InvalidProblem(field, "flash2: " + std::string(field) + " " + message);
-}
-
-void check_tensor(const void* data, const Strides& strides, std::int64_t elem_bytes, const char* field) {
-  require(data != nullptr, field, "is null");
-  require(reinterpret_cast<std::uintptr_t>(data) % kAlignBytes == 0, field, "is not 16-byte aligned");
-  const std::int64_t multiple = kAlignBytes / elem_bytes;
-  require(strides.batch % multiple == 0 && strides.token % multiple == 0 && strides.head % multiple == 0, field,
-          "strides (batch " + std::to_string(strides.batch) + ", token " + std::to_string(strides.token) + ", head " +
-              std::to_string(strides.head) + ") must be multiples of " + std::to_string(multiple) +
-              " elements (16 bytes)");
-}
-
-// Compute capability of each device, checked once per device and process (the property query costs more than
-// a launch).
-void require_sm80() {
-  int device = 0;
-  FL_CUDA_CHECK(cudaGetDevice(&device));
-  static std::atomic<std::uint64_t> checked{0};
-  const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
-  if (bit != 0 && (checked.load(std::memory_order_relaxed) & bit) != 0) return;
-  require_compute_capability(8, 0);
-  checked.fetch_or(bit, std::memory_order_relaxed);
+std::int64_t workspace_bytes(const Problem& p, DType dtype, Pass pass) {
+  // forward: LSE is an output, nothing else is stored; fwdbwd = max(fwd, bwd) = bwd
+  return pass == Pass::fwd ? 0 : backward_workspace_bytes(p, dtype);
 }
 
 // grid: query blocks of the longest sequence x heads x batch entries
@@ -556,11 +400,40 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   throw Unsupported(support.reason);
 }
 
-void backward(const AttentionParams&, const LaunchContext&) {
-  throw Unsupported(kBackwardMissing);
+}  // namespace
+
+// fwd, bwd and fwdbwd follow the same rules
+Support supports(const Problem& p, DType dtype, Pass) {
+  switch (dtype) {
+    case DType::fp16:
+    case DType::bf16: break;
+    case DType::fp32:
+      return Support::no(
+          "flash2 runs fp16 and bf16 (tensor cores); fp32 has no m16n8k16 tensor-core path here: "
+          "use standard");
+    case DType::fp64: return Support::no("flash2 runs fp16 and bf16 (tensor cores); fp64 is the CPU reference's type");
+    case DType::fp8_e4m3: return Support::no("flash2 runs fp16 and bf16 (tensor cores); fp8_e4m3 is not implemented");
+  }
+  const std::int64_t d = p.head_dim;
+  if (d != 32 && d != 64 && d != 96 && d != 128 && d != 256) {
+    return Support::no("flash2 has kernels for head_dim 32, 64, 96, 128 and 256; head_dim = " + std::to_string(d) +
+                       " is not one of them (pad it to the next one with zeros, or use standard)");
+  }
+  if (p.dv() != d) {
+    return Support::no("flash2 needs head_dim_v == head_dim (head_dim_v = " + std::to_string(p.dv()) +
+                       ", head_dim = " + std::to_string(d) + ")");
+  }
+  if (p.seqlen_q >= kMaxLength || p.seqlen_k >= kMaxLength || p.total_q() >= kMaxLength || p.total_k() >= kMaxLength) {
+    return Support::no(
+        "flash2 indexes tokens of a sequence in 32 bits: N_q, N_k and the varlen totals must be below "
+        "2^30");
+  }
+  if (p.heads > kMaxGridYZ || p.batch > kMaxGridYZ) {
+    return Support::no("flash2 puts heads and batch entries on gridDim.y and .z: at most 65535 each");
+  }
+  return Support::yes();
 }
 
-}  // namespace
 }  // namespace flash2
 
 Variant flash2_variant() {
@@ -568,12 +441,12 @@ Variant flash2_variant() {
   v.id = "flash2";
   v.description =
       "FlashAttention-2 on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering): tiled, online "
-      "softmax, O(N) memory";
+      "softmax, O(N) memory; backward parallel over K/V blocks with an fp32 dQ accumulator";
   v.device = Device::cuda;
   v.materializes = false;
   v.supported =
       "fp16, bf16; head_dim 32, 64, 96, 128, 256 with head_dim_v == head_dim; causal, sliding window, GQA/MQA, "
-      "varlen, N_q != N_k; fwd (bwd not yet)";
+      "varlen, N_q != N_k; fwd and bwd (deterministic bwd selectable)";
   v.supports = flash2::supports;
   v.workspace_model = flash2::workspace_bytes;
   v.forward = flash2::forward;

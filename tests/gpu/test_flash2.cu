@@ -391,11 +391,12 @@ TEST_CASE("flash2 is registered with its support rules", "[gpu][flash2]") {
   CHECK_FALSE(dv.ok);
   CHECK(dv.reason.find("head_dim_v") != std::string::npos);
   for (Pass pass : {Pass::bwd, Pass::fwdbwd}) {
-    const kernels::Support s = v.supports(p, DType::fp16, pass);
-    CHECK_FALSE(s.ok);
-    CHECK(s.reason == "flash2 backward: not implemented yet");
+    CHECK(v.supports(p, DType::fp16, pass).ok);
+    CHECK_FALSE(v.supports(p, DType::fp32, pass).ok);
+    CHECK_FALSE(v.supports(odd, DType::bf16, pass).ok);
   }
   CHECK(v.workspace_model(p, DType::fp16, Pass::fwd) == 0);
+  CHECK(v.workspace_model(p, DType::fp16, Pass::fwdbwd) == v.workspace_model(p, DType::fp16, Pass::bwd));
 }
 
 TEST_CASE("flash2 forward matches the fp64 reference under the baseline rule", "[gpu][flash2]") {
@@ -426,7 +427,7 @@ TEST_CASE("flash2 rejects what it cannot run at launch", "[gpu][flash2]") {
     a.dtype = DType::fp32;
     CHECK_THROWS_AS(v.forward(a, ctx), Unsupported);
   }
-  CHECK_THROWS_AS(v.backward(t.params(), ctx), Unsupported);
+  CHECK_THROWS_AS(v.backward(t.params(), ctx), InvalidProblem);  // no dO, dQ, dK, dV given
   stream.sync();
   CHECK(allocator.calls() == 0);
   // nothing was launched: the outputs are still poisoned

@@ -67,7 +67,9 @@ struct Problem {
   [[nodiscard]] std::int64_t dv() const { return head_dim_v == 0 ? head_dim : head_dim_v; }
   [[nodiscard]] double scale() const;
   [[nodiscard]] std::int64_t group_size() const { return heads / heads_kv; }
-  [[nodiscard]] std::int64_t total_q() const;  // tokens in the N_q dimension over the batch
+  // Length of the token dimension of the Q-side tensors: N_q for dense batches (per batch entry), the total
+  // token count for varlen batches (where the batch dimension is 1).
+  [[nodiscard]] std::int64_t total_q() const;
   [[nodiscard]] std::int64_t total_k() const;
   [[nodiscard]] Sequence sequence(std::int64_t b) const;
   // The effective window: causal turns into right = 0 (bottom-right aligned).

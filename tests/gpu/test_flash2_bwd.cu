@@ -1,0 +1,544 @@
+// GPU tests of the flash2 backward: dQ, dK, dV against the fp64 Eigen reference on identical inputs (generated on
+// the device, filled on the host from the same seed and dtype rounding) under the baseline rule of DESIGN.md §5
+// (k = 3 for gradients), with `standard` run on the same inputs and dO as the baseline. On the GPU the backward takes
+// the flash2 forward's O and LSE, as a training step does. Also: exact zeros where no key or no query is seen, the
+// workspace against workspace_model, bitwise repeatability of the deterministic mode, and a small fwd+bwd launch
+// tagged [sanitize] for compute-sanitizer.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "flashlab/core/errors.hpp"
+#include "flashlab/core/generator.hpp"
+#include "flashlab/core/storage.hpp"
+#include "flashlab/core/tensor.hpp"
+#include "flashlab/kernels/attention.hpp"
+#include "flashlab/kernels/device.hpp"
+#include "flashlab/reference/attention_data.hpp"
+
+namespace {
+
+using namespace flashlab;
+using kernels::AttentionParams;
+using kernels::LaunchContext;
+
+void check_cuda(cudaError_t status, const char* call) {
+  if (status != cudaSuccess) FAIL(std::string(call) + ": " + cudaGetErrorString(status));
+}
+#define CHECK_CUDA(call) check_cuda((call), #call)
+
+const kernels::Variant& variant(const std::string& id) {
+  for (const kernels::Variant& v : kernels::gpu_variants()) {
+    if (v.id == id) return v;
+  }
+  FAIL("no variant '" << id << "' in gpu_variants()");
+  throw std::logic_error("unreachable");
+}
+
+// Workspace allocator around cudaMalloc/cudaFree that counts live bytes, the peak, and live allocations, and can
+// refuse the allocation number `fail_at` (0-based) with OutOfMemory, as the harness's allocator does on OOM.
+class CountingAllocator final : public kernels::Allocator {
+ public:
+  explicit CountingAllocator(int fail_at = -1) : fail_at_(fail_at) {}
+  ~CountingAllocator() override {
+    for (auto& [pointer, bytes] : sizes_) cudaFree(pointer);
+  }
+  void* allocate(std::size_t bytes, std::string_view what) override {
+    if (calls_++ == fail_at_)
+      throw OutOfMemory("test allocator refuses " + std::to_string(bytes) + " bytes for " + std::string(what));
+    void* pointer = nullptr;
+    if (cudaMalloc(&pointer, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      throw OutOfMemory("cudaMalloc of " + std::to_string(bytes) + " bytes for " + std::string(what));
+    }
+    sizes_[pointer] = bytes;
+    live_ += static_cast<std::int64_t>(bytes);
+    peak_ = std::max(peak_, live_);
+    return pointer;
+  }
+  void release(void* pointer) noexcept override {
+    auto it = sizes_.find(pointer);
+    if (it == sizes_.end()) return;
+    cudaFree(pointer);
+    live_ -= static_cast<std::int64_t>(it->second);
+    sizes_.erase(it);
+  }
+  void reset_peak() { peak_ = live_; }
+  [[nodiscard]] std::int64_t peak() const { return peak_; }
+  [[nodiscard]] std::size_t live_count() const { return sizes_.size(); }
+  [[nodiscard]] int calls() const { return calls_; }
+
+ private:
+  int fail_at_;
+  int calls_ = 0;
+  std::int64_t live_ = 0;
+  std::int64_t peak_ = 0;
+  std::map<void*, std::size_t> sizes_;
+};
+
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
+    if (bytes) CHECK_CUDA(cudaMalloc(&data_, bytes));
+  }
+  ~DeviceBuffer() {
+    if (data_) cudaFree(data_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  [[nodiscard]] void* get() const { return data_; }
+  [[nodiscard]] std::size_t bytes() const { return bytes_; }
+  [[nodiscard]] std::vector<unsigned char> to_host() const {
+    std::vector<unsigned char> host(bytes_);
+    if (bytes_) CHECK_CUDA(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t bytes_;
+};
+
+class Stream {
+ public:
+  Stream() { CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  [[nodiscard]] void* get() const { return stream_; }
+  void sync() const { CHECK_CUDA(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// Device tensors of one (problem, dtype): contiguous BSHD inputs from the generator, NaN-poisoned outputs.
+struct DeviceTensors {
+  Problem problem;
+  DType dtype;
+  AttentionShapes shapes;
+  DeviceBuffer q, k, v, d_out, o, lse, dq, dk, dv, cu_q, cu_k;
+
+  static std::size_t bytes(const Shape<4>& s, DType dtype) {
+    return static_cast<std::size_t>(element_count<4>(s)) * size_bytes(dtype);
+  }
+  static std::size_t cu_bytes(const Problem& p) { return p.is_varlen() ? (p.batch + 1) * sizeof(std::int32_t) : 0; }
+
+  DeviceTensors(const Problem& p, DType t, std::uint64_t seed, void* stream)
+      : problem(p),
+        dtype(t),
+        shapes(attention_shapes(p)),
+        q(bytes(shapes.q, t)),
+        k(bytes(shapes.k, t)),
+        v(bytes(shapes.v, t)),
+        d_out(bytes(shapes.o, t)),
+        o(bytes(shapes.o, t)),
+        lse(static_cast<std::size_t>(element_count<3>(shapes.lse)) * sizeof(float)),
+        dq(bytes(shapes.q, t)),
+        dk(bytes(shapes.k, t)),
+        dv(bytes(shapes.v, t)),
+        cu_q(cu_bytes(p)),
+        cu_k(cu_bytes(p)) {
+    kernels::generate(q.get(), t, element_count<4>(shapes.q), seed, TensorId::q, Distribution::normal, stream);
+    kernels::generate(k.get(), t, element_count<4>(shapes.k), seed, TensorId::k, Distribution::normal, stream);
+    kernels::generate(v.get(), t, element_count<4>(shapes.v), seed, TensorId::v, Distribution::normal, stream);
+    kernels::generate(d_out.get(), t, element_count<4>(shapes.o), seed, TensorId::d_out, Distribution::normal, stream);
+    kernels::fill_nan(o.get(), t, element_count<4>(shapes.o), stream);
+    kernels::fill_nan(lse.get(), DType::fp32, element_count<3>(shapes.lse), stream);
+    kernels::fill_nan(dq.get(), t, element_count<4>(shapes.q), stream);
+    kernels::fill_nan(dk.get(), t, element_count<4>(shapes.k), stream);
+    kernels::fill_nan(dv.get(), t, element_count<4>(shapes.v), stream);
+    if (p.is_varlen()) {
+      const std::vector<std::int32_t> cq(p.cu_seqlens_q.begin(), p.cu_seqlens_q.end());
+      const std::vector<std::int32_t> ck(p.cu_seqlens_k.begin(), p.cu_seqlens_k.end());
+      CHECK_CUDA(cudaMemcpy(cu_q.get(), cq.data(), cu_q.bytes(), cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaMemcpy(cu_k.get(), ck.data(), cu_k.bytes(), cudaMemcpyHostToDevice));
+    }
+  }
+
+  [[nodiscard]] AttentionParams params() const {
+    AttentionParams a;
+    a.problem = problem;
+    a.dtype = dtype;
+    const std::int64_t tokens_q = shapes.q[1], tokens_k = shapes.k[1];
+    a.q = q.get();
+    a.k = k.get();
+    a.v = v.get();
+    a.o = o.get();
+    a.lse = static_cast<float*>(lse.get());
+    a.q_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.head_dim);
+    a.k_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.head_dim);
+    a.v_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.dv());
+    a.o_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.dv());
+    a.d_out = d_out.get();
+    a.dq = dq.get();
+    a.dk = dk.get();
+    a.dv = dv.get();
+    a.d_out_strides = a.o_strides;
+    a.dq_strides = a.q_strides;
+    a.dk_strides = a.k_strides;
+    a.dv_strides = a.v_strides;
+    a.cu_seqlens_q = static_cast<const std::int32_t*>(cu_q.get());
+    a.cu_seqlens_k = static_cast<const std::int32_t*>(cu_k.get());
+    return a;
+  }
+};
+
+std::vector<double> decode(const DeviceBuffer& buffer, DType dtype) {
+  const std::vector<unsigned char> raw = buffer.to_host();
+  std::vector<double> values(raw.size() / size_bytes(dtype));
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = load(raw.data(), static_cast<std::int64_t>(i), dtype);
+  return values;
+}
+
+std::int64_t count_nan(const std::vector<double>& x) {
+  return std::count_if(x.begin(), x.end(), [](double value) { return std::isnan(value); });
+}
+
+std::int64_t bit_mismatches(const std::vector<double>& got, const std::vector<double>& want) {
+  std::int64_t n = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) n += !(got[i] == want[i]);  // exact: both are values of the run's dtype
+  return n;
+}
+
+// Relative Frobenius error ||got - want|| / ||want|| over the entries where `want` is finite; entries where it is
+// -inf (LSE of fully masked rows) must be -inf in `got` too, counted in `inf_mismatches`.
+struct Error {
+  double rel_fro = 0;
+  double want_norm = 0;
+  double max_abs = 0;
+  std::int64_t inf_mismatches = 0;
+};
+
+Error compare(const std::vector<double>& got, const std::vector<double>& want) {
+  Error e;
+  double diff2 = 0, want2 = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (std::isinf(want[i])) {
+      e.inf_mismatches += got[i] != want[i];
+      continue;
+    }
+    const double d = got[i] - want[i];
+    diff2 += d * d;
+    want2 += want[i] * want[i];
+    e.max_abs = std::max(e.max_abs, std::abs(d));
+  }
+  e.want_norm = std::sqrt(want2);
+  e.rel_fro = want2 > 0 ? std::sqrt(diff2 / want2) : (diff2 > 0 ? std::numeric_limits<double>::infinity() : 0.0);
+  return e;
+}
+
+double max_abs(const std::vector<double>& x) {
+  double m = 0;
+  for (double value : x) m = std::max(m, std::abs(value));
+  return m;
+}
+
+// NaN in every output of the forward and the backward, so an element a kernel does not write shows up.
+void poison(DeviceTensors& t, void* stream) {
+  const AttentionShapes& s = t.shapes;
+  kernels::fill_nan(t.o.get(), t.dtype, element_count<4>(s.o), stream);
+  kernels::fill_nan(t.lse.get(), DType::fp32, element_count<3>(s.lse), stream);
+  kernels::fill_nan(t.dq.get(), t.dtype, element_count<4>(s.q), stream);
+  kernels::fill_nan(t.dk.get(), t.dtype, element_count<4>(s.k), stream);
+  kernels::fill_nan(t.dv.get(), t.dtype, element_count<4>(s.v), stream);
+}
+
+// The reference rounded to the output dtype: its rel. Frobenius error is the rounding term of the baseline rule.
+std::vector<double> rounded(const std::vector<double>& x, DType dtype) {
+  std::vector<double> r(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) r[i] = std::isinf(x[i]) ? x[i] : round_to(x[i], dtype);
+  return r;
+}
+
+// Rows (token, head) of dQ whose query sees no key, and rows of dK / dV whose key no query of the sequence sees
+// (Problem::key_range; masks do not depend on the head, so a key no query sees is unseen by every head of its group).
+struct UnseenRows {
+  std::vector<std::int64_t> queries;  // token index in the [B', T_q] flattening
+  std::vector<std::int64_t> keys;     // token index in the [B', T_k] flattening
+};
+UnseenRows unseen_rows(const Problem& p, const AttentionShapes& shapes) {
+  UnseenRows u;
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    const Sequence s = p.sequence(b);
+    std::vector<char> seen(static_cast<std::size_t>(s.seqlen_k), 0);
+    for (std::int64_t i = 0; i < s.seqlen_q; ++i) {
+      const KeyRange r = p.key_range(i, s.seqlen_q, s.seqlen_k);
+      if (r.empty()) u.queries.push_back(s.slot * shapes.q[1] + s.q_offset + i);
+      for (std::int64_t j = r.lo; j <= r.hi; ++j) seen[static_cast<std::size_t>(j)] = 1;
+    }
+    for (std::int64_t j = 0; j < s.seqlen_k; ++j) {
+      if (!seen[static_cast<std::size_t>(j)]) u.keys.push_back(s.slot * shapes.k[1] + s.k_offset + j);
+    }
+  }
+  return u;
+}
+
+// Nonzero entries in the given token rows (all heads) of a [B', T, heads, dim] tensor.
+std::int64_t nonzero_in_rows(const std::vector<double>& x, const std::vector<std::int64_t>& rows, std::int64_t heads,
+                             std::int64_t dim) {
+  std::int64_t n = 0;
+  for (std::int64_t row : rows) {
+    for (std::int64_t e = 0; e < heads * dim; ++e) n += x[static_cast<std::size_t>(row * heads * dim + e)] != 0;
+  }
+  return n;
+}
+
+struct Case {
+  std::string name;
+  Problem problem;
+};
+
+Problem dense(std::int64_t batch, std::int64_t heads, std::int64_t heads_kv, std::int64_t seqlen_q,
+              std::int64_t seqlen_k, std::int64_t head_dim) {
+  Problem p;
+  p.batch = batch;
+  p.heads = heads;
+  p.heads_kv = heads_kv;
+  p.seqlen_q = seqlen_q;
+  p.seqlen_k = seqlen_k;
+  p.head_dim = head_dim;
+  return p;
+}
+
+Problem causal(Problem p) {
+  p.causal = true;
+  return p;
+}
+
+Problem windowed(Problem p, std::int64_t left, std::int64_t right) {
+  p.window = {left, right};
+  return p;
+}
+
+// Awkward lengths on purpose (partial query and key blocks of the backward's tiles, one-key rows, tile multiples),
+// every head dim, each mask kind, N_q != N_k both ways with fully masked rows, GQA, MQA and varlen with empty entries.
+std::vector<Case> accuracy_cases() {
+  std::vector<Case> cases;
+  cases.push_back({"dense N=1, d=32", dense(2, 2, 2, 1, 1, 32)});
+  cases.push_back({"dense N=17, d=64", dense(2, 3, 3, 17, 17, 64)});
+  cases.push_back({"dense N=97, d=96", dense(1, 2, 2, 97, 97, 96)});
+  cases.push_back({"causal N=128, d=128", causal(dense(2, 2, 2, 128, 128, 128))});
+  cases.push_back({"dense N=129, d=256", dense(1, 2, 2, 129, 129, 256)});
+  cases.push_back({"causal N=255, d=256", causal(dense(1, 2, 2, 255, 255, 256))});
+  cases.push_back({"window (16, 8), N=255, d=64", windowed(dense(1, 2, 2, 255, 255, 64), 16, 8)});
+  cases.push_back({"window (32, 0), N=1025, d=128", windowed(dense(1, 2, 2, 1025, 1025, 128), 32, 0)});
+  cases.push_back({"causal N=1025, d=32", causal(dense(1, 2, 2, 1025, 1025, 32))});
+  cases.push_back({"dense N=1025, d=96", dense(1, 1, 1, 1025, 1025, 96)});
+  cases.push_back({"causal N_q=129 > N_k=17 (fully masked rows)", causal(dense(2, 2, 2, 129, 17, 64))});
+  cases.push_back({"causal N_q=1025 > N_k=255 (fully masked blocks)", causal(dense(1, 2, 2, 1025, 255, 128))});
+  cases.push_back({"causal N_q=17 < N_k=129 (unseen keys)", causal(dense(2, 2, 2, 17, 129, 32))});
+  cases.push_back({"causal N_q=97 < N_k=1025, window (32, 0)", windowed(causal(dense(1, 2, 2, 97, 1025, 64)), 32, 0)});
+  cases.push_back({"window (16, 8), N_q=255 > N_k=97", windowed(dense(1, 2, 2, 255, 97, 96), 16, 8)});
+  cases.push_back({"GQA 4:1, N=129, d=64", dense(2, 8, 2, 129, 129, 64)});
+  cases.push_back({"GQA 4:1 causal, N=255, d=256", causal(dense(1, 8, 2, 255, 255, 256))});
+  cases.push_back({"MQA 4:1 causal, N=1025, d=128", causal(dense(1, 4, 1, 1025, 1025, 128))});
+  cases.push_back({"MQA 2:1, N_q=97, N_k=255, d=96", dense(1, 2, 1, 97, 255, 96)});
+  cases.push_back(
+      {"varlen GQA 2:1 with empty entries", Problem::varlen(4, 2, 64, {17, 0, 97, 128, 1}, {33, 5, 0, 129, 1025})});
+  cases.push_back(
+      {"varlen causal, N_q != N_k, empty entry", causal(Problem::varlen(2, 2, 32, {129, 17, 0}, {17, 129, 3}))});
+  cases.push_back({"varlen window (16, 8), d=128",
+                   windowed(Problem::varlen(2, 1, 128, {255, 0, 64, 129}, {255, 17, 64, 97}), 16, 8)});
+  return cases;
+}
+
+constexpr std::uint64_t kSeed = 20261123;
+
+struct Gradients {
+  std::vector<double> dq, dk, dv;
+};
+
+Gradients read_gradients(const DeviceTensors& t) {
+  return {decode(t.dq, t.dtype), decode(t.dk, t.dtype), decode(t.dv, t.dtype)};
+}
+
+// One gradient under the baseline rule: err_flash <= 3 err_standard + 3 err_rounding (rel. Frobenius). Where the
+// exact gradient is 0 (one key per row: softmax is constant), both kernels return rounding noise and the rule
+// compares max abs values: |flash| <= 3 |standard| + 3 x the a-priori size of that noise.
+void check_gradient(const char* what, const std::vector<double>& got, const std::vector<double>& baseline,
+                    const std::vector<double>& want, DType dtype, double noise) {
+  const Error e = compare(got, want), e_std = compare(baseline, want);
+  const Error e_round = compare(rounded(want, dtype), want);
+  INFO(what << " rel. Frobenius: flash2 " << e.rel_fro << ", standard " << e_std.rel_fro << ", rounding "
+            << e_round.rel_fro << "; max abs: flash2 " << max_abs(got) << ", standard " << max_abs(baseline));
+  CHECK(count_nan(got) == 0);
+  if (e.want_norm == 0) {
+    CHECK(max_abs(got) <= 3 * max_abs(baseline) + 3 * noise);
+  } else {
+    CHECK(e.rel_fro <= 3 * e_std.rel_fro + 3 * e_round.rel_fro);
+  }
+}
+
+void check_case(const Case& c, DType dtype) {
+  INFO(c.name << " [" << c.problem.describe() << "] " << name(dtype));
+  const Problem& p = c.problem;
+  const kernels::Variant& flash = variant("flash2");
+  const kernels::Variant& baseline = variant("standard");
+  REQUIRE(flash.supports(p, dtype, Pass::bwd).ok);
+  REQUIRE(flash.supports(p, dtype, Pass::fwdbwd).ok);
+  REQUIRE(baseline.supports(p, dtype, Pass::fwdbwd).ok);
+  Stream stream;
+  DeviceTensors t(p, dtype, kSeed, stream.get());
+  const AttentionParams params = t.params();
+
+  // the baseline: standard forward and backward in the same dtype on the same inputs and dO
+  CountingAllocator baseline_allocator;
+  baseline.forward(params, {baseline_allocator, stream.get()});
+  baseline.backward(params, {baseline_allocator, stream.get()});
+  stream.sync();
+  const Gradients g_std = read_gradients(t);
+
+  // flash2: forward (its O and LSE are the backward's inputs), then backward, on poisoned outputs
+  poison(t, stream.get());
+  CountingAllocator allocator;
+  flash.forward(params, {allocator, stream.get()});
+  stream.sync();
+  CHECK(allocator.peak() == 0);
+  allocator.reset_peak();
+  flash.backward(params, {allocator, stream.get()});
+  stream.sync();
+  CHECK(allocator.peak() == flash.workspace_model(p, dtype, Pass::bwd));
+  CHECK(allocator.calls() <= 1);  // one allocation per launch
+  CHECK(allocator.live_count() == 0);
+  CHECK(flash.workspace_model(p, dtype, Pass::fwdbwd) == flash.workspace_model(p, dtype, Pass::bwd));
+  const Gradients g = read_gradients(t);
+
+  reference::AttentionData<double> ref(p);
+  ref.randomize({kSeed, Distribution::normal, dtype});
+  ref.run_forward();
+  ref.run_backward();
+  CHECK(bit_mismatches(decode(t.q, dtype), ref.q.values()) == 0);
+  CHECK(bit_mismatches(decode(t.k, dtype), ref.k.values()) == 0);
+  CHECK(bit_mismatches(decode(t.v, dtype), ref.v.values()) == 0);
+  CHECK(bit_mismatches(decode(t.d_out, dtype), ref.d_out.values()) == 0);
+
+  // a-priori size of dS where the exact one is 0 (see test_standard.cu): (u + 2 d u32) d max|dO| max|V|
+  const double u = unit_roundoff(dtype), u32 = unit_roundoff(DType::fp32);
+  const auto d = static_cast<double>(p.head_dim);
+  const double ds = (u + 2 * d * u32) * d * max_abs(ref.d_out.values()) * max_abs(ref.v.values());
+  const double scale = p.scale() * (1 + u);
+  check_gradient("dQ", g.dq, g_std.dq, ref.dq.values(), dtype, scale * ds * max_abs(ref.k.values()));
+  check_gradient("dK", g.dk, g_std.dk, ref.dk.values(), dtype,
+                 static_cast<double>(p.group_size()) * scale * ds * max_abs(ref.q.values()));
+  check_gradient("dV", g.dv, g_std.dv, ref.dv.values(), dtype, 0.0);
+
+  // exact zeros: dQ rows that see no key, dK / dV rows that no query sees
+  const UnseenRows unseen = unseen_rows(p, t.shapes);
+  INFO(unseen.queries.size() << " query rows see no key, " << unseen.keys.size() << " key rows are seen by none");
+  CHECK(nonzero_in_rows(g.dq, unseen.queries, p.heads, p.head_dim) == 0);
+  CHECK(nonzero_in_rows(g.dk, unseen.keys, p.heads_kv, p.head_dim) == 0);
+  CHECK(nonzero_in_rows(g.dv, unseen.keys, p.heads_kv, p.dv()) == 0);
+}
+
+std::vector<unsigned char> concat_bytes(const DeviceTensors& t) {
+  std::vector<unsigned char> all = t.dq.to_host();
+  for (const DeviceBuffer* b : {&t.dk, &t.dv}) {
+    const std::vector<unsigned char> x = b->to_host();
+    all.insert(all.end(), x.begin(), x.end());
+  }
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("flash2 backward supports what the forward supports", "[gpu][flash2]") {
+  const kernels::Variant& v = variant("flash2");
+  REQUIRE(v.backward);
+  for (std::int64_t d : {32, 64, 96, 128, 256}) {
+    const Problem p = dense(2, 4, 2, 100, 70, d);
+    for (DType dtype : {DType::fp16, DType::bf16}) {
+      for (Pass pass : {Pass::bwd, Pass::fwdbwd}) CHECK(v.supports(p, dtype, pass).ok);
+      CHECK(v.workspace_model(p, dtype, Pass::bwd) > 0);
+      CHECK(v.workspace_model(p, dtype, Pass::fwdbwd) == v.workspace_model(p, dtype, Pass::bwd));
+    }
+  }
+  CHECK_FALSE(v.supports(dense(1, 2, 2, 64, 64, 64), DType::fp32, Pass::bwd).ok);
+  CHECK_FALSE(v.supports(dense(1, 2, 2, 64, 64, 40), DType::fp16, Pass::bwd).ok);
+}
+
+TEST_CASE("flash2 backward matches the fp64 reference under the baseline rule", "[gpu][flash2]") {
+  for (const Case& c : accuracy_cases()) {
+    for (DType dtype : {DType::fp16, DType::bf16}) check_case(c, dtype);
+  }
+}
+
+TEST_CASE("flash2 deterministic backward is bitwise repeatable", "[gpu][flash2]") {
+  const std::vector<Case> cases = {
+      {"MQA 4:1 causal, N=1025, d=64", causal(dense(2, 4, 1, 1025, 1025, 64))},
+      {"dense N_q=255, N_k=1025, d=128", dense(1, 2, 2, 255, 1025, 128)},
+      {"varlen window (64, 16), d=256", windowed(Problem::varlen(2, 2, 256, {300, 0, 129}, {257, 33, 700}), 64, 16)},
+  };
+  for (const Case& c : cases) {
+    for (DType dtype : {DType::fp16, DType::bf16}) {
+      INFO(c.name << " [" << c.problem.describe() << "] " << name(dtype));
+      const kernels::Variant& flash = variant("flash2");
+      Stream stream;
+      DeviceTensors t(c.problem, dtype, kSeed + 1, stream.get());
+      AttentionParams params = t.params();
+      params.deterministic = true;
+      CountingAllocator allocator;
+      const LaunchContext ctx{allocator, stream.get()};
+      flash.forward(params, ctx);
+      std::vector<unsigned char> first;
+      for (int run = 0; run < 10; ++run) {
+        kernels::fill_nan(t.dq.get(), dtype, element_count<4>(t.shapes.q), stream.get());
+        kernels::fill_nan(t.dk.get(), dtype, element_count<4>(t.shapes.k), stream.get());
+        kernels::fill_nan(t.dv.get(), dtype, element_count<4>(t.shapes.v), stream.get());
+        flash.backward(params, ctx);
+        stream.sync();
+        const std::vector<unsigned char> bytes = concat_bytes(t);
+        if (run == 0) {
+          first = bytes;
+          CHECK(count_nan(decode(t.dq, dtype)) == 0);
+        } else {
+          INFO("run " << run);
+          CHECK(std::memcmp(bytes.data(), first.data(), bytes.size()) == 0);
+        }
+      }
+      CHECK(allocator.peak() == flash.workspace_model(c.problem, dtype, Pass::bwd));
+    }
+  }
+}
+
+// A few awkward shapes, fwd + bwd (deterministic too), checking only that every output is finite: small enough
+// to run under compute-sanitizer (memcheck, racecheck, initcheck, synccheck) in seconds.
+TEST_CASE("flash2 forward and backward on awkward shapes, for compute-sanitizer", "[gpu][flash2][sanitize]") {
+  const std::vector<Problem> problems = {
+      causal(dense(1, 2, 1, 67, 33, 64)),
+      windowed(dense(1, 2, 2, 33, 130, 32), 8, 4),
+      dense(1, 1, 1, 17, 65, 256),
+      causal(Problem::varlen(1, 1, 128, {40, 0, 17}, {9, 3, 80})),
+  };
+  for (const Problem& p : problems) {
+    for (DType dtype : {DType::fp16, DType::bf16}) {
+      for (bool deterministic : {false, true}) {
+        INFO(p.describe() << " " << name(dtype) << (deterministic ? " deterministic" : ""));
+        const kernels::Variant& flash = variant("flash2");
+        Stream stream;
+        DeviceTensors t(p, dtype, kSeed + 2, stream.get());
+        AttentionParams params = t.params();
+        params.deterministic = deterministic;
+        CountingAllocator allocator;
+        const LaunchContext ctx{allocator, stream.get()};
+        flash.forward(params, ctx);
+        flash.backward(params, ctx);
+        stream.sync();
+        CHECK(count_nan(decode(t.o, dtype)) == 0);
+        const Gradients g = read_gradients(t);
+        for (const std::vector<double>* x : {&g.dq, &g.dk, &g.dv}) {
+          CHECK(std::all_of(x->begin(), x->end(), [](double value) { return std::isfinite(value); }));
+        }
+      }
+    }
+  }
+}
