@@ -9,6 +9,7 @@
 #include "flashlab/core/storage.hpp"
 #include "flashlab/harness/backend.hpp"
 #include "flashlab/harness/io_tensors.hpp"
+#include "flashlab/harness/registry.hpp"
 
 namespace flashlab::harness {
 namespace {
@@ -63,6 +64,7 @@ class CpuBackend final : public Backend {
       }
     }
     params_ = make_params(row.problem, row.dtype, data);
+    apply_options(resolve_variant(row.variant), params_);
   }
 
   const kernels::AttentionParams& params() const override { return params_; }

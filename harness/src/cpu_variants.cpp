@@ -380,7 +380,8 @@ std::vector<kernels::Variant> cpu_variants() {
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = reference_model,
                .forward = reference_forward,
-               .backward = reference_backward});
+               .backward = reference_backward,
+               .options = {}});
   v.push_back({.id = "cpu-standard",
                .description = "eager attention on the CPU: materializes S, P (and dP, dS) of every head in the dtype",
                .device = kernels::Device::cpu,
@@ -389,7 +390,8 @@ std::vector<kernels::Variant> cpu_variants() {
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = standard_model,
                .forward = standard_forward,
-               .backward = standard_backward});
+               .backward = standard_backward,
+               .options = {}});
   return v;
 }
 

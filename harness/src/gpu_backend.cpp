@@ -11,6 +11,7 @@
 #include "flashlab/core/storage.hpp"
 #include "flashlab/harness/backend.hpp"
 #include "flashlab/harness/io_tensors.hpp"
+#include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/run_info.hpp"
 #include "flashlab/harness/traffic.hpp"
 #include "flashlab/kernels/device.hpp"
@@ -97,6 +98,7 @@ class GpuBackend final : public Backend {
     }
     FL_CUDA(cudaStreamSynchronize(stream_));
     params_ = make_params(row.problem, row.dtype, data);
+    apply_options(resolve_variant(row.variant), params_);
   }
 
   const kernels::AttentionParams& params() const override { return params_; }

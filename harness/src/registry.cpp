@@ -1,5 +1,9 @@
 #include "flashlab/harness/registry.hpp"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+
 namespace flashlab::harness {
 
 const std::vector<kernels::Variant>& variants() {
@@ -11,11 +15,56 @@ const std::vector<kernels::Variant>& variants() {
   return all;
 }
 
-const kernels::Variant* find_variant(std::string_view id) {
+VariantChoice resolve_variant(std::string_view name) {
+  VariantChoice choice;
+  const std::size_t open = name.find('[');
+  const std::string_view id = name.substr(0, open);
   for (const kernels::Variant& v : variants()) {
-    if (v.id == id) return &v;
+    if (v.id == id) choice.variant = &v;
   }
-  return nullptr;
+  if (!choice.variant) {
+    choice.error = fmt::format("no variant '{}' in this build (flashlab list shows them)", id);
+    return choice;
+  }
+  if (open == std::string_view::npos) return choice;
+  if (name.back() != ']') {
+    choice.variant = nullptr;
+    choice.error = fmt::format("variant '{}': options go in brackets, e.g. {}[name=value]", name, id);
+    return choice;
+  }
+  std::string_view rest = name.substr(open + 1, name.size() - open - 2);
+  while (!rest.empty()) {
+    const std::size_t comma = rest.find(',');
+    const std::string_view term = rest.substr(0, comma);
+    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    const std::size_t equals = term.find('=');
+    const std::string key(term.substr(0, equals));
+    const std::string value(equals == std::string_view::npos ? "1" : term.substr(equals + 1));
+    const auto& declared = choice.variant->options;
+    const bool known = std::any_of(declared.begin(), declared.end(), [&](const auto& o) { return o.first == key; });
+    if (!known) {
+      std::string names;
+      for (const auto& [option, meaning] : declared) names += (names.empty() ? "" : ", ") + option;
+      choice.error = fmt::format("variant '{}': unknown option '{}' (options of {}: {})", name, key, id,
+                                 names.empty() ? "none" : names);
+      choice.variant = nullptr;
+      return choice;
+    }
+    if (key == "deterministic" && value != "0" && value != "1") {
+      choice.error = fmt::format("variant '{}': deterministic must be 0 or 1, found '{}'", name, value);
+      choice.variant = nullptr;
+      return choice;
+    }
+    choice.options[key] = value;
+  }
+  return choice;
+}
+
+const kernels::Variant* find_variant(std::string_view name) { return resolve_variant(name).variant; }
+
+void apply_options(const VariantChoice& choice, kernels::AttentionParams& params) {
+  const auto deterministic = choice.options.find("deterministic");
+  params.deterministic = deterministic != choice.options.end() && deterministic->second == "1";
 }
 
 }  // namespace flashlab::harness

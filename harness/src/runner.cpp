@@ -147,10 +147,9 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
     r["reason"] = reason;
     return r;
   };
-  const kernels::Variant* variant = find_variant(row.variant);
-  if (!variant) {
-    return finish("unsupported", fmt::format("no variant '{}' in this build (flashlab list shows them)", row.variant));
-  }
+  const VariantChoice choice_of_variant = resolve_variant(row.variant);
+  const kernels::Variant* variant = choice_of_variant.variant;
+  if (!variant) return finish("unsupported", choice_of_variant.error);
   r["materializes"] = variant->materializes ? "1" : "0";
   r["device"] = std::string(kernels::name(variant->device));
   try {
@@ -276,8 +275,9 @@ int run_suite(const RunOptions& options) {
   if (options.dry_run) {
     fmt::print("{} rows of suite {} ({} before --filter/--shard)\n", rows.size(), suite.settings.name, suite.rows.size());
     for (const RowSpec& row : rows) {
-      const kernels::Variant* v = find_variant(row.variant);
-      std::string status = v ? "run" : "unsupported: no such variant in this build";
+      const VariantChoice choice = resolve_variant(row.variant);
+      const kernels::Variant* v = choice.variant;
+      std::string status = v ? "run" : "unsupported: " + choice.error;
       if (v) {
         try {
           row.problem.validate();

@@ -439,6 +439,7 @@ Support supports(const Problem& p, DType dtype, Pass) {
 Variant flash2_variant() {
   Variant v;
   v.id = "flash2";
+  v.options = {{"deterministic", "1: bitwise repeatable dQ (key blocks add in a fixed order, slower); 0: atomics"}};
   v.description =
       "FlashAttention-2 on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering): tiled, online "
       "softmax, O(N) memory; backward parallel over K/V blocks with an fp32 dQ accumulator";

@@ -297,3 +297,29 @@ TEST_CASE("save-tensors writes the row tensors as .npy", "[harness][run]") {
   CHECK(fs::file_size(tensors / "q.npy") == 128 + 2 * 17 * 4 * 16 * 4);
   fs::remove_all(dir);
 }
+
+TEST_CASE("variant options are parsed, checked and applied", "[harness][registry]") {
+  const VariantChoice plain = resolve_variant("cpu-standard");
+  REQUIRE(plain.variant != nullptr);
+  CHECK(plain.options.empty());
+  const VariantChoice unknown = resolve_variant("cpu-standard[deterministic=1]");
+  CHECK(unknown.variant == nullptr);
+  CHECK(unknown.error.find("unknown option 'deterministic'") != std::string::npos);
+  CHECK(unknown.error.find("options of cpu-standard: none") != std::string::npos);
+  const VariantChoice missing = resolve_variant("no-such[x=1]");
+  CHECK(missing.variant == nullptr);
+  CHECK(missing.error.find("no variant 'no-such'") != std::string::npos);
+  const VariantChoice unclosed = resolve_variant("cpu-standard[x=1");
+  CHECK(unclosed.variant == nullptr);
+  kernels::AttentionParams params;
+  params.deterministic = true;
+  apply_options(plain, params);
+  CHECK_FALSE(params.deterministic);
+  if (const kernels::Variant* flash2 = find_variant("flash2")) {  // CUDA builds
+    const VariantChoice on = resolve_variant("flash2[deterministic=1]");
+    REQUIRE(on.variant == flash2);
+    apply_options(on, params);
+    CHECK(params.deterministic);
+    CHECK(resolve_variant("flash2[deterministic=2]").error.find("must be 0 or 1") != std::string::npos);
+  }
+}

@@ -2,6 +2,8 @@
 // kernels/. `flashlab list`, the README table and the runner all read it.
 #pragma once
 
+#include <map>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -10,8 +12,18 @@
 namespace flashlab::harness {
 
 [[nodiscard]] const std::vector<kernels::Variant>& variants();
-// nullptr when this build has no variant of that id.
-[[nodiscard]] const kernels::Variant* find_variant(std::string_view id);
+// A variant as a suite names it: `id` or `id[name=value,...]`.
+struct VariantChoice {
+  const kernels::Variant* variant = nullptr;  // null when `error` says why
+  std::map<std::string, std::string> options;
+  std::string error;
+};
+// Resolves a name against the registry and the variant's declared options.
+[[nodiscard]] VariantChoice resolve_variant(std::string_view name);
+// nullptr when this build has no variant of that name (options are checked as resolve_variant does).
+[[nodiscard]] const kernels::Variant* find_variant(std::string_view name);
+// Applies the run options of a resolved name to launch params (deterministic).
+void apply_options(const VariantChoice& choice, kernels::AttentionParams& params);
 
 // The CPU variants:
 //  cpu-reference  the Eigen reference in double on the run's (rounded) inputs; outputs stored in the dtype

@@ -8,6 +8,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "flashlab/core/allocator.hpp"
@@ -90,6 +91,9 @@ struct Variant {
   std::function<std::int64_t(const Problem&, DType, Pass)> workspace_model;
   std::function<void(const AttentionParams&, const LaunchContext&)> forward;
   std::function<void(const AttentionParams&, const LaunchContext&)> backward;
+  // Run options a suite may give as `id[name=value,...]`, each with its one-line meaning.
+  // "deterministic" (0 or 1) sets AttentionParams::deterministic.
+  std::vector<std::pair<std::string, std::string>> options;
 };
 
 // The GPU variants of this build (empty when built without CUDA).
