@@ -1,5 +1,8 @@
 """The command: python3 -m reports RESULTS_DIR [--out DIR].
 
+RESULTS_DIR holds results.csv and run.json, and may hold peers.csv (experiments/peers/torch_sdpa.py: other
+implementations measured on the same problems, in the same columns), whose rows join the figures.
+
 Exit status 0 when the report is written, 2 on malformed input (one line on stderr naming the file and the
 problem: results.csv missing or unreadable, a required column missing, a field that does not parse, run.json
 that is not a JSON object). A run.json that does not exist is not an error: the report says so.
@@ -17,6 +20,7 @@ from .data import RESULTS_FILE, RUN_FILE, InputError, load_results, load_run
 from .figures import Outcome, render_all
 
 REPORT_FILE = "report.md"
+PEERS_FILE = "peers.csv"
 
 
 def make_report(results_dir: str, out_dir: Optional[str] = None) -> List[Outcome]:
@@ -24,6 +28,11 @@ def make_report(results_dir: str, out_dir: Optional[str] = None) -> List[Outcome
     if not os.path.isdir(results_dir):
         raise InputError(results_dir, "not a directory")
     results = load_results(os.path.join(results_dir, RESULTS_FILE))
+    peers_path = os.path.join(results_dir, PEERS_FILE)
+    if os.path.isfile(peers_path):  # peers measured on the same problems (experiments/peers/), in the same columns
+        peers = load_results(peers_path)
+        results.rows += peers.rows
+        results.notes += [f"{PEERS_FILE}: {note}" for note in peers.notes]
     run = load_run(os.path.join(results_dir, RUN_FILE))
     out_dir = out_dir or os.path.join(results_dir, "report")
     os.makedirs(out_dir, exist_ok=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import style
-from .data import (Results, column, column_sum, group_by, oom_ns, plotted_rows, points, setting_columns)
-from .scaling import Panel, Series, SlopeRow, draw_grid, line_handle, oom_handle
+from .data import (Results, column, column_sum, group_by, oom_ns, ordered, plotted_rows, points, setting_columns)
+from .scaling import MAX_COLUMNS, Panel, Series, SlopeRow, draw_grid, line_handle, oom_handle
 
 
 @dataclass
@@ -247,3 +247,58 @@ def traffic(results: Results, context: Context) -> Optional[Drawn]:
     fig, slopes = draw_grid("traffic", "HBM traffic vs N", panels, ("variant",), panel_columns[1:], N_LABEL,
                             "bytes per pass", legend)
     return Drawn(fig, slopes, _merged_note("traffic", all_series))
+
+
+# --- speed -----------------------------------------------------------------------------------------------
+
+@figure("speed", "Speed vs N",
+        "TFLOP/s (the flops model over the median time) against N in the FlashAttention-2 paper's style: one panel "
+        "per (pass, head dim, causal), one line per variant and peer (peers.csv), the dtype by marker.",
+        columns=("tflops",), measured=("tflops",))
+def speed(results: Results, context: Context) -> Optional[Drawn]:
+    rows = [r for r in results.rows if r.get("status") == "ok" and r.get("tflops") is not None]
+    if not rows:
+        return None
+    passes = ordered({r.get("pass") for r in rows}, "pass")
+    cells = sorted({(r.get("head_dim"), r.get("causal")) for r in rows}, key=lambda c: (c[0] or 0, str(c[1])))
+    ncols, nrows = min(len(cells), MAX_COLUMNS), len(passes) * -(-len(cells) // MAX_COLUMNS)
+    fig = style.new_figure(ncols, nrows)
+    fig.suptitle("Speed vs N")
+    grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=[style.PANEL_SIZE[1]] * nrows + [0.5])
+    top = max(r["tflops"] for r in rows)
+    variants, dtypes, merged = [], set(), 0
+    first = None
+    for p_index, pass_name in enumerate(passes):
+        for c_index, (head_dim, causal) in enumerate(cells):
+            panel_rows = [r for r in rows if (r.get("pass"), r.get("head_dim"), r.get("causal")) ==
+                          (pass_name, head_dim, causal)]
+            if not panel_rows:
+                continue
+            wraps = -(-len(cells) // MAX_COLUMNS)
+            ax = fig.add_subplot(grid[p_index * wraps + c_index // MAX_COLUMNS, c_index % MAX_COLUMNS],
+                                 sharex=first, sharey=first)
+            first = first or ax
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(style.FuncFormatter(lambda v, _: style.format_n(v)))
+            ax.set_xlabel(N_LABEL)
+            ax.set_ylabel("TFLOP/s")
+            ax.set_title(describe(("pass", "head_dim", "causal"), (pass_name, head_dim, causal)))
+            for (variant, dtype), line_rows in group_by(panel_rows, ("variant", "dtype")):
+                ns, ys, extra = points(line_rows, column("tflops"))
+                if not ns:
+                    continue
+                merged += extra
+                ax.plot(ns, ys, color=context.colors[variant], marker=context.markers[dtype], linewidth=1.4,
+                        markersize=4)
+                if variant not in variants:
+                    variants.append(variant)
+                dtypes.add(dtype)
+            ax.set_ylim(0, top * 1.08)
+    legend = [(line_handle(context.colors[v]), v) for v in ordered(variants, "variant")]
+    legend += _dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
+    legend_ax = fig.add_subplot(grid[nrows, :])
+    legend_ax.axis("off")
+    legend_ax.legend([h for h, _ in legend], [label for _, label in legend], loc="center",
+                     ncol=max(1, min(len(legend), 3 * ncols)), frameon=False, handlelength=2.6)
+    notes = [f"speed: {merged} values at an N already measured for their line were merged (median)"] if merged else []
+    return Drawn(fig, [], notes)

@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RUN_DIR = FIXTURES / "memory_scaling"
-FIGURE_NAMES = ("memory", "memory_device", "traffic")
+SCALING_FIGURES = ("memory", "memory_device", "traffic")  # skipped where memory and traffic are not measured
+FIGURE_NAMES = SCALING_FIGURES + ("speed",)
 
 sys.path.insert(0, str(ROOT))
 from reports import data, figures, style  # noqa: E402
@@ -277,9 +278,10 @@ class Tolerant(unittest.TestCase):
         Path(out, "traffic.png").write_bytes(b"left by an older run")
         rc, _, err = run_main([self.dir])
         self.assertEqual(rc, 0, err)
-        self.assertEqual(sorted(os.listdir(out)), ["report.md"])
+        # the CPU rows were timed: only the speed figure is drawn
+        self.assertEqual(sorted(os.listdir(out)), ["report.md", "speed.png", "speed.svg"])
         report = Path(out, "report.md").read_text(encoding="utf-8")
-        for name in FIGURE_NAMES:
+        for name in SCALING_FIGURES:
             notes = [line for line in report.splitlines() if f"(`{name}`): skipped" in line]
             self.assertEqual(len(notes), 1, name)
             self.assertIn("not measured in this run", notes[0])
@@ -340,7 +342,7 @@ class Figures(unittest.TestCase):
 
     def test_registry(self):
         names = [f.name for f in figures.FIGURES]
-        self.assertEqual(names[:3], list(FIGURE_NAMES))
+        self.assertEqual(names[:len(FIGURE_NAMES)], list(FIGURE_NAMES))
         self.assertEqual(len(set(names)), len(names))
         with self.assertRaises(ValueError):
             figures.figure("memory", "again", "", (), ())(lambda results, context: None)
@@ -373,3 +375,36 @@ class Contract(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Peers(unittest.TestCase):
+    """peers.csv beside results.csv joins the figures (speed) and the report's tables."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="reports-test-")
+        self.rows = read_csv(RUN_DIR / "results.csv")
+        self.columns = list(self.rows[0].keys())
+        write_csv(os.path.join(self.dir, "results.csv"), self.columns, self.rows)
+        shutil.copy(RUN_DIR / "run.json", self.dir)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def test_peer_rows_join_the_report(self):
+        timed = [r for r in self.rows if r["status"] == "ok" and r["tflops"]]
+        self.assertTrue(timed)
+        peer = dict(timed[0], variant="torch-flash", key="torch-flash " + timed[0]["key"], tflops="123.0",
+                    materializes="0")
+        write_csv(os.path.join(self.dir, "peers.csv"), self.columns, [peer])
+        out = os.path.join(self.dir, "report")
+        rc, _, err = run_main([self.dir, "--out", out])
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(os.path.exists(os.path.join(out, "speed.png")))
+        report = Path(out, "report.md").read_text(encoding="utf-8")
+        self.assertIn("torch-flash", report)
+
+    def test_malformed_peers_file_is_named(self):
+        Path(self.dir, "peers.csv").write_text("variant,pass\nx,fwd\n", encoding="utf-8")
+        rc, _, err = run_main([self.dir, "--out", os.path.join(self.dir, "report")])
+        self.assertEqual(rc, 2)
+        self.assertIn("peers.csv", err)
