@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "gpu_support.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/generator.hpp"
 #include "flashlab/core/storage.hpp"
@@ -24,235 +25,7 @@
 namespace {
 
 using namespace flashlab;
-using kernels::AttentionParams;
-using kernels::LaunchContext;
-
-void check_cuda(cudaError_t status, const char* call) {
-  if (status != cudaSuccess) FAIL(std::string(call) + ": " + cudaGetErrorString(status));
-}
-#define CHECK_CUDA(call) check_cuda((call), #call)
-
-const kernels::Variant& variant(const std::string& id) {
-  for (const kernels::Variant& v : kernels::gpu_variants()) {
-    if (v.id == id) return v;
-  }
-  FAIL("no variant '" << id << "' in gpu_variants()");
-  throw std::logic_error("unreachable");
-}
-
-// Workspace allocator around cudaMalloc/cudaFree that counts calls and live allocations.
-class CountingAllocator final : public kernels::Allocator {
- public:
-  ~CountingAllocator() override {
-    for (auto& [pointer, bytes] : sizes_) cudaFree(pointer);
-  }
-  void* allocate(std::size_t bytes, std::string_view what) override {
-    ++calls_;
-    void* pointer = nullptr;
-    if (cudaMalloc(&pointer, bytes) != cudaSuccess) {
-      cudaGetLastError();
-      throw OutOfMemory("cudaMalloc of " + std::to_string(bytes) + " bytes for " + std::string(what));
-    }
-    sizes_[pointer] = bytes;
-    return pointer;
-  }
-  void release(void* pointer) noexcept override {
-    auto it = sizes_.find(pointer);
-    if (it == sizes_.end()) return;
-    cudaFree(pointer);
-    sizes_.erase(it);
-  }
-  [[nodiscard]] int calls() const { return calls_; }
-  [[nodiscard]] std::size_t live_count() const { return sizes_.size(); }
-
- private:
-  int calls_ = 0;
-  std::map<void*, std::size_t> sizes_;
-};
-
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
-    if (bytes) CHECK_CUDA(cudaMalloc(&data_, bytes));
-  }
-  ~DeviceBuffer() {
-    if (data_) cudaFree(data_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  [[nodiscard]] void* get() const { return data_; }
-  [[nodiscard]] std::size_t bytes() const { return bytes_; }
-  [[nodiscard]] std::vector<unsigned char> to_host() const {
-    std::vector<unsigned char> host(bytes_);
-    if (bytes_) CHECK_CUDA(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost));
-    return host;
-  }
-
- private:
-  void* data_ = nullptr;
-  std::size_t bytes_;
-};
-
-class Stream {
- public:
-  Stream() { CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(stream_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  [[nodiscard]] void* get() const { return stream_; }
-  void sync() const { CHECK_CUDA(cudaStreamSynchronize(stream_)); }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
-
-// Device tensors of one forward (problem, dtype): contiguous BSHD inputs from the generator, outputs poisoned.
-struct DeviceTensors {
-  Problem problem;
-  DType dtype;
-  AttentionShapes shapes;
-  DeviceBuffer q, k, v, o, lse, cu_q, cu_k;
-
-  static std::size_t bytes(const Shape<4>& s, DType dtype) {
-    return static_cast<std::size_t>(element_count<4>(s)) * size_bytes(dtype);
-  }
-  static std::size_t cu_bytes(const Problem& p) { return p.is_varlen() ? (p.batch + 1) * sizeof(std::int32_t) : 0; }
-
-  DeviceTensors(const Problem& p, DType t, std::uint64_t seed, void* stream)
-      : problem(p),
-        dtype(t),
-        shapes(attention_shapes(p)),
-        q(bytes(shapes.q, t)),
-        k(bytes(shapes.k, t)),
-        v(bytes(shapes.v, t)),
-        o(bytes(shapes.o, t)),
-        lse(static_cast<std::size_t>(element_count<3>(shapes.lse)) * sizeof(float)),
-        cu_q(cu_bytes(p)),
-        cu_k(cu_bytes(p)) {
-    kernels::generate(q.get(), t, element_count<4>(shapes.q), seed, TensorId::q, Distribution::normal, stream);
-    kernels::generate(k.get(), t, element_count<4>(shapes.k), seed, TensorId::k, Distribution::normal, stream);
-    kernels::generate(v.get(), t, element_count<4>(shapes.v), seed, TensorId::v, Distribution::normal, stream);
-    poison(stream);
-    if (p.is_varlen()) {
-      const std::vector<std::int32_t> cq(p.cu_seqlens_q.begin(), p.cu_seqlens_q.end());
-      const std::vector<std::int32_t> ck(p.cu_seqlens_k.begin(), p.cu_seqlens_k.end());
-      CHECK_CUDA(cudaMemcpy(cu_q.get(), cq.data(), cu_q.bytes(), cudaMemcpyHostToDevice));
-      CHECK_CUDA(cudaMemcpy(cu_k.get(), ck.data(), cu_k.bytes(), cudaMemcpyHostToDevice));
-    }
-  }
-
-  // NaN in every output element, so an element a kernel does not write shows up
-  void poison(void* stream) {
-    kernels::fill_nan(o.get(), dtype, element_count<4>(shapes.o), stream);
-    kernels::fill_nan(lse.get(), DType::fp32, element_count<3>(shapes.lse), stream);
-  }
-
-  [[nodiscard]] AttentionParams params() const {
-    AttentionParams a;
-    a.problem = problem;
-    a.dtype = dtype;
-    const std::int64_t tokens_q = shapes.q[1], tokens_k = shapes.k[1];
-    a.q = q.get();
-    a.k = k.get();
-    a.v = v.get();
-    a.o = o.get();
-    a.lse = static_cast<float*>(lse.get());
-    a.q_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.head_dim);
-    a.k_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.head_dim);
-    a.v_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.dv());
-    a.o_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.dv());
-    a.cu_seqlens_q = static_cast<const std::int32_t*>(cu_q.get());
-    a.cu_seqlens_k = static_cast<const std::int32_t*>(cu_k.get());
-    return a;
-  }
-};
-
-std::vector<double> decode(const DeviceBuffer& buffer, DType dtype) {
-  const std::vector<unsigned char> raw = buffer.to_host();
-  std::vector<double> values(raw.size() / size_bytes(dtype));
-  for (std::size_t i = 0; i < values.size(); ++i) values[i] = load(raw.data(), static_cast<std::int64_t>(i), dtype);
-  return values;
-}
-
-std::int64_t count_nan(const std::vector<double>& x) {
-  return std::count_if(x.begin(), x.end(), [](double value) { return std::isnan(value); });
-}
-
-std::int64_t bit_mismatches(const std::vector<double>& got, const std::vector<double>& want) {
-  std::int64_t n = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) n += !(got[i] == want[i]);
-  return n;
-}
-
-// Relative Frobenius and max abs error over the entries where `want` is finite; entries where it is -inf (LSE of
-// fully masked rows) must be -inf in `got` too, counted in `inf_mismatches`.
-struct Error {
-  double rel_fro = 0;
-  double max_abs = 0;
-  double want_max = 0;  // max |want| over the finite entries
-  std::int64_t inf_mismatches = 0;
-};
-
-Error compare(const std::vector<double>& got, const std::vector<double>& want) {
-  Error e;
-  double diff2 = 0, want2 = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    if (std::isinf(want[i])) {
-      e.inf_mismatches += got[i] != want[i];
-      continue;
-    }
-    const double d = got[i] - want[i];
-    diff2 += d * d;
-    want2 += want[i] * want[i];
-    e.max_abs = std::max(e.max_abs, std::abs(d));
-    e.want_max = std::max(e.want_max, std::abs(want[i]));
-  }
-  e.rel_fro = want2 > 0 ? std::sqrt(diff2 / want2) : (diff2 > 0 ? std::numeric_limits<double>::infinity() : 0.0);
-  return e;
-}
-
-// The reference rounded to the output dtype, for the floor of the baseline rule.
-std::vector<double> rounded(const std::vector<double>& x, DType dtype) {
-  std::vector<double> r(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) r[i] = std::isinf(x[i]) ? x[i] : round_to(x[i], dtype);
-  return r;
-}
-
-std::int64_t fully_masked_rows(const Problem& p) {
-  std::int64_t rows = 0;
-  for (std::int64_t b = 0; b < p.batch; ++b) {
-    const Sequence s = p.sequence(b);
-    for (std::int64_t i = 0; i < s.seqlen_q; ++i) rows += p.key_range(i, s.seqlen_q, s.seqlen_k).empty();
-  }
-  return rows * p.heads;
-}
-
-struct Case {
-  std::string name;
-  Problem problem;
-};
-
-Problem dense(std::int64_t batch, std::int64_t heads, std::int64_t heads_kv, std::int64_t seqlen_q,
-              std::int64_t seqlen_k, std::int64_t head_dim) {
-  Problem p;
-  p.batch = batch;
-  p.heads = heads;
-  p.heads_kv = heads_kv;
-  p.seqlen_q = seqlen_q;
-  p.seqlen_k = seqlen_k;
-  p.head_dim = head_dim;
-  return p;
-}
-
-Problem causal(Problem p) {
-  p.causal = true;
-  return p;
-}
-
-Problem windowed(Problem p, std::int64_t left, std::int64_t right) {
-  p.window = {left, right};
-  return p;
-}
+using namespace flashlab::gpu_test;
 
 // Awkward lengths on purpose (N in {1, 17, 97, 128, 129, 255, 1025, 4097}: partial query and key tiles, one-row
 // sequences, tile multiples), every head dim, each mask kind, N_q != N_k both ways, GQA, MQA and varlen.
@@ -427,7 +200,14 @@ TEST_CASE("flash2 rejects what it cannot run at launch", "[gpu][flash2]") {
     a.dtype = DType::fp32;
     CHECK_THROWS_AS(v.forward(a, ctx), Unsupported);
   }
-  CHECK_THROWS_AS(v.backward(t.params(), ctx), InvalidProblem);  // no dO, dQ, dK, dV given
+  {
+    AttentionParams a = t.params();
+    a.d_out = nullptr;  // a forward's params: no dO, dQ, dK, dV given
+    a.dq = nullptr;
+    a.dk = nullptr;
+    a.dv = nullptr;
+    CHECK_THROWS_AS(v.backward(a, ctx), InvalidProblem);
+  }
   stream.sync();
   CHECK(allocator.calls() == 0);
   // nothing was launched: the outputs are still poisoned

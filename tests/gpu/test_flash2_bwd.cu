@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "gpu_support.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/generator.hpp"
 #include "flashlab/core/storage.hpp"
@@ -28,237 +29,7 @@
 namespace {
 
 using namespace flashlab;
-using kernels::AttentionParams;
-using kernels::LaunchContext;
-
-void check_cuda(cudaError_t status, const char* call) {
-  if (status != cudaSuccess) FAIL(std::string(call) + ": " + cudaGetErrorString(status));
-}
-#define CHECK_CUDA(call) check_cuda((call), #call)
-
-const kernels::Variant& variant(const std::string& id) {
-  for (const kernels::Variant& v : kernels::gpu_variants()) {
-    if (v.id == id) return v;
-  }
-  FAIL("no variant '" << id << "' in gpu_variants()");
-  throw std::logic_error("unreachable");
-}
-
-// Workspace allocator around cudaMalloc/cudaFree that counts live bytes, the peak, and live allocations, and can
-// refuse the allocation number `fail_at` (0-based) with OutOfMemory, as the harness's allocator does on OOM.
-class CountingAllocator final : public kernels::Allocator {
- public:
-  explicit CountingAllocator(int fail_at = -1) : fail_at_(fail_at) {}
-  ~CountingAllocator() override {
-    for (auto& [pointer, bytes] : sizes_) cudaFree(pointer);
-  }
-  void* allocate(std::size_t bytes, std::string_view what) override {
-    if (calls_++ == fail_at_)
-      throw OutOfMemory("test allocator refuses " + std::to_string(bytes) + " bytes for " + std::string(what));
-    void* pointer = nullptr;
-    if (cudaMalloc(&pointer, bytes) != cudaSuccess) {
-      cudaGetLastError();
-      throw OutOfMemory("cudaMalloc of " + std::to_string(bytes) + " bytes for " + std::string(what));
-    }
-    sizes_[pointer] = bytes;
-    live_ += static_cast<std::int64_t>(bytes);
-    peak_ = std::max(peak_, live_);
-    return pointer;
-  }
-  void release(void* pointer) noexcept override {
-    auto it = sizes_.find(pointer);
-    if (it == sizes_.end()) return;
-    cudaFree(pointer);
-    live_ -= static_cast<std::int64_t>(it->second);
-    sizes_.erase(it);
-  }
-  void reset_peak() { peak_ = live_; }
-  [[nodiscard]] std::int64_t peak() const { return peak_; }
-  [[nodiscard]] std::size_t live_count() const { return sizes_.size(); }
-  [[nodiscard]] int calls() const { return calls_; }
-
- private:
-  int fail_at_;
-  int calls_ = 0;
-  std::int64_t live_ = 0;
-  std::int64_t peak_ = 0;
-  std::map<void*, std::size_t> sizes_;
-};
-
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
-    if (bytes) CHECK_CUDA(cudaMalloc(&data_, bytes));
-  }
-  ~DeviceBuffer() {
-    if (data_) cudaFree(data_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  [[nodiscard]] void* get() const { return data_; }
-  [[nodiscard]] std::size_t bytes() const { return bytes_; }
-  [[nodiscard]] std::vector<unsigned char> to_host() const {
-    std::vector<unsigned char> host(bytes_);
-    if (bytes_) CHECK_CUDA(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost));
-    return host;
-  }
-
- private:
-  void* data_ = nullptr;
-  std::size_t bytes_;
-};
-
-class Stream {
- public:
-  Stream() { CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(stream_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  [[nodiscard]] void* get() const { return stream_; }
-  void sync() const { CHECK_CUDA(cudaStreamSynchronize(stream_)); }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
-
-// Device tensors of one (problem, dtype): contiguous BSHD inputs from the generator, NaN-poisoned outputs.
-struct DeviceTensors {
-  Problem problem;
-  DType dtype;
-  AttentionShapes shapes;
-  DeviceBuffer q, k, v, d_out, o, lse, dq, dk, dv, cu_q, cu_k;
-
-  static std::size_t bytes(const Shape<4>& s, DType dtype) {
-    return static_cast<std::size_t>(element_count<4>(s)) * size_bytes(dtype);
-  }
-  static std::size_t cu_bytes(const Problem& p) { return p.is_varlen() ? (p.batch + 1) * sizeof(std::int32_t) : 0; }
-
-  DeviceTensors(const Problem& p, DType t, std::uint64_t seed, void* stream)
-      : problem(p),
-        dtype(t),
-        shapes(attention_shapes(p)),
-        q(bytes(shapes.q, t)),
-        k(bytes(shapes.k, t)),
-        v(bytes(shapes.v, t)),
-        d_out(bytes(shapes.o, t)),
-        o(bytes(shapes.o, t)),
-        lse(static_cast<std::size_t>(element_count<3>(shapes.lse)) * sizeof(float)),
-        dq(bytes(shapes.q, t)),
-        dk(bytes(shapes.k, t)),
-        dv(bytes(shapes.v, t)),
-        cu_q(cu_bytes(p)),
-        cu_k(cu_bytes(p)) {
-    kernels::generate(q.get(), t, element_count<4>(shapes.q), seed, TensorId::q, Distribution::normal, stream);
-    kernels::generate(k.get(), t, element_count<4>(shapes.k), seed, TensorId::k, Distribution::normal, stream);
-    kernels::generate(v.get(), t, element_count<4>(shapes.v), seed, TensorId::v, Distribution::normal, stream);
-    kernels::generate(d_out.get(), t, element_count<4>(shapes.o), seed, TensorId::d_out, Distribution::normal, stream);
-    kernels::fill_nan(o.get(), t, element_count<4>(shapes.o), stream);
-    kernels::fill_nan(lse.get(), DType::fp32, element_count<3>(shapes.lse), stream);
-    kernels::fill_nan(dq.get(), t, element_count<4>(shapes.q), stream);
-    kernels::fill_nan(dk.get(), t, element_count<4>(shapes.k), stream);
-    kernels::fill_nan(dv.get(), t, element_count<4>(shapes.v), stream);
-    if (p.is_varlen()) {
-      const std::vector<std::int32_t> cq(p.cu_seqlens_q.begin(), p.cu_seqlens_q.end());
-      const std::vector<std::int32_t> ck(p.cu_seqlens_k.begin(), p.cu_seqlens_k.end());
-      CHECK_CUDA(cudaMemcpy(cu_q.get(), cq.data(), cu_q.bytes(), cudaMemcpyHostToDevice));
-      CHECK_CUDA(cudaMemcpy(cu_k.get(), ck.data(), cu_k.bytes(), cudaMemcpyHostToDevice));
-    }
-  }
-
-  [[nodiscard]] AttentionParams params() const {
-    AttentionParams a;
-    a.problem = problem;
-    a.dtype = dtype;
-    const std::int64_t tokens_q = shapes.q[1], tokens_k = shapes.k[1];
-    a.q = q.get();
-    a.k = k.get();
-    a.v = v.get();
-    a.o = o.get();
-    a.lse = static_cast<float*>(lse.get());
-    a.q_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.head_dim);
-    a.k_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.head_dim);
-    a.v_strides = kernels::contiguous_bshd(tokens_k, problem.heads_kv, problem.dv());
-    a.o_strides = kernels::contiguous_bshd(tokens_q, problem.heads, problem.dv());
-    a.d_out = d_out.get();
-    a.dq = dq.get();
-    a.dk = dk.get();
-    a.dv = dv.get();
-    a.d_out_strides = a.o_strides;
-    a.dq_strides = a.q_strides;
-    a.dk_strides = a.k_strides;
-    a.dv_strides = a.v_strides;
-    a.cu_seqlens_q = static_cast<const std::int32_t*>(cu_q.get());
-    a.cu_seqlens_k = static_cast<const std::int32_t*>(cu_k.get());
-    return a;
-  }
-};
-
-std::vector<double> decode(const DeviceBuffer& buffer, DType dtype) {
-  const std::vector<unsigned char> raw = buffer.to_host();
-  std::vector<double> values(raw.size() / size_bytes(dtype));
-  for (std::size_t i = 0; i < values.size(); ++i) values[i] = load(raw.data(), static_cast<std::int64_t>(i), dtype);
-  return values;
-}
-
-std::int64_t count_nan(const std::vector<double>& x) {
-  return std::count_if(x.begin(), x.end(), [](double value) { return std::isnan(value); });
-}
-
-std::int64_t bit_mismatches(const std::vector<double>& got, const std::vector<double>& want) {
-  std::int64_t n = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) n += !(got[i] == want[i]);  // exact: both are values of the run's dtype
-  return n;
-}
-
-// Relative Frobenius error ||got - want|| / ||want|| over the entries where `want` is finite; entries where it is
-// -inf (LSE of fully masked rows) must be -inf in `got` too, counted in `inf_mismatches`.
-struct Error {
-  double rel_fro = 0;
-  double want_norm = 0;
-  double max_abs = 0;
-  std::int64_t inf_mismatches = 0;
-};
-
-Error compare(const std::vector<double>& got, const std::vector<double>& want) {
-  Error e;
-  double diff2 = 0, want2 = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    if (std::isinf(want[i])) {
-      e.inf_mismatches += got[i] != want[i];
-      continue;
-    }
-    const double d = got[i] - want[i];
-    diff2 += d * d;
-    want2 += want[i] * want[i];
-    e.max_abs = std::max(e.max_abs, std::abs(d));
-  }
-  e.want_norm = std::sqrt(want2);
-  e.rel_fro = want2 > 0 ? std::sqrt(diff2 / want2) : (diff2 > 0 ? std::numeric_limits<double>::infinity() : 0.0);
-  return e;
-}
-
-double max_abs(const std::vector<double>& x) {
-  double m = 0;
-  for (double value : x) m = std::max(m, std::abs(value));
-  return m;
-}
-
-// NaN in every output of the forward and the backward, so an element a kernel does not write shows up.
-void poison(DeviceTensors& t, void* stream) {
-  const AttentionShapes& s = t.shapes;
-  kernels::fill_nan(t.o.get(), t.dtype, element_count<4>(s.o), stream);
-  kernels::fill_nan(t.lse.get(), DType::fp32, element_count<3>(s.lse), stream);
-  kernels::fill_nan(t.dq.get(), t.dtype, element_count<4>(s.q), stream);
-  kernels::fill_nan(t.dk.get(), t.dtype, element_count<4>(s.k), stream);
-  kernels::fill_nan(t.dv.get(), t.dtype, element_count<4>(s.v), stream);
-}
-
-// The reference rounded to the output dtype: its rel. Frobenius error is the rounding term of the baseline rule.
-std::vector<double> rounded(const std::vector<double>& x, DType dtype) {
-  std::vector<double> r(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) r[i] = std::isinf(x[i]) ? x[i] : round_to(x[i], dtype);
-  return r;
-}
+using namespace flashlab::gpu_test;
 
 // Rows (token, head) of dQ whose query sees no key, and rows of dK / dV whose key no query of the sequence sees
 // (Problem::key_range; masks do not depend on the head, so a key no query sees is unseen by every head of its group).
@@ -291,33 +62,6 @@ std::int64_t nonzero_in_rows(const std::vector<double>& x, const std::vector<std
     for (std::int64_t e = 0; e < heads * dim; ++e) n += x[static_cast<std::size_t>(row * heads * dim + e)] != 0;
   }
   return n;
-}
-
-struct Case {
-  std::string name;
-  Problem problem;
-};
-
-Problem dense(std::int64_t batch, std::int64_t heads, std::int64_t heads_kv, std::int64_t seqlen_q,
-              std::int64_t seqlen_k, std::int64_t head_dim) {
-  Problem p;
-  p.batch = batch;
-  p.heads = heads;
-  p.heads_kv = heads_kv;
-  p.seqlen_q = seqlen_q;
-  p.seqlen_k = seqlen_k;
-  p.head_dim = head_dim;
-  return p;
-}
-
-Problem causal(Problem p) {
-  p.causal = true;
-  return p;
-}
-
-Problem windowed(Problem p, std::int64_t left, std::int64_t right) {
-  p.window = {left, right};
-  return p;
 }
 
 // Awkward lengths on purpose (partial query and key blocks of the backward's tiles, one-key rows, tile multiples),
@@ -399,7 +143,7 @@ void check_case(const Case& c, DType dtype) {
   const Gradients g_std = read_gradients(t);
 
   // flash2: forward (its O and LSE are the backward's inputs), then backward, on poisoned outputs
-  poison(t, stream.get());
+  t.poison(stream.get());
   CountingAllocator allocator;
   flash.forward(params, {allocator, stream.get()});
   stream.sync();
