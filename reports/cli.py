@@ -55,5 +55,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     out_dir = args.out or os.path.join(args.results_dir, "report")
     drawn = sum(1 for o in outcomes if not o.skipped)
-    print(f"reports: wrote {os.path.join(out_dir, REPORT_FILE)} ({drawn} figures, {len(outcomes) - drawn} skipped)")
+    skipped = sum(1 for o in outcomes if o.skipped and o.applies)
+    print(f"reports: wrote {os.path.join(out_dir, REPORT_FILE)} ({drawn} figures, {skipped} skipped)")
     return 0

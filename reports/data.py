@@ -25,7 +25,7 @@ REQUIRED_COLUMNS = ("variant", "pass", "dtype", "seqlen_q", "head_dim", "status"
 # Columns read as integers / as numbers (bytes, times); an empty field is None, anything else must parse.
 INT_COLUMNS = ("batch", "heads", "heads_kv", "seqlen_q", "seqlen_k", "head_dim", "head_dim_v",
                "window_left", "window_right", "materializes")
-NUMBER_COLUMNS = ("softmax_scale", "time_median_ms", "flops", "tflops",
+NUMBER_COLUMNS = ("softmax_scale", "time_median_ms", "time_p20_ms", "time_p80_ms", "flops", "tflops",
                   "workspace_peak_bytes", "workspace_model_bytes", "device_peak_bytes", "io_bytes",
                   "dram_read_bytes", "dram_write_bytes", "l2_read_bytes", "l2_write_bytes",
                   "bytes_model_min", "bytes_model_variant")
@@ -158,6 +158,24 @@ def load_run(path: str) -> Optional[Dict[str, Any]]:
     if not isinstance(run, dict):
         raise InputError(path, "not a JSON object")
     return run
+
+
+# --- variant names --------------------------------------------------------------------------------------
+
+def split_variant(name: str) -> Tuple[str, Dict[str, str]]:
+    """(registry id, run options) of a variant name `id[name=value,...]`, read as the harness reads it
+    (harness/src/registry.cpp): options separated by commas, an option without '=' means "1". Spaces around
+    ids, names and values are dropped. A name whose brackets do not close is all id, without options."""
+    name = name.strip()
+    open_ = name.find("[")
+    if open_ < 0 or not name.endswith("]"):
+        return name, {}
+    options: Dict[str, str] = {}
+    for term in name[open_ + 1:-1].split(","):
+        if term.strip():
+            key, equals, value = term.partition("=")
+            options[key.strip()] = value.strip() if equals else "1"
+    return name[:open_].strip(), options
 
 
 # --- ordering --------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A figure is a function (results, context) -> Drawn, registered with @figure under the name of its files
 (NAME.png, NAME.svg), a title, a one-line caption for the report, the columns it reads and the measured
 columns of which at least one must hold a value. A figure whose columns are absent, or whose measured columns
-are empty in every row (no traffic on a CPU run), is skipped with a one-line note in the report. The report
-draws the figures in registration order.
+are empty in every row (no traffic on a CPU run), is skipped with a one-line note in the report. A figure of
+one suite's rows (figure2: a block-size sweep) also says which files it `applies` to, and is left out of the
+report of any other file without a word. The report draws the figures in registration order.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Drawn:
     figure: object                  # matplotlib Figure
     slopes: List[SlopeRow]
     notes: List[str] = field(default_factory=list)
+    markdown: List[str] = field(default_factory=list)  # lines for report.md under the figure (its numbers)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class FigureSpec:
     columns: Tuple[str, ...]
     measured: Tuple[str, ...]
     draw: Callable[[Results, Context], Optional[Drawn]]
+    applies: Optional[Callable[[Results], bool]] = None  # None: every file
 
 
 @dataclass
@@ -63,18 +66,21 @@ class Outcome:
     skipped: str = ""                               # why not, when skipped
     slopes: List[SlopeRow] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    markdown: List[str] = field(default_factory=list)
+    applies: bool = True                            # False: not a figure of this file, left out of the report
 
 
 FIGURES: List[FigureSpec] = []
 
 
-def figure(name: str, title: str, caption: str, columns: Sequence[str], measured: Sequence[str]):
-    """Registers the decorated function as a figure."""
+def figure(name: str, title: str, caption: str, columns: Sequence[str], measured: Sequence[str],
+           applies: Optional[Callable[[Results], bool]] = None):
+    """Registers the decorated function as a figure; `applies(results)` false leaves it out of that report."""
 
     def register(draw: Callable[[Results, Context], Optional[Drawn]]):
         if any(f.name == name for f in FIGURES):
             raise ValueError(f"figure '{name}' registered twice")
-        FIGURES.append(FigureSpec(name, title, caption, tuple(columns), tuple(measured), draw))
+        FIGURES.append(FigureSpec(name, title, caption, tuple(columns), tuple(measured), draw, applies))
         return draw
 
     return register
@@ -87,7 +93,10 @@ def render_all(results: Results, run: Optional[Dict[str, Any]], out_dir: str) ->
     for spec in FIGURES:
         outcome = Outcome(spec)
         missing = [c for c in spec.columns if not results.has(c)]
-        if missing:
+        if spec.applies is not None and not spec.applies(results):
+            outcome.applies = False
+            outcome.skipped = "no rows of its kind"
+        elif missing:
             outcome.skipped = "column " + ", ".join(f"'{c}'" for c in missing) + " absent from results.csv"
         elif not results.any_value(spec.measured):
             outcome.skipped = "not measured in this run (" + ", ".join(spec.measured) + " empty in every row)"
@@ -98,7 +107,7 @@ def render_all(results: Results, run: Optional[Dict[str, Any]], out_dir: str) ->
                     outcome.skipped = "no ok row with a positive value to plot"
                 else:
                     outcome.files = style.save(drawn.figure, out_dir, spec.name)
-                    outcome.slopes, outcome.notes = drawn.slopes, drawn.notes
+                    outcome.slopes, outcome.notes, outcome.markdown = drawn.slopes, drawn.notes, drawn.markdown
         if outcome.skipped:
             for stale in (f"{spec.name}.png", f"{spec.name}.svg"):
                 if os.path.isfile(os.path.join(out_dir, stale)):
@@ -302,3 +311,7 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
                      ncol=max(1, min(len(legend), 3 * ncols)), frameon=False, handlelength=2.6)
     notes = [f"speed: {merged} values at an N already measured for their line were merged (median)"] if merged else []
     return Drawn(fig, [], notes)
+
+
+# Figures in modules of their own register on import, after the ones above.
+from . import figure2  # noqa: E402,F401

@@ -6,12 +6,14 @@ The text depends only on the input files (no clock, no paths), so the same run g
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .data import STATUSES, Results, order_key, ordered
-from .figures import Outcome
 from .fit import MIN_POINTS
 from .style import format_bytes, format_n
+
+if TYPE_CHECKING:  # figures imports the figure modules, which use the tables below
+    from .figures import Outcome
 
 RUN_KEYS = ("suite", "run_id", "suite_file", "suite_hash", "seed", "flops_convention", "git_commit", "started",
             "finished")
@@ -135,6 +137,8 @@ def write(path: str, results: Results, run: Optional[Dict[str, Any]], outcomes: 
 
     lines += ["## Figures", ""]
     for o in outcomes:
+        if not o.applies:
+            continue
         if o.skipped:
             lines += [f"- **{o.spec.title}** (`{o.spec.name}`): skipped, {o.skipped}.", ""]
             continue
@@ -142,6 +146,7 @@ def write(path: str, results: Results, run: Optional[Dict[str, Any]], outcomes: 
         lines += [f"### {o.spec.title}", "", f"![{o.spec.title}]({png})", "",
                   f"[SVG]({svg}). {o.spec.caption[0].upper()}{o.spec.caption[1:]}", ""]
         lines += [f"Note: {n}." for n in o.notes] + ([""] if o.notes else [])
+        lines += o.markdown
 
     lines += ["## Provenance", ""] + provenance(run) + [""]
     lines += ["## Rows by status", ""] + status_counts(results) + [""]

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <string>
 
 namespace flashlab::harness {
 
@@ -55,7 +56,19 @@ VariantChoice resolve_variant(std::string_view name) {
       choice.variant = nullptr;
       return choice;
     }
+    if ((key == "br" || key == "bc") &&
+        (value.empty() || value.size() > 4 || value.find_first_not_of("0123456789") != std::string::npos ||
+         std::stoi(value) == 0)) {
+      choice.error = fmt::format("variant '{}': {} must be a positive integer (a tile size), found '{}'", name, key,
+                                 value);
+      choice.variant = nullptr;
+      return choice;
+    }
     choice.options[key] = value;
+  }
+  if (choice.options.count("br") != choice.options.count("bc")) {
+    choice.error = fmt::format("variant '{}': br and bc go together (e.g. {}[br=128,bc=64])", name, id);
+    choice.variant = nullptr;
   }
   return choice;
 }
@@ -65,6 +78,10 @@ const kernels::Variant* find_variant(std::string_view name) { return resolve_var
 void apply_options(const VariantChoice& choice, kernels::AttentionParams& params) {
   const auto deterministic = choice.options.find("deterministic");
   params.deterministic = deterministic != choice.options.end() && deterministic->second == "1";
+  const auto br = choice.options.find("br");
+  const auto bc = choice.options.find("bc");
+  params.block_m = br != choice.options.end() ? std::stoi(br->second) : 0;
+  params.block_n = bc != choice.options.end() ? std::stoi(bc->second) : 0;
 }
 
 }  // namespace flashlab::harness

@@ -100,6 +100,26 @@ __device__ inline float exp2_ftz(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The sequence of a CTA: batch entry `batch` of a dense batch (slot = batch, offsets 0, the dense lengths), or
+// sequence `batch` of a varlen batch (slot 0, offsets and lengths from cu_seqlens).
+
+struct Sequence {
+  std::int64_t slot;
+  std::int64_t q_offset;
+  std::int64_t k_offset;
+  int seqlen_q;
+  int seqlen_k;
+};
+__device__ inline Sequence sequence_of(const std::int32_t* cu_seqlens_q, const std::int32_t* cu_seqlens_k, int batch,
+                                       int seqlen_q, int seqlen_k) {
+  if (cu_seqlens_q == nullptr) return {batch, 0, 0, seqlen_q, seqlen_k};
+  const std::int64_t q_offset = cu_seqlens_q[batch];
+  const std::int64_t k_offset = cu_seqlens_k[batch];
+  return {0, q_offset, k_offset, static_cast<int>(cu_seqlens_q[batch + 1] - q_offset),
+          static_cast<int>(cu_seqlens_k[batch + 1] - k_offset)};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Tile loads: kRows rows of d elements from global memory (row stride in elements) into padded shared rows.
 // Rows at or past `valid_rows` are zero-filled (cp.async with a source size of 0), so no garbage, and no NaN from
 // poisoned memory, can reach the mma.
@@ -107,14 +127,30 @@ __device__ inline float exp2_ftz(float x) {
 template <class Traits, int kRows, class T>
 __device__ inline void load_tile(std::uint32_t dst, const T* src, std::int64_t row_stride, int valid_rows, int tid) {
   constexpr int kPerThread = kRows * Traits::kChunksPerRow / Traits::kThreads;
+  if constexpr (Traits::kThreads % Traits::kChunksPerRow == 0) {
+    // every thread keeps one column; its rows step by kRowStep, so one pointer walks them (few live registers)
+    constexpr int kRowStep = Traits::kThreads / Traits::kChunksPerRow;
+    const int row0 = tid / Traits::kChunksPerRow;
+    const int col = (tid % Traits::kChunksPerRow) * Traits::kChunkElems;
+    const T* from = src + row0 * row_stride + col;
+    const std::int64_t step = kRowStep * row_stride;
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int chunk = tid + i * Traits::kThreads;
-    const int row = chunk / Traits::kChunksPerRow;
-    const int col = (chunk % Traits::kChunksPerRow) * Traits::kChunkElems;
-    const bool valid = row < valid_rows;
-    const T* from = valid ? src + row * row_stride + col : src;
-    cp_async_16(dst + row * Traits::kRowBytes + col * Traits::kElemBytes, from, valid ? 16 : 0);
+    for (int i = 0; i < kPerThread; ++i) {
+      const int row = row0 + i * kRowStep;
+      const bool valid = row < valid_rows;
+      cp_async_16(dst + row * Traits::kRowBytes + col * Traits::kElemBytes, valid ? from : src, valid ? 16 : 0);
+      from += step;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int chunk = tid + i * Traits::kThreads;
+      const int row = chunk / Traits::kChunksPerRow;
+      const int col = (chunk % Traits::kChunksPerRow) * Traits::kChunkElems;
+      const bool valid = row < valid_rows;
+      const T* from = valid ? src + row * row_stride + col : src;
+      cp_async_16(dst + row * Traits::kRowBytes + col * Traits::kElemBytes, from, valid ? 16 : 0);
+    }
   }
 }
 

@@ -1,13 +1,14 @@
 // The `flash2` variant, forward: FlashAttention-2 (Dao, 2023, Algorithm 1) on tensor cores, written directly in
 // PTX-level CUDA (mma.sync.m16n8k16 with fp32 accumulation, ldmatrix, cp.async), for fp16 and bf16.
 //
-// One CTA per (query block of kBlockM rows, head h, batch entry b); kv head g = h / (H / H_kv). Its 4 warps each
-// own 16 query rows. The CTA
-//   prologue:  loads its Q tile into shared memory once (cp.async, rows past N_q zero-filled) and the first K/V tile;
+// One CTA per (query block of kBlockM rows, head h, batch entry b); kv head g = h / (H / H_kv). Its warps each own
+// kMTiles m16 row blocks (16 or 32 query rows). The CTA
+//   prologue:  loads its Q tile (cp.async, rows past N_q zero-filled) and the first K tile;
 //   main loop: over the K/V tiles its rows can see (the tile range follows from the key ranges of its first and
-//              last query row, so tiles the mask hides entirely are never loaded), double-buffered: tile j+1 is in
-//              flight (cp.async) while tile j is computed:
-//                S = Q K^T                     mma.sync, A = Q (ldmatrix.x4), B = K (ldmatrix.x4), fp32 in registers
+//              last query row, so tiles the mask hides entirely are never loaded), with one K and one V buffer:
+//              V of tile j loads while S = Q K^T of tile j is computed, K of tile j+1 while P V of tile j is:
+//                S = Q K^T                     mma.sync, A = Q (ldmatrix.x4), B = K (ldmatrix.x4), fp32 in registers;
+//                                              each K fragment feeds the warp's kMTiles row blocks
 //                mask                          only on boundary tiles: causal / window edges and keys past N_k
 //                m_i' = max(m_i, rowmax S)     fp32, shared by the 4 threads of an mma row (two shuffles)
 //                P = exp2(S c - m_i' c)        c = scale log2(e), one FMA + MUFU.EX2 per score
@@ -61,8 +62,8 @@ struct ForwardArgs {
   int seqlen_k;
   int heads;
   int group;                 // H / H_kv
-  std::int64_t window_left;  // effective window (causal folded in), -1 = unbounded
-  std::int64_t window_right;
+  int window_left;  // effective window (causal folded in), -1 = unbounded (also for windows >= 2^30, see below)
+  int window_right;
   float scale;       // softmax scale
   float scale_log2;  // softmax scale * log2(e)
 };
@@ -70,19 +71,18 @@ struct ForwardArgs {
 // ---------------------------------------------------------------------------------------------------------------
 // The kernel
 
-// Keys [lo, hi] query row i may see (Problem::key_range, clamped so that both fit 32 bits: lo in [0, N_k],
-// hi in [-1, N_k - 1]); empty when lo > hi.
+// Keys [lo, hi] query row i may see (Problem::key_range, clamped to lo in [0, N_k], hi in [-1, N_k - 1]); empty
+// when lo > hi. 32-bit arithmetic: N_q, N_k < 2^30 put the diagonal i + N_k - N_q in (-2^30, 2^30), and windows are
+// below 2^30 (a window of 2^30 or more reaches every key, so the host passes it as unbounded).
 struct KeyBounds {
   int lo;
   int hi;
 };
 __device__ inline KeyBounds key_bounds(const ForwardArgs& args, int i, int seqlen_q, int seqlen_k) {
-  const std::int64_t diagonal = std::int64_t{i} + seqlen_k - seqlen_q;
-  std::int64_t lo = args.window_left < 0 ? 0 : diagonal - args.window_left;
-  std::int64_t hi = args.window_right < 0 ? seqlen_k - 1 : diagonal + args.window_right;
-  lo = min(max(lo, std::int64_t{0}), std::int64_t{seqlen_k});
-  hi = min(max(hi, std::int64_t{-1}), std::int64_t{seqlen_k} - 1);
-  return {static_cast<int>(lo), static_cast<int>(hi)};
+  const int diagonal = i + seqlen_k - seqlen_q;
+  const int lo = args.window_left < 0 ? 0 : diagonal - args.window_left;
+  const int hi = args.window_right < 0 ? seqlen_k - 1 : diagonal + args.window_right;
+  return {min(max(lo, 0), seqlen_k), min(max(hi, -1), seqlen_k - 1)};
 }
 
 template <class Traits, class T>
@@ -90,37 +90,30 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kMTiles = Traits::kMTiles;
   constexpr int kRowBytes = Traits::kRowBytes;
   constexpr int kElemBytes = Traits::kElemBytes;
   extern __shared__ __align__(128) unsigned char shared[];
 
   const int m_block = static_cast<int>(blockIdx.x);
   const int head = static_cast<int>(blockIdx.y);
-  const int batch = static_cast<int>(blockIdx.z);
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32;
   const int lane = tid % 32;
 
-  // this sequence: where its tokens are and how long it is
-  std::int64_t slot = batch, q_offset = 0, k_offset = 0;
-  int seqlen_q = args.seqlen_q, seqlen_k = args.seqlen_k;
-  if (args.cu_seqlens_q != nullptr) {
-    slot = 0;
-    q_offset = args.cu_seqlens_q[batch];
-    k_offset = args.cu_seqlens_k[batch];
-    seqlen_q = static_cast<int>(args.cu_seqlens_q[batch + 1] - q_offset);
-    seqlen_k = static_cast<int>(args.cu_seqlens_k[batch + 1] - k_offset);
-  }
+  const Sequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, static_cast<int>(blockIdx.z), args.seqlen_q,
+                                   args.seqlen_k);
+  const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   const int m_start = m_block * kBlockM;
   if (m_start >= seqlen_q) return;  // the grid covers the longest sequence of the batch
   const int rows_here = min(kBlockM, seqlen_q - m_start);
   const int kv_head = head / args.group;
 
-  const T* q = static_cast<const T*>(args.q) + slot * args.q_batch + (q_offset + m_start) * args.q_token +
+  const T* q = static_cast<const T*>(args.q) + seq.slot * args.q_batch + (seq.q_offset + m_start) * args.q_token +
                std::int64_t{head} * args.q_head;
-  const T* k = static_cast<const T*>(args.k) + slot * args.k_batch + k_offset * args.k_token +
+  const T* k = static_cast<const T*>(args.k) + seq.slot * args.k_batch + seq.k_offset * args.k_token +
                std::int64_t{kv_head} * args.k_head;
-  const T* v = static_cast<const T*>(args.v) + slot * args.v_batch + k_offset * args.v_token +
+  const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_batch + seq.k_offset * args.v_token +
                std::int64_t{kv_head} * args.v_head;
 
   // K/V tiles this CTA visits: key ranges are monotone in the query row, so the union over the CTA's rows runs
@@ -136,22 +129,28 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   const std::uint32_t s_k = smem_address(shared + Traits::kKOffset);
   const std::uint32_t s_v = smem_address(shared + Traits::kVOffset);
 
-  // this thread's two rows of the warp's 16 (mma C layout: row lane/4 and lane/4 + 8, columns 2 (lane%4) + {0,1})
-  const int row_in_warp = lane / 4;
+  // this thread's rows: in row block mt of the warp, rows lane/4 and lane/4 + 8 (mma C layout), columns
+  // 2 (lane%4) + {0,1} of each n8 tile
+  const int warp_row0 = warp * Traits::kRowsPerWarp;
+  const int row_in_tile = lane / 4;
   const int col_in_tile = 2 * (lane % 4);
-  KeyBounds bounds[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-    bounds[r] = key_bounds(args, m_start + warp * 16 + row_in_warp + 8 * r, seqlen_q, seqlen_k);
 
-  float acc[Traits::kOTiles][4];
+  float acc[kMTiles][Traits::kOTiles][4];
+  float m_i[kMTiles][2];  // running row max of S (unscaled)
+  float l_i[kMTiles][2];  // running row sum of P, this thread's columns only (reduced in the epilogue)
 #pragma unroll
-  for (int t = 0; t < Traits::kOTiles; ++t) {
+  for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[t][e] = 0.0f;
+    for (int t = 0; t < Traits::kOTiles; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][t][e] = 0.0f;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m_i[mt][r] = kNegInf;
+      l_i[mt][r] = 0.0f;
+    }
   }
-  float m_i[2] = {kNegInf, kNegInf};  // running row max of S (unscaled)
-  float l_i[2] = {0.0f, 0.0f};        // running row sum of P, this thread's columns only (reduced in the epilogue)
 
   // ldmatrix lane addressing (byte offsets inside a tile); matrix = lane / 8, its row = lane % 8
   //  A (Q, row-major [m][k]):   matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
@@ -159,142 +158,170 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   //  B (V, stored [k][n], .trans): matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15)
   const int mat_row = lane % 8;
   const int mat = lane / 8;
-  const std::uint32_t q_lane = s_q + (warp * 16 + mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;
-  const std::uint32_t k_lane = (mat_row + (mat / 2) * 8) * kRowBytes + (mat % 2) * 8 * kElemBytes;
-  const std::uint32_t v_lane = (mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;
+  const std::uint32_t q_lane =
+      s_q + (warp_row0 + mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;  // + 16 rows per mt
+  const std::uint32_t k_lane = s_k + (mat_row + (mat / 2) * 8) * kRowBytes + (mat % 2) * 8 * kElemBytes;
+  const std::uint32_t v_lane = s_v + (mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;
 
-  // prologue: Q (group 0), first K/V tile (group 1)
+  // prologue: Q and the first K tile (one group)
   const int tiles = n_block_max - n_block_min;
   if (tiles > 0) {
     load_tile<Traits, kBlockM>(s_q, q, args.q_token, rows_here, tid);
-    cp_async_commit();
     const int n0 = n_block_min * kBlockN;
     load_tile<Traits, kBlockN>(s_k, k + n0 * args.k_token, args.k_token, seqlen_k - n0, tid);
-    load_tile<Traits, kBlockN>(s_v, v + n0 * args.v_token, args.v_token, seqlen_k - n0, tid);
     cp_async_commit();
   }
 
   // main loop over K/V tiles, ascending
   for (int it = 0; it < tiles; ++it) {
-    const int n_block = n_block_min + it;
-    const int stage = it % Traits::kStages;
-    if (it + 1 < tiles) {  // tile j+1 into the other stage, in flight while tile j is computed
-      const int n1 = (n_block + 1) * kBlockN;
-      const int next = (it + 1) % Traits::kStages;
-      load_tile<Traits, kBlockN>(s_k + next * Traits::kKVTileBytes, k + n1 * args.k_token, args.k_token, seqlen_k - n1,
-                                 tid);
-      load_tile<Traits, kBlockN>(s_v + next * Traits::kKVTileBytes, v + n1 * args.v_token, args.v_token, seqlen_k - n1,
-                                 tid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    const int n_start = (n_block_min + it) * kBlockN;
+    cp_async_wait<0>();  // K of this tile (and Q)
+    __syncthreads();     // ... visible to all; every warp is past the previous tile's P V, so V may be overwritten
+    load_tile<Traits, kBlockN>(s_v, v + n_start * args.v_token, args.v_token, seqlen_k - n_start, tid);
+    cp_async_commit();
 
-    // S = Q K^T (16 x kBlockN per warp, fp32)
-    const std::uint32_t k_tile = s_k + stage * Traits::kKVTileBytes + k_lane;
-    float s[Traits::kSTiles][4];
+    // S = Q K^T (kMTiles x 16 x kBlockN per warp, fp32)
+    float s[kMTiles][Traits::kSTiles][4];
 #pragma unroll
-    for (int t = 0; t < Traits::kSTiles; ++t) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[t][e] = 0.0f;
-    }
-#pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      std::uint32_t a[4];
-      ldmatrix_x4(a, q_lane + kk * 16 * kElemBytes);
-#pragma unroll
-      for (int np = 0; np < kBlockN / 16; ++np) {
-        std::uint32_t b[4];
-        ldmatrix_x4(b, k_tile + np * 16 * kRowBytes + kk * 16 * kElemBytes);
-        Elem<T>::mma(s[2 * np], a, b[0], b[1]);
-        Elem<T>::mma(s[2 * np + 1], a, b[2], b[3]);
-      }
-    }
-
-    // mask, only on boundary tiles (causal / window edges, keys past N_k): masked scores become -inf by selection
-    const int n_start = n_block * kBlockN;
-    const bool boundary = n_start < full_lo || n_start + kBlockN - 1 > full_hi;
-    if (boundary) {
+    for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
       for (int t = 0; t < Traits::kSTiles; ++t) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n_start + t * 8 + col_in_tile + (e % 2);
-          const KeyBounds& kb = bounds[e / 2];
-          s[t][e] = (col >= kb.lo && col <= kb.hi) ? s[t][e] : kNegInf;
+        for (int e = 0; e < 4; ++e) s[mt][t][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      std::uint32_t a[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], q_lane + mt * 16 * kRowBytes + kk * 16 * kElemBytes);
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        std::uint32_t b[4];
+        ldmatrix_x4(b, k_lane + np * 16 * kRowBytes + kk * 16 * kElemBytes);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          Elem<T>::mma(s[mt][2 * np], a[mt], b[0], b[1]);
+          Elem<T>::mma(s[mt][2 * np + 1], a[mt], b[2], b[3]);
         }
       }
     }
 
+    // mask, only on boundary tiles (causal / window edges, keys past N_k): masked scores become -inf by selection
+    const bool boundary = n_start < full_lo || n_start + kBlockN - 1 > full_hi;
+    if (boundary) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = m_start + warp_row0 + mt * 16 + row_in_tile + 8 * r;
+          const KeyBounds kb = key_bounds(args, row, seqlen_q, seqlen_k);
+#pragma unroll
+          for (int t = 0; t < Traits::kSTiles; ++t) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int col = n_start + t * 8 + col_in_tile + c;
+              float& x = s[mt][t][2 * r + c];
+              x = (col >= kb.lo && col <= kb.hi) ? x : kNegInf;
+            }
+          }
+        }
+      }
+    }
+
+    cp_async_wait<0>();  // V of this tile
+    __syncthreads();     // ... visible to all; every warp is past S = Q K^T, so K may be overwritten
+    if (it + 1 < tiles) {
+      const int n1 = n_start + kBlockN;
+      load_tile<Traits, kBlockN>(s_k, k + n1 * args.k_token, args.k_token, seqlen_k - n1, tid);
+      cp_async_commit();
+    }
+
     // online softmax: new row max, rescale of l_i and acc, P = exp2(S c - m_i c)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float row_max = m_i[r];
+    for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-      for (int t = 0; t < Traits::kSTiles; ++t) row_max = fmaxf(row_max, fmaxf(s[t][2 * r], s[t][2 * r + 1]));
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-      // -inf guard: a row with no visible key so far shifts by 0, so exp2(-inf - 0) = 0 instead of NaN
-      const float shift = row_max == kNegInf ? 0.0f : row_max * args.scale_log2;
-      const float rescale = exp2_ftz(m_i[r] * args.scale_log2 - shift);  // m_i = -inf: 0 (acc and l_i are 0)
-      m_i[r] = row_max;
-      float row_sum = 0.0f;
+      for (int r = 0; r < 2; ++r) {
+        float row_max = m_i[mt][r];
 #pragma unroll
-      for (int t = 0; t < Traits::kSTiles; ++t) {
-        s[t][2 * r] = exp2_ftz(fmaf(s[t][2 * r], args.scale_log2, -shift));
-        s[t][2 * r + 1] = exp2_ftz(fmaf(s[t][2 * r + 1], args.scale_log2, -shift));
-        row_sum += s[t][2 * r] + s[t][2 * r + 1];
-      }
-      l_i[r] = l_i[r] * rescale + row_sum;
+        for (int t = 0; t < Traits::kSTiles; ++t) {
+          row_max = fmaxf(row_max, fmaxf(s[mt][t][2 * r], s[mt][t][2 * r + 1]));
+        }
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+        // -inf guard: a row with no visible key so far shifts by 0, so exp2(-inf - 0) = 0 instead of NaN
+        const float shift = row_max == kNegInf ? 0.0f : row_max * args.scale_log2;
+        const float rescale = exp2_ftz(m_i[mt][r] * args.scale_log2 - shift);  // m_i = -inf: 0 (acc, l_i are 0)
+        m_i[mt][r] = row_max;
+        float row_sum = 0.0f;
 #pragma unroll
-      for (int t = 0; t < Traits::kOTiles; ++t) {
-        acc[t][2 * r] *= rescale;
-        acc[t][2 * r + 1] *= rescale;
+        for (int t = 0; t < Traits::kSTiles; ++t) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            float& x = s[mt][t][2 * r + c];
+            x = exp2_ftz(fmaf(x, args.scale_log2, -shift));
+            row_sum += x;
+          }
+        }
+        l_i[mt][r] = l_i[mt][r] * rescale + row_sum;
+#pragma unroll
+        for (int t = 0; t < Traits::kOTiles; ++t) {
+          acc[mt][t][2 * r] *= rescale;
+          acc[mt][t][2 * r + 1] *= rescale;
+        }
       }
     }
 
     // acc += P V: the C fragments of two n8 tiles of S are the A fragment of one k16 step (no shared memory)
-    const std::uint32_t v_tile = s_v + stage * Traits::kKVTileBytes + v_lane;
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const std::uint32_t p[4] = {Elem<T>::pack(s[2 * kk][0], s[2 * kk][1]), Elem<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-                                  Elem<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                  Elem<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      std::uint32_t p[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        p[mt][0] = Elem<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        p[mt][1] = Elem<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        p[mt][2] = Elem<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        p[mt][3] = Elem<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < kHeadDim / 16; ++dp) {
         std::uint32_t b[4];
-        ldmatrix_x4_trans(b, v_tile + kk * 16 * kRowBytes + dp * 16 * kElemBytes);
-        Elem<T>::mma(acc[2 * dp], p, b[0], b[1]);
-        Elem<T>::mma(acc[2 * dp + 1], p, b[2], b[3]);
+        ldmatrix_x4_trans(b, v_lane + kk * 16 * kRowBytes + dp * 16 * kElemBytes);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          Elem<T>::mma(acc[mt][2 * dp], p[mt], b[0], b[1]);
+          Elem<T>::mma(acc[mt][2 * dp + 1], p[mt], b[2], b[3]);
+        }
       }
     }
-    __syncthreads();  // the next iteration's load overwrites this stage
   }
 
-  // epilogue: l_i over the row's 4 threads, O = acc / l_i into the (now free) Q tile, LSE
+  // epilogue: l_i over the row's 4 threads, O = acc / l_i into the Q tile (every warp read its last Q fragment
+  // before the loop's last barrier), LSE
   T* s_o = reinterpret_cast<T*>(shared + Traits::kQOffset);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float row_sum = l_i[r];
-    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
-    const bool empty = m_i[r] == kNegInf;  // no visible key: O = 0, LSE = -inf
-    const float inv_sum = empty ? 0.0f : 1.0f / row_sum;
-    const int row = warp * 16 + row_in_warp + 8 * r;
+  for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-    for (int t = 0; t < Traits::kOTiles; ++t) {
-      const std::uint32_t packed = Elem<T>::pack(acc[t][2 * r] * inv_sum, acc[t][2 * r + 1] * inv_sum);
-      *reinterpret_cast<std::uint32_t*>(s_o + row * Traits::kRowElems + t * 8 + col_in_tile) = packed;
-    }
-    if (lane % 4 == 0 && row < rows_here) {
-      const std::int64_t index = (slot * args.heads + head) * args.lse_stride + q_offset + m_start + row;
-      args.lse[index] = empty ? kNegInf : m_i[r] * args.scale + logf(row_sum);
+    for (int r = 0; r < 2; ++r) {
+      float row_sum = l_i[mt][r];
+      row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
+      row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
+      const bool empty = m_i[mt][r] == kNegInf;  // no visible key: O = 0, LSE = -inf
+      const float inv_sum = empty ? 0.0f : 1.0f / row_sum;
+      const int row = warp_row0 + mt * 16 + row_in_tile + 8 * r;
+#pragma unroll
+      for (int t = 0; t < Traits::kOTiles; ++t) {
+        const std::uint32_t packed = Elem<T>::pack(acc[mt][t][2 * r] * inv_sum, acc[mt][t][2 * r + 1] * inv_sum);
+        *reinterpret_cast<std::uint32_t*>(s_o + row * Traits::kRowElems + t * 8 + col_in_tile) = packed;
+      }
+      if (lane % 4 == 0 && row < rows_here) {
+        const std::int64_t index = (seq.slot * args.heads + head) * args.lse_stride + seq.q_offset + m_start + row;
+        args.lse[index] = empty ? kNegInf : m_i[mt][r] * args.scale + logf(row_sum);
+      }
     }
   }
   __syncthreads();
-  T* o = static_cast<T*>(args.o) + slot * args.o_batch + (q_offset + m_start) * args.o_token +
+  T* o = static_cast<T*>(args.o) + seq.slot * args.o_batch + (seq.q_offset + m_start) * args.o_token +
          std::int64_t{head} * args.o_head;
   constexpr int kPerThread = kBlockM * Traits::kChunksPerRow / Traits::kThreads;
 #pragma unroll
@@ -317,10 +344,47 @@ std::int64_t workspace_bytes(const Problem& p, DType dtype, Pass pass) {
   return pass == Pass::fwd ? 0 : backward_workspace_bytes(p, dtype);
 }
 
+// The forward tiles compiled: (head dim, B_r = query rows per CTA, B_c = keys per K/V tile, warps). The first entry
+// of each head dim is its default; a run picks another with `flash2[br=..,bc=..]`. Defaults, measured on an H200
+// (bf16, 16k tokens, model dim 2048, N = 2048-16384; experiments/results/, suite flash2_tiles):
+//   d = 32:  128 x 128, 4 warps   FlashAttention-2's choice; not measured separately (no target at d = 32)
+//   d = 64:  128 x 128, 4 warps   see kernels/README.md "Forward tiles" for the measured table
+//   d = 96:  128 x 64,  4 warps
+//   d = 128: 128 x 64,  4 warps
+//   d = 256: 128 x 64,  8 warps   (16 rows per warp: O alone is 128 registers per thread)
+struct ForwardConfig {
+  int head_dim;
+  int block_m;
+  int block_n;
+  int warps;
+};
+constexpr ForwardConfig kForwardConfigs[] = {
+    {32, 128, 128, 4},  {32, 64, 64, 4},   {32, 128, 64, 4},                                       //
+    {64, 128, 128, 4},  {64, 32, 64, 2},   {64, 64, 64, 4},  {64, 128, 64, 4}, {64, 256, 64, 8},  //
+    {96, 128, 64, 4},   {96, 64, 64, 4},                                                           //
+    {128, 128, 64, 4},  {128, 64, 64, 4},  {128, 128, 32, 4}, {128, 64, 128, 4},                   //
+    {256, 128, 64, 8},  {256, 64, 64, 4},  {256, 64, 32, 4},                                       //
+};
+constexpr int kForwardConfigCount = sizeof(kForwardConfigs) / sizeof(kForwardConfigs[0]);
+
+// The tiles of head dim d as "128x64 (default), 64x64, ..." for messages and `flashlab list`.
+std::string forward_tiles_of(std::int64_t d) {
+  std::string list;
+  bool first = true;
+  for (const ForwardConfig& c : kForwardConfigs) {
+    if (c.head_dim != d) continue;
+    list += (list.empty() ? "" : ", ") + std::to_string(c.block_m) + "x" + std::to_string(c.block_n) +
+            (first ? " (default)" : "");
+    first = false;
+  }
+  return list;
+}
+
 // grid: query blocks of the longest sequence x heads x batch entries
-template <class T, int kHeadDim>
+template <class T, int kConfig>
 void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
-  using Traits = ForwardTraits<kHeadDim, sizeof(T)>;
+  constexpr ForwardConfig c = kForwardConfigs[kConfig];
+  using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
   auto* kernel = forward_kernel<Traits, T>;
@@ -330,17 +394,22 @@ void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stre
   FL_CUDA_CHECK_LAUNCH("flash2 forward_kernel");
 }
 
-template <class T>
-void forward_dtype(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
-  switch (p.head_dim) {
-    case 32: return launch_forward<T, 32>(args, p, stream);
-    case 64: return launch_forward<T, 64>(args, p, stream);
-    case 96: return launch_forward<T, 96>(args, p, stream);
-    case 128: return launch_forward<T, 128>(args, p, stream);
-    case 256: return launch_forward<T, 256>(args, p, stream);
-    default: break;
+// The config at index kConfig or later that matches (d, block_m, block_n); block sizes of 0 pick the default (the
+// first entry of the head dim).
+template <class T, int kConfig = 0>
+void forward_dispatch(const ForwardArgs& args, const Problem& p, int block_m, int block_n, cudaStream_t stream) {
+  if constexpr (kConfig == kForwardConfigCount) {
+    throw Unsupported("flash2: no forward tile br = " + std::to_string(block_m) + ", bc = " + std::to_string(block_n) +
+                      " for head_dim = " + std::to_string(p.head_dim) + " (compiled: " +
+                      forward_tiles_of(p.head_dim) + ")");
+  } else {
+    constexpr ForwardConfig c = kForwardConfigs[kConfig];
+    const bool defaults = block_m == 0 && block_n == 0;
+    if (c.head_dim == p.head_dim && (defaults || (c.block_m == block_m && c.block_n == block_n))) {
+      return launch_forward<T, kConfig>(args, p, stream);
+    }
+    return forward_dispatch<T, kConfig + 1>(args, p, block_m, block_n, stream);
   }
-  throw Unsupported("flash2: no kernel for head_dim = " + std::to_string(p.head_dim));
 }
 
 void forward(const AttentionParams& params, const LaunchContext& ctx) {
@@ -386,15 +455,17 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   args.seqlen_k = static_cast<int>(p.seqlen_k);
   args.heads = static_cast<int>(p.heads);
   args.group = static_cast<int>(p.group_size());
-  args.window_left = w.left;
-  args.window_right = w.right;
+  args.window_left = w.left < 0 || w.left >= kMaxLength ? -1 : static_cast<int>(w.left);
+  args.window_right = w.right < 0 || w.right >= kMaxLength ? -1 : static_cast<int>(w.right);
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
 
+  require(params.block_m >= 0 && params.block_n >= 0 && (params.block_m > 0) == (params.block_n > 0), "block_m",
+          "and block_n must be given together (br and bc), or both left 0 for the default tile");
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   switch (params.dtype) {
-    case DType::fp16: return forward_dtype<__half>(args, p, stream);
-    case DType::bf16: return forward_dtype<__nv_bfloat16>(args, p, stream);
+    case DType::fp16: return forward_dispatch<__half>(args, p, params.block_m, params.block_n, stream);
+    case DType::bf16: return forward_dispatch<__nv_bfloat16>(args, p, params.block_m, params.block_n, stream);
     default: break;
   }
   throw Unsupported(support.reason);
@@ -439,7 +510,11 @@ Support supports(const Problem& p, DType dtype, Pass) {
 Variant flash2_variant() {
   Variant v;
   v.id = "flash2";
-  v.options = {{"deterministic", "1: bitwise repeatable dQ (key blocks add in a fixed order, slower); 0: atomics"}};
+  std::string tiles;
+  for (const int d : {32, 64, 96, 128, 256}) tiles += (tiles.empty() ? "d = " : "; d = ") + std::to_string(d) + ": " + flash2::forward_tiles_of(d);
+  v.options = {{"deterministic", "1: bitwise repeatable dQ (key blocks add in a fixed order, slower); 0: atomics"},
+               {"br", "forward tile: query rows per CTA, given with bc (" + tiles + ")"},
+               {"bc", "forward tile: keys per K/V tile, given with br"}};
   v.description =
       "FlashAttention-2 on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering): tiled, online "
       "softmax, O(N) memory; backward parallel over K/V blocks with an fp32 dQ accumulator";

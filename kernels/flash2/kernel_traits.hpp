@@ -8,21 +8,22 @@ namespace flashlab::kernels::flash2 {
 // configuration fits the smaller, so one set of traits serves both targets.
 constexpr int kMaxSharedBytesSm80 = 163 * 1024;
 
-// Forward tiles. Each warp owns 16 query rows (one m16n8k16 row block), so kBlockM = 16 * kWarps.
-//  - kBlockN = 64 for d <= 128: the tile FlashAttention-2 uses for these head dims on sm_80/sm_90 with 4 warps;
-//    S is 32 fp32 registers per thread, leaving room for O (d / 2 registers).
-//  - kBlockN = 32 for d = 256: with 64 keys the padded Q tile and two stages of K and V take 165 KB, more than sm_80
-//    allows, and O alone is already 128 registers per thread.
-// Not tuned by measurement yet (issue 4, item 4).
-template <int kHeadDim_, int kElemBytes_>
+// Forward tiles: kBlockM query rows per CTA in kWarps warps, each warp owning kMTiles m16 row blocks (16 or 32
+// rows), K/V tiles of kBlockN keys. Shared memory holds Q, one K and one V tile: K of tile j+1 loads while P V of
+// tile j runs, V of tile j while S = Q K^T of tile j runs (FlashAttention-2's pipeline), so the tiles stay small
+// enough for two CTAs per SM. With two row blocks per warp every K and V fragment read from shared memory feeds
+// two mma instead of one, which halves the shared-memory traffic per mma of S = Q K^T and of P V.
+// The configurations compiled, and the default per head dim (chosen by measurement), are in flash2_fwd.cu.
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, int kElemBytes_>
 struct ForwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kWarps = kWarps_;
   static constexpr int kElemBytes = kElemBytes_;
-  static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kBlockM = 16 * kWarps;
-  static constexpr int kBlockN = kHeadDim <= 128 ? 64 : 32;
-  static constexpr int kStages = 2;  // K/V tile j+1 loads while tile j is computed
+  static constexpr int kRowsPerWarp = kBlockM / kWarps;
+  static constexpr int kMTiles = kRowsPerWarp / 16;
 
   // Shared-memory rows of kHeadDim elements padded by one 16-byte chunk: for every supported d a row is then an odd
   // number of 16-byte chunks long, so 8 consecutive rows start in 8 distinct 16-byte groups of the 32 banks and
@@ -35,18 +36,19 @@ struct ForwardTraits {
 
   static constexpr int kQTileBytes = kBlockM * kRowBytes;
   static constexpr int kKVTileBytes = kBlockN * kRowBytes;
-  // layout: Q | K stage 0 | K stage 1 | V stage 0 | V stage 1 (the epilogue stages O through the Q tile)
+  // layout: Q | K | V (the epilogue stages O through the Q tile)
   static constexpr int kQOffset = 0;
   static constexpr int kKOffset = kQTileBytes;
-  static constexpr int kVOffset = kKOffset + kStages * kKVTileBytes;
-  static constexpr int kSharedBytes = kVOffset + kStages * kKVTileBytes;
+  static constexpr int kVOffset = kKOffset + kKVTileBytes;
+  static constexpr int kSharedBytes = kVOffset + kKVTileBytes;
 
-  // fragments per warp: S is 16 x kBlockN, O is 16 x kHeadDim, in n8 tiles of 4 fp32 per thread
+  // fragments per warp and row block: S is 16 x kBlockN, O is 16 x kHeadDim, in n8 tiles of 4 fp32 per thread
   static constexpr int kSTiles = kBlockN / 8;
   static constexpr int kOTiles = kHeadDim / 8;
 
   static_assert(kElemBytes == 2, "the m16n8k16 tensor-core path takes 16-bit inputs");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dims are multiples of 32 up to 256");
+  static_assert(kBlockM % kWarps == 0 && kRowsPerWarp % 16 == 0 && kMTiles <= 2, "warps own 16 or 32 rows");
   static_assert(kBlockN % 16 == 0, "P V consumes S in k16 steps");
   static_assert((kBlockM * kChunksPerRow) % kThreads == 0, "every thread loads the same number of Q chunks");
   static_assert((kBlockN * kChunksPerRow) % kThreads == 0, "every thread loads the same number of K/V chunks");

@@ -321,5 +321,19 @@ TEST_CASE("variant options are parsed, checked and applied", "[harness][registry
     apply_options(on, params);
     CHECK(params.deterministic);
     CHECK(resolve_variant("flash2[deterministic=2]").error.find("must be 0 or 1") != std::string::npos);
+
+    const VariantChoice tile = resolve_variant("flash2[br=128,bc=64]");
+    REQUIRE(tile.variant == flash2);
+    apply_options(tile, params);
+    CHECK(params.block_m == 128);
+    CHECK(params.block_n == 64);
+    CHECK_FALSE(params.deterministic);
+    apply_options(on, params);
+    CHECK(params.block_m == 0);
+    CHECK(params.block_n == 0);
+    CHECK(resolve_variant("flash2[br=128]").error.find("br and bc go together") != std::string::npos);
+    CHECK(resolve_variant("flash2[br=0,bc=64]").error.find("positive integer") != std::string::npos);
+    CHECK(resolve_variant("flash2[br=12x,bc=64]").error.find("positive integer") != std::string::npos);
+    CHECK(resolve_variant("flash2[br=99999999,bc=64]").error.find("positive integer") != std::string::npos);
   }
 }

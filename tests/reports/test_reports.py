@@ -2,7 +2,8 @@
 
 The fixture run fixtures/memory_scaling/ is written by fixtures/make_fixture.py: standard attention with a
 workspace exactly proportional to N^2 that runs out of memory from N = 32768, flash2 with a workspace exactly
-proportional to N, CPU rows without memory or traffic, and one unsupported row.
+proportional to N, CPU rows without memory or traffic, and one unsupported row. figure2 (the FlashAttention
+paper's Figure 2) is tested on a run of fa_figure2 that the tests write themselves (fig2_rows).
 """
 
 import contextlib
@@ -28,7 +29,7 @@ SCALING_FIGURES = ("memory", "memory_device", "traffic")  # skipped where memory
 FIGURE_NAMES = SCALING_FIGURES + ("speed",)
 
 sys.path.insert(0, str(ROOT))
-from reports import data, figures, style  # noqa: E402
+from reports import data, figure2, figures, style  # noqa: E402
 from reports.cli import main  # noqa: E402
 from reports.fit import fit_power_law, fit_window, loglog_slope  # noqa: E402
 
@@ -373,8 +374,6 @@ class Contract(unittest.TestCase):
                 self.assertEqual(Path(tmp, name).read_bytes(), (RUN_DIR / name).read_bytes(), name)
 
 
-if __name__ == "__main__":
-    unittest.main()
 
 
 class Peers(unittest.TestCase):
@@ -408,3 +407,187 @@ class Peers(unittest.TestCase):
         rc, _, err = run_main([self.dir, "--out", os.path.join(self.dir, "report")])
         self.assertEqual(rc, 2)
         self.assertIn("peers.csv", err)
+
+
+# --- figure2: the FlashAttention paper's Figure 2 ---------------------------------------------------------
+
+def fixture_columns():
+    spec = importlib.util.spec_from_file_location("make_fixture", FIXTURES / "make_fixture.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    return generator.COLUMNS
+
+
+FIG2_FWD_FLOPS = 4 * 64 * 16 * 1024 * 1024 * 64  # B H N^2 d
+# (variant, pass, status, median/p20/p80 ms, DRAM read/write, L2 read/write, model min/variant in GB, reason):
+# a hand-made stand-in for `flashlab run experiments/fa_figure2.toml`, K/V re-reads in L2 falling as 1/br.
+FIG2_ROWS = [
+    ("standard", "fwd", "ok", (12.5, 12.4, 12.7), (12.0, 4.4, 13.0, 5.0), (0.54, 17.7), ""),
+    ("standard", "fwdbwd", "ok", (41.7, 41.5, 42.0), (30.1, 10.2, 45.0, 15.0), (1.07, 40.0), ""),
+    ("flash2", "fwd", "ok", (1.90, 1.88, 1.93), (0.41, 0.14, 2.13, 0.14), (0.54, 2.42), ""),
+    ("flash2", "fwdbwd", "ok", (7.30, 7.25, 7.41), (3.1, 1.3, 9.5, 2.4), (1.07, 8.9), ""),
+    ("flash2[br=32,bc=64]", "fwd", "ok", (2.91, 2.88, 2.95), (0.42, 0.14, 8.98, 0.14), (0.54, 8.86), ""),
+    ("flash2[br=64,bc=64]", "fwd", "ok", (2.20, 2.18, 2.24), (0.41, 0.14, 4.69, 0.14), (0.54, 4.56), ""),
+    ("flash2[br=128,bc=64]", "fwd", "ok", (1.90, 1.88, 1.93), (0.41, 0.14, 2.54, 0.14), (0.54, 2.42), ""),
+    ("flash2[bc=128, br=128]", "fwd", "ok", (1.95, 1.93, 1.99), (0.41, 0.14, 2.55, 0.14), (0.54, 2.42), ""),
+    ("flash2[br=256,bc=64]", "fwd", "ok", (2.05, 2.02, 2.10), (0.40, 0.14, 1.47, 0.14), (0.54, 1.34), ""),
+    ("flash2[br=256,bc=128]", "fwd", "unsupported", None, None, None, "the tile needs 192 KiB of shared memory"),
+]
+
+
+def fig2_rows(columns):
+    rows = []
+    for index, (variant, pass_, status, times, traffic, model, reason) in enumerate(FIG2_ROWS):
+        r = {c: "" for c in columns}
+        r.update(key=f"{variant}/{pass_}/bf16/b64h16/q1024/d64/c0", suite="fa_figure2", run_id="fixture",
+                 row_index=index, variant=variant, status=status, reason=reason, dtype="bf16", batch=64, heads=16,
+                 heads_kv=16, seqlen_q=1024, seqlen_k=1024, head_dim=64, head_dim_v=64, causal=0,
+                 window_left=-1, window_right=-1, materializes=int(variant == "standard"), device="cuda",
+                 flops=FIG2_FWD_FLOPS * (1 if pass_ == "fwd" else 3.5))
+        r["pass"] = pass_
+        if times:
+            r.update(time_median_ms=times[0], time_p20_ms=times[1], time_p80_ms=times[2])
+            r.update(zip(("dram_read_bytes", "dram_write_bytes", "l2_read_bytes", "l2_write_bytes"),
+                         (int(gb * 1e9) for gb in traffic)))
+            r.update(bytes_model_min=int(model[0] * 1e9), bytes_model_variant=int(model[1] * 1e9))
+        rows.append(r)
+    # Another problem (N = 2048): not the block-size sweep's, so in neither panel nor table.
+    rows.append(dict(rows[1], key="standard/fwdbwd/bf16/b64h16/q2048/d64/c0", seqlen_q=2048, seqlen_k=2048,
+                     time_median_ms=166.0))
+    return rows
+
+
+class Figure2(unittest.TestCase):
+    """figure2 from a synthetic fa_figure2 run, twice (separate processes, different hash seeds)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="reports-test-")
+        cls.run_dir = os.path.join(cls.tmp, "fa_figure2")
+        os.makedirs(cls.run_dir)
+        columns = fixture_columns()
+        write_csv(os.path.join(cls.run_dir, "results.csv"), columns, fig2_rows(columns))
+        cls.out = [os.path.join(cls.tmp, "first"), os.path.join(cls.tmp, "second")]
+        cls.runs = [run_module([cls.run_dir, "--out", out], hash_seed=seed) for out, seed in zip(cls.out, (3, 4))]
+        cls.report = Path(cls.out[0], "report.md").read_text(encoding="utf-8")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    def test_files_written_and_byte_identical(self):
+        for run in self.runs:
+            self.assertEqual(run.returncode, 0, run.stderr)
+        for out in self.out:
+            self.assertIn("figure2.png", os.listdir(out))
+            self.assertIn("figure2.svg", os.listdir(out))
+        self.assertEqual(png_chunks(os.path.join(self.out[0], "figure2.png"))[0][0], "IHDR")
+        self.assertTrue(ET.parse(os.path.join(self.out[0], "figure2.svg")).getroot().tag.endswith("svg"))
+        self.assertIn("](figure2.png)", self.report)
+        for name in ("figure2.png", "figure2.svg", "report.md"):
+            self.assertEqual(Path(self.out[0], name).read_bytes(), Path(self.out[1], name).read_bytes(), name)
+        self.assertNotIn(self.tmp, self.report)
+
+    def test_block_table(self):
+        table = markdown_table(self.report, "against the block size")
+        header = ["br", "bc", "variant", "DRAM R+W (GB)", "L2 R+W (GB)", "model: minimum (GB)", "model: variant (GB)",
+                  "runtime median (ms)", "p20 (ms)", "p80 (ms)"]
+        lines = self.report[self.report.index("against the block size"):].splitlines()
+        self.assertEqual([c.strip() for c in next(l for l in lines if l.startswith("|")).strip("|").split("|")],
+                         header)
+        self.assertEqual([(r[0], r[1]) for r in table],
+                         [("32", "64"), ("64", "64"), ("128", "64"), ("128", "128"), ("256", "64"),
+                          ("(default)", "(default)")])
+        self.assertEqual(table[0][2:], ["`flash2[br=32,bc=64]`", "0.560", "9.12", "0.540", "8.86", "2.91", "2.88",
+                                        "2.95"])
+        self.assertEqual(table[3][2], "`flash2[bc=128, br=128]`")
+        self.assertEqual(table[4][3:5], ["0.540", "1.61"])
+        self.assertEqual(table[5][2:4], ["`flash2`", "0.550"])
+
+    def test_comparison_table(self):
+        table = {(r[0], r[1]): r[2:] for r in markdown_table(self.report, "Standard against the flash variants")}
+        self.assertEqual(list(table), [("`standard`", "fwd"), ("`flash2`", "fwd"), ("`standard`", "fwdbwd"),
+                                       ("`flash2`", "fwdbwd")])
+        # GFLOPs, DRAM, L2, model min, model variant, median, p20, p80
+        self.assertEqual(table[("`standard`", "fwdbwd")], ["962", "40.3", "60.0", "1.07", "40.0", "41.7", "41.5",
+                                                           "42.0"])
+        self.assertEqual(table[("`flash2`", "fwdbwd")], ["962", "4.40", "11.9", "1.07", "8.90", "7.30", "7.25",
+                                                         "7.41"])
+        self.assertEqual(table[("`flash2`", "fwd")][0], "275")
+        self.assertNotIn("166", self.report)  # the row of another problem
+
+    def test_rows_not_ok_listed_not_drawn(self):
+        section = self.report[self.report.index("Not drawn (not ok)"):]
+        self.assertIn("- `flash2[br=256,bc=128]` fwd: unsupported (the tile needs 192 KiB of shared memory)", section)
+        self.assertIn("re-read once per query block", self.report)
+        self.assertIn("falls as 1/br", self.report)
+
+    def test_figure_points(self):
+        results = data.load_results(os.path.join(self.run_dir, "results.csv"))
+        with style.fixed_style():
+            drawn = figure2.figure2(results, figures.Context.of(results, None))
+        blocks = drawn.figure.axes[1]
+        xs = sorted({x for line in blocks.get_lines() for x in line.get_xdata()})
+        self.assertEqual(xs, [32, 64, 128, 256])  # the unsupported br=256, bc=128 row is not drawn
+        self.assertEqual([t.get_text() for t in blocks.get_xticklabels()], ["32", "64", "128", "256"])
+        l2 = [line for line in blocks.get_lines() if line.get_marker() == "s" and line.get_linestyle() == "-"]
+        self.assertEqual(len(l2), 1)
+        self.assertEqual(list(l2[0].get_ydata()), [9.12, 4.83, 2.68, 1.61])  # bc = 64; bc = 128 open
+        open_ = [line for line in blocks.get_lines() if line.get_marker() == "s" and line.get_linestyle() == "None"]
+        self.assertEqual([list(line.get_xdata()) for line in open_], [[128]])
+
+
+class Figure2Parsing(unittest.TestCase):
+
+    def test_block_sizes(self):
+        cases = {
+            "flash2[br=128,bc=64]": (128, 64),
+            "flash2[bc=64,br=32]": (32, 64),
+            " flash2[ br = 256 , bc = 128 ] ": (256, 128),
+            "flash2[br=64]": (64, None),
+            "flash1[br=16,bc=16]": (16, 16),
+            "flash2[br=064,bc=64]": (64, 64),
+            "flash2": None,
+            "standard": None,
+            "flash2[deterministic=1]": None,
+            "flash2[br=64,deterministic=1]": None,  # more than the tile differs
+            "flash2[bc=64]": None,
+            "flash2[br=0,bc=64]": None,
+            "flash2[br=-64,bc=64]": None,
+            "flash2[br=1.5,bc=64]": None,
+            "flash2[br=abc]": None,
+            "flash2[br]": (1, None),  # an option without a value means 1, as the harness reads it
+            "flash2[br=64,bc=]": None,
+            "flash2[br=64": None,
+        }
+        for name, expected in cases.items():
+            self.assertEqual(figure2.block_sizes(name), expected, name)
+
+    def test_split_variant(self):
+        self.assertEqual(data.split_variant("flash2"), ("flash2", {}))
+        self.assertEqual(data.split_variant("flash2[br=128,bc=64]"), ("flash2", {"br": "128", "bc": "64"}))
+        self.assertEqual(data.split_variant("flash2[deterministic]"), ("flash2", {"deterministic": "1"}))
+        self.assertEqual(data.split_variant("flash2[br=64"), ("flash2[br=64", {}))
+
+    def test_numbers(self):
+        self.assertEqual([figure2.number(v) for v in (None, 962.07, 40.3, 4.4, 0.5369, 0.05, 1234.5)],
+                         ["–", "962", "40.3", "4.40", "0.537", "0.050", "1234"])
+
+    def test_not_drawn_without_block_rows(self):
+        with tempfile.TemporaryDirectory(prefix="reports-test-") as tmp:
+            columns = fixture_columns()
+            rows = [r for r in fig2_rows(columns) if "[" not in r["variant"]]  # the left panel's rows only
+            write_csv(os.path.join(tmp, "results.csv"), columns, rows)
+            out = os.path.join(tmp, "report")
+            os.makedirs(out)
+            Path(out, "figure2.png").write_bytes(b"left by an older run")
+            rc, _, err = run_main([tmp, "--out", out])
+            self.assertEqual(rc, 0, err)
+            self.assertFalse(any(name.startswith("figure2") for name in os.listdir(out)))
+            report = Path(out, "report.md").read_text(encoding="utf-8")
+            self.assertNotIn("figure2", report)
+            self.assertNotIn("Figure 2", report)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -22,7 +22,7 @@ struct VariantChoice {
 [[nodiscard]] VariantChoice resolve_variant(std::string_view name);
 // nullptr when this build has no variant of that name (options are checked as resolve_variant does).
 [[nodiscard]] const kernels::Variant* find_variant(std::string_view name);
-// Applies the run options of a resolved name to launch params (deterministic).
+// Applies the run options of a resolved name to launch params (deterministic, br and bc).
 void apply_options(const VariantChoice& choice, kernels::AttentionParams& params);
 
 // The CPU variants:

@@ -55,6 +55,9 @@ struct AttentionParams {
   const std::int32_t* cu_seqlens_k = nullptr;
 
   bool deterministic = false;  // bitwise repeatable backward where a variant offers it
+  // Forward tile (query rows x keys per tile) where a variant offers a choice; 0 and 0: the variant's default.
+  int block_m = 0;
+  int block_n = 0;
 };
 
 // Workspace memory (core/allocator.hpp): every buffer a variant needs beyond the params' tensors comes from
@@ -92,7 +95,8 @@ struct Variant {
   std::function<void(const AttentionParams&, const LaunchContext&)> forward;
   std::function<void(const AttentionParams&, const LaunchContext&)> backward;
   // Run options a suite may give as `id[name=value,...]`, each with its one-line meaning.
-  // "deterministic" (0 or 1) sets AttentionParams::deterministic.
+  // "deterministic" (0 or 1) sets AttentionParams::deterministic; "br" and "bc" (positive integers) set
+  // AttentionParams::block_m and block_n.
   std::vector<std::pair<std::string, std::string>> options;
 };
 
