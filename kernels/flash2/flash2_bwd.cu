@@ -3,19 +3,20 @@
 //
 //   1. preprocess: D = rowsum(dO ∘ O) in fp32 (workspace, laid out like LSE), and the zeroing of the fp32 dQ
 //      accumulator and of the deterministic mode's turn counters (one contiguous workspace region).
-//   2. main: one CTA per (key block j of kBlockN keys, query head h, batch entry b); kv head g = h / (H / H_kv).
+//   2. main: one CTA of 8 warps per (key block j of kBlockN keys, query head h, batch entry b); kv head
+//      g = h / (H / H_kv).
 //      prologue:  K_j and V_j into shared memory once, with the first query block's Q, dO, LSE and D;
 //      main loop: over the query blocks i whose rows can see a key of the block (the range follows from the query
 //                 ranges of the first and last key, as the forward's key-tile range does from its query rows), with
-//                 Q, dO, LSE, D of block i+1 in flight (cp.async) while block i is computed. Each warp owns 16 keys:
-//                   S^T  = K_j Q_i^T                 mma.sync, A = K (ldmatrix.x4), B = Q (ldmatrix.x4)
-//                   P^T  = exp2(S^T c - LSE log2 e)  c = scale log2(e); masked (and fully masked rows) P = 0
-//                   dV_j += P^T dO_i                 P^T from registers is the A operand, B = dO (ldmatrix.x4.trans)
-//                   dP^T = V_j dO_i^T                A = V (ldmatrix.x4), B = dO (ldmatrix.x4)
-//                   dS^T = P^T ∘ (dP^T - D)          fp32 in registers
-//                   dK_j += dS^T Q_i                 A = dS^T from registers, B = Q (ldmatrix.x4.trans)
-//                   dS^T -> shared memory (dtype); dQ_i += dS K_j with A = dS (ldmatrix.x4.trans of dS^T) and
-//                   B = K (ldmatrix.x4.trans), added in fp32 to the global accumulator (red.global.add.f32)
+//                 the next block's Q (and dO, LSE, D) in flight (cp.async) while block i is computed; three warp
+//                 tilings (kernel_traits.hpp) follow one another:
+//                   S = Q_i K_j^T, dP = dO_i V_j^T   mma.sync, A = Q, dO (ldmatrix.x4), B = K, V (ldmatrix.x4)
+//                   P = exp2(S c - LSE log2 e)       c = scale log2(e); masked entries and rows past N_q: P = 0
+//                   dS = P ∘ (dP - D)                fp32 in registers; P and dS -> shared memory in the dtype
+//                   dV_j += P^T dO_i                 A = P^T (ldmatrix.x4.trans of P), B = dO (ldmatrix.x4.trans)
+//                   dK_j += dS^T Q_i                 A = dS^T (ldmatrix.x4.trans of dS), B = Q (ldmatrix.x4.trans)
+//                   dQ_i += dS K_j                   A = dS (ldmatrix.x4), B = K (ldmatrix.x4.trans), added in fp32
+//                                                    to the global accumulator (red.global.add.v2.f32 on sm_90)
 //      epilogue:  dK_j = scale dK_j and dV_j written in the dtype (group size 1), or as fp32 partials per query
 //                 head into the workspace (GQA/MQA).
 //   3. dQ = scale · accumulator, in the dtype.
@@ -90,8 +91,8 @@ struct BackwardArgs {
   int group;  // H / H_kv
   int head_dim;
   int m_blocks;              // query blocks of the longest sequence: the turn counters per (batch entry, head)
-  std::int64_t window_left;  // effective window (causal folded in), -1 = unbounded
-  std::int64_t window_right;
+  int window_left;  // effective window (causal folded in), -1 = unbounded (window_arg)
+  int window_right;
   float scale;
   float scale_log2;
   bool deterministic;
@@ -102,6 +103,43 @@ struct BackwardArgs {
   float* dk_part;  // [slots, H, tokens_k, d] (GQA/MQA only)
   float* dv_part;
 };
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tiles per head dim: (B_r, B_c, warps along queries for S / dP, along keys for dK / dV, along queries for dQ,
+// Q buffers, dO buffers). FlashAttention-2's shapes for sm_80/sm_90 (B_c = 128 keys, 8 warps; B_r = 64 from d = 96
+// on, where dK and dV take d / 2 registers per thread). `type` fits sm_80's 163 KB of shared memory (rows here are
+// padded by 16 bytes): d = 64 and 128 single-buffer dO, d = 256 (64 x 64) Q and dO. `large` double-buffers them
+// and runs where the GPU offers the shared memory (sm_90: 227 KB); measured on an H200 (bf16, 16k tokens, model
+// dim 2048, N = 2048-16384): d = 64 +1-2%, d = 256 +0-1%, d = 128 -1-3% (so d = 128 keeps one dO buffer).
+template <int kHeadDim, int kElemBytes>
+struct BackwardTilesOf;
+template <int kElemBytes>
+struct BackwardTilesOf<32, kElemBytes> {
+  using type = BackwardTraits<32, 128, 128, 4, 4, 4, 2, 2, kElemBytes>;
+  using large = type;
+};
+template <int kElemBytes>
+struct BackwardTilesOf<64, kElemBytes> {
+  using type = BackwardTraits<64, 128, 128, 4, 4, 4, 2, 1, kElemBytes>;
+  using large = BackwardTraits<64, 128, 128, 4, 4, 4, 2, 2, kElemBytes>;
+};
+template <int kElemBytes>
+struct BackwardTilesOf<96, kElemBytes> {
+  using type = BackwardTraits<96, 64, 128, 2, 4, 4, 2, 2, kElemBytes>;
+  using large = type;
+};
+template <int kElemBytes>
+struct BackwardTilesOf<128, kElemBytes> {
+  using type = BackwardTraits<128, 64, 128, 2, 4, 2, 2, 1, kElemBytes>;
+  using large = type;  // double-buffered dO measured 1-3% slower on an H200 (ptxas spills 20 bytes there)
+};
+template <int kElemBytes>
+struct BackwardTilesOf<256, kElemBytes> {
+  using type = BackwardTraits<256, 64, 64, 4, 2, 2, 1, 1, kElemBytes>;
+  using large = BackwardTraits<256, 64, 64, 4, 2, 2, 2, 2, kElemBytes>;
+};
+template <int kHeadDim, int kElemBytes>
+using BackwardTiles = typename BackwardTilesOf<kHeadDim, kElemBytes>::type;
 
 // ---------------------------------------------------------------------------------------------------------------
 // 1. Preprocess: one warp per (slot, head, token) row of D; every thread also zeroes part of `zero` (16-byte words).
@@ -202,14 +240,34 @@ __device__ inline void store_release(int* flag, int value) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
 }
 
-// *address += value in L2, no result returned (RED; atomicAdd compiles to ATOMG with a result on sm_90a)
-__device__ inline void red_add(float* address, float value) {
-  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(address), "f"(value) : "memory");
-}
 
 // 4 bytes global -> shared (cp.async.ca takes 4, 8 or 16); src_bytes = 0 writes zero.
 __device__ inline void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+
+// *address += value in L2, no result returned (RED; atomicAdd compiles to ATOMG with a result on sm_90a); two
+// consecutive floats in one vector RED where the target has it (sm_90)
+__device__ inline void red_add2(float* address, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(address), "f"(x), "f"(y) : "memory");
+#else
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(address), "f"(x) : "memory");
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(address + 1), "f"(y) : "memory");
+#endif
+}
+
+// ldmatrix lane addresses (byte offsets inside a tile of rows `row_bytes` long); matrix = lane / 8, its row =
+// lane % 8. For a 16 x 16 block at (row0, col0) of the stored tile:
+//  A, stored [m][k] (row-major):          rows m0 + (mat%2) 8, columns k0 + (mat/2) 8     (ldmatrix)
+//  B, stored [n][k]:                      rows n0 + (mat/2) 8, columns k0 + (mat%2) 8     (ldmatrix)
+//  B, stored [k][n]:                      rows k0 + (mat%2) 8, columns n0 + (mat/2) 8     (ldmatrix.trans)
+//  A, stored [k][m]:                      rows k0 + (mat/2) 8, columns m0 + (mat%2) 8     (ldmatrix.trans)
+template <int kRowBytes, int kElemBytes>
+__device__ inline std::uint32_t lane_offset(int lane, int row_half, int col_half) {
+  const int mat = lane / 8;
+  return (lane % 8 + (row_half == 0 ? mat % 2 : mat / 2) * 8) * kRowBytes +
+         (col_half == 0 ? mat % 2 : mat / 2) * 8 * kElemBytes;
 }
 
 template <class Traits, class T>
@@ -218,8 +276,8 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowBytes = Traits::kRowBytes;
+  constexpr int kPRowBytes = Traits::kPRowBytes;
   constexpr int kElemBytes = Traits::kElemBytes;
-  constexpr int kDsRowBytes = Traits::kDsRowBytes;
   extern __shared__ __align__(128) unsigned char shared[];
 
   const int n_block = static_cast<int>(blockIdx.x);
@@ -229,29 +287,22 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   const int warp = tid / 32;
   const int lane = tid % 32;
 
-  std::int64_t slot = batch, q_offset = 0, k_offset = 0;
-  int seqlen_q = args.seqlen_q, seqlen_k = args.seqlen_k;
-  if (args.cu_seqlens_q != nullptr) {
-    slot = 0;
-    q_offset = args.cu_seqlens_q[batch];
-    k_offset = args.cu_seqlens_k[batch];
-    seqlen_q = static_cast<int>(args.cu_seqlens_q[batch + 1] - q_offset);
-    seqlen_k = static_cast<int>(args.cu_seqlens_k[batch + 1] - k_offset);
-  }
+  const Sequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
+  const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   const int n_start = n_block * kBlockN;
   if (n_start >= seqlen_k) return;  // the grid covers the longest sequence of the batch
   const int keys_here = min(kBlockN, seqlen_k - n_start);
   const int kv_head = head / args.group;
 
-  const T* q =
-      static_cast<const T*>(args.q) + slot * args.q_batch + q_offset * args.q_token + std::int64_t{head} * args.q_head;
-  const T* d_out = static_cast<const T*>(args.d_out) + slot * args.do_batch + q_offset * args.do_token +
+  const T* q = static_cast<const T*>(args.q) + seq.slot * args.q_batch + seq.q_offset * args.q_token +
+               std::int64_t{head} * args.q_head;
+  const T* d_out = static_cast<const T*>(args.d_out) + seq.slot * args.do_batch + seq.q_offset * args.do_token +
                    std::int64_t{head} * args.do_head;
-  const T* k = static_cast<const T*>(args.k) + slot * args.k_batch + (k_offset + n_start) * args.k_token +
+  const T* k = static_cast<const T*>(args.k) + seq.slot * args.k_batch + (seq.k_offset + n_start) * args.k_token +
                std::int64_t{kv_head} * args.k_head;
-  const T* v = static_cast<const T*>(args.v) + slot * args.v_batch + (k_offset + n_start) * args.v_token +
+  const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_batch + (seq.k_offset + n_start) * args.v_token +
                std::int64_t{kv_head} * args.v_head;
-  const std::int64_t row_base = (slot * args.heads + head) * args.tokens_q + q_offset;  // LSE, D, dQ accumulator
+  const std::int64_t row_base = (seq.slot * args.heads + head) * args.tokens_q + seq.q_offset;  // LSE, D, dQ acc
   const float* lse = args.lse + row_base;
   const float* dsum = args.d + row_base;
   float* dq_acc = args.dq_acc + row_base * kHeadDim;
@@ -268,58 +319,60 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   const std::uint32_t s_v = smem_address(shared + Traits::kVOffset);
   const std::uint32_t s_q = smem_address(shared + Traits::kQOffset);
   const std::uint32_t s_do = smem_address(shared + Traits::kDoOffset);
+  const std::uint32_t s_p = smem_address(shared + Traits::kPOffset);
   const std::uint32_t s_ds = smem_address(shared + Traits::kDsOffset);
   const std::uint32_t s_lse = smem_address(shared + Traits::kLseOffset);
   const std::uint32_t s_d = smem_address(shared + Traits::kDOffset);
   const float* lse_tile = reinterpret_cast<const float*>(shared + Traits::kLseOffset);
   const float* d_tile = reinterpret_cast<const float*>(shared + Traits::kDOffset);
 
-  // this warp: 16 keys (key_warp) and a column part of dK / dV (part)
-  const int key_warp = warp % Traits::kKeyWarps;
-  const int part = warp / Traits::kKeyWarps;
-  const int col0 = part * Traits::kPartDim;
-  // this thread's two keys of the warp's 16 (mma C layout: row lane/4 and lane/4 + 8, columns 2 (lane%4) + {0,1})
-  const int row_in_warp = lane / 4;
+  // this thread in the mma C layout: rows lane/4 and lane/4 + 8, columns 2 (lane%4) + {0,1} of each 16 x 8 tile
+  const int row_in_tile = lane / 4;
   const int col_in_tile = 2 * (lane % 4);
-  QueryBounds bounds[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    bounds[r] = query_bounds(args, n_start + key_warp * 16 + row_in_warp + 8 * r, seqlen_q, seqlen_k);
-  }
+  // warp tiles of the three phases
+  const int sdp_m = warp % Traits::kWarpsMSdp, sdp_n = warp / Traits::kWarpsMSdp;
+  const int dkv_n = warp % Traits::kWarpsNdKV, dkv_d = warp / Traits::kWarpsNdKV;
+  const int dq_m = warp % Traits::kWarpsMdQ, dq_d = warp / Traits::kWarpsMdQ;
+  const int sdp_row0 = sdp_m * Traits::kSdpRows, sdp_col0 = sdp_n * Traits::kSdpCols;
+  const int dkv_row0 = dkv_n * Traits::kDkvRows, dkv_col0 = dkv_d * Traits::kDkvCols;
+  const int dq_row0 = dq_m * Traits::kDqRows, dq_col0 = dq_d * Traits::kDqCols;
 
-  float acc_dk[Traits::kPartTiles][4];
-  float acc_dv[Traits::kPartTiles][4];
+  // lane addresses: S / dP (A = Q, dO [m][k]; B = K, V [n][k]), dK / dV (A = P, dS [k][m] .trans; B = Q, dO [k][n]
+  // .trans), dQ (A = dS [m][k]; B = K [k][n] .trans)
+  const std::uint32_t a_mk = lane_offset<kRowBytes, kElemBytes>(lane, 0, 1) + sdp_row0 * kRowBytes;
+  const std::uint32_t b_nk = lane_offset<kRowBytes, kElemBytes>(lane, 1, 0) + sdp_col0 * kRowBytes;
+  const std::uint32_t a_km = lane_offset<kPRowBytes, kElemBytes>(lane, 1, 0) + dkv_row0 * kElemBytes;
+  const std::uint32_t b_kn = lane_offset<kRowBytes, kElemBytes>(lane, 0, 1) + dkv_col0 * kElemBytes;
+  const std::uint32_t a_ds = lane_offset<kPRowBytes, kElemBytes>(lane, 0, 1) + dq_row0 * kPRowBytes;
+  const std::uint32_t b_k = lane_offset<kRowBytes, kElemBytes>(lane, 0, 1) + dq_col0 * kElemBytes;
+
+  float acc_dk[Traits::kDkvMTiles][Traits::kDkvNTiles][4];
+  float acc_dv[Traits::kDkvMTiles][Traits::kDkvNTiles][4];
 #pragma unroll
-  for (int t = 0; t < Traits::kPartTiles; ++t) {
+  for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      acc_dk[t][e] = 0.0f;
-      acc_dv[t][e] = 0.0f;
+    for (int t = 0; t < Traits::kDkvNTiles; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        acc_dk[mt][t][e] = 0.0f;
+        acc_dv[mt][t][e] = 0.0f;
+      }
     }
   }
 
-  // ldmatrix lane addressing (byte offsets inside a tile); matrix = lane / 8, its row = lane % 8
-  //  A row-major [m][k] (K, V: the warp's keys):        row mat_row + (mat%2) 8, k (mat/2) 8
-  //  B stored [n][k] (Q, dO for S^T and dP^T):          row mat_row + (mat/2) 8, k (mat%2) 8
-  //  B stored [k][n], .trans (dO, Q, K for dV, dK, dQ): row mat_row + (mat%2) 8, n (mat/2) 8
-  //  A stored [k][m], .trans (dS^T for dQ):             row mat_row + (mat/2) 8, m (mat%2) 8
-  const int mat_row = lane % 8;
-  const int mat = lane / 8;
-  const std::uint32_t a_lane = (key_warp * 16 + mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;
-  const std::uint32_t b_lane = (mat_row + (mat / 2) * 8) * kRowBytes + (mat % 2) * 8 * kElemBytes;
-  const std::uint32_t bt_lane = (mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;
-  const int dq_rows = warp % Traits::kDqRowBlocks;  // this warp's 16 query rows of dQ
-  const int dq_col0 = (warp / Traits::kDqRowBlocks) * Traits::kDqCols;
-  const std::uint32_t ds_lane =
-      s_ds + (mat_row + (mat / 2) * 8) * kDsRowBytes + (dq_rows * 16 + (mat % 2) * 8) * kElemBytes;
-
-  // loads of query block m into stage `stage`: Q and dO rows past N_q, LSE and D entries past N_q are zero
-  auto load_query_block = [&](int m_block, int stage) {
+  // loads of query block m: Q and dO rows past N_q, LSE and D entries past N_q are zero
+  auto load_q = [&](int m_block, int stage) {
     const int m0 = m_block * kBlockM;
     load_tile<Traits, kBlockM>(s_q + stage * Traits::kQTileBytes, q + m0 * args.q_token, args.q_token, seqlen_q - m0,
                                tid);
+  };
+  auto load_do = [&](int m_block, int stage) {
+    const int m0 = m_block * kBlockM;
     load_tile<Traits, kBlockM>(s_do + stage * Traits::kQTileBytes, d_out + m0 * args.do_token, args.do_token,
                                seqlen_q - m0, tid);
+  };
+  auto load_rows = [&](int m_block, int stage) {  // LSE and D, always two stages
+    const int m0 = m_block * kBlockM;
     if (tid < kBlockM) {
       const bool valid = m0 + tid < seqlen_q;
       cp_async_4(s_lse + (stage * kBlockM + tid) * 4, valid ? lse + m0 + tid : lse, valid ? 4 : 0);
@@ -331,118 +384,171 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   if (tiles > 0) {
     load_tile<Traits, kBlockN>(s_k, k, args.k_token, keys_here, tid);
     load_tile<Traits, kBlockN>(s_v, v, args.v_token, keys_here, tid);
-    load_query_block(range.min, 0);
+    load_q(range.min, 0);
+    load_do(range.min, 0);
+    load_rows(range.min, 0);
     cp_async_commit();
   }
 
-  // main loop over query blocks, ascending
   for (int it = 0; it < tiles; ++it) {
     const int m_block = range.min + it;
-    const int stage = it % Traits::kStages;
-    if (it + 1 < tiles) {  // block i+1 into the other stage (its last readers passed the dS barrier of i-1)
-      load_query_block(m_block + 1, (it + 1) % Traits::kStages);
+    const int m_start = m_block * kBlockM;
+    const int stage = it % 2;
+    const int q_stage = Traits::kStagesQ == 2 ? stage : 0;
+    const int do_stage = Traits::kStagesDo == 2 ? stage : 0;
+    cp_async_wait<0>();  // block i (everything in flight)
+    __syncthreads();     // ... visible to all; every warp is past block i-1
+    if (it + 1 < tiles) {  // block i+1 into the free buffers (their last readers were in block i-1)
+      if (Traits::kStagesQ == 2) load_q(m_block + 1, 1 - stage);
+      if (Traits::kStagesDo == 2) load_do(m_block + 1, 1 - stage);
+      load_rows(m_block + 1, 1 - stage);
       cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
     }
-    __syncthreads();
-
-    const std::uint32_t q_tile = s_q + stage * Traits::kQTileBytes;
-    const std::uint32_t do_tile = s_do + stage * Traits::kQTileBytes;
+    const std::uint32_t q_tile = s_q + q_stage * Traits::kQTileBytes;
+    const std::uint32_t do_tile = s_do + do_stage * Traits::kQTileBytes;
     const float* lse_here = lse_tile + stage * kBlockM;
     const float* d_here = d_tile + stage * kBlockM;
-    const int m_start = m_block * kBlockM;
 
-    // S^T = K Q^T and dP^T = V dO^T (16 keys x kBlockM queries per warp, fp32)
-    float s[Traits::kSTiles][4];
-    float dp[Traits::kSTiles][4];
+    // S = Q K^T and dP = dO V^T on this warp's kSdpRows x kSdpCols tile
+    {
+      float s[Traits::kSdpMTiles][Traits::kSdpNTiles][4];
+      float dp[Traits::kSdpMTiles][Traits::kSdpNTiles][4];
 #pragma unroll
-    for (int t = 0; t < Traits::kSTiles; ++t) {
+      for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[t][e] = 0.0f;
-        dp[t][e] = 0.0f;
-      }
-    }
+        for (int t = 0; t < Traits::kSdpNTiles; ++t) {
 #pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      std::uint32_t a_k[4], a_v[4];
-      ldmatrix_x4(a_k, s_k + a_lane + kk * 16 * kElemBytes);
-      ldmatrix_x4(a_v, s_v + a_lane + kk * 16 * kElemBytes);
-#pragma unroll
-      for (int np = 0; np < kBlockM / 16; ++np) {
-        std::uint32_t b[4];
-        ldmatrix_x4(b, q_tile + b_lane + np * 16 * kRowBytes + kk * 16 * kElemBytes);
-        Elem<T>::mma(s[2 * np], a_k, b[0], b[1]);
-        Elem<T>::mma(s[2 * np + 1], a_k, b[2], b[3]);
-        ldmatrix_x4(b, do_tile + b_lane + np * 16 * kRowBytes + kk * 16 * kElemBytes);
-        Elem<T>::mma(dp[2 * np], a_v, b[0], b[1]);
-        Elem<T>::mma(dp[2 * np + 1], a_v, b[2], b[3]);
-      }
-    }
-
-    // P^T = exp2(S^T c - LSE log2 e), dS^T = P^T (dP^T - D); masked entries (boundary blocks only) get P = 0 by
-    // selection, so a fully masked query row (LSE = -inf, never inside any key's range) contributes nothing
-    const bool boundary = m_start < full_lo || m_start + kBlockM - 1 > full_hi;
-#pragma unroll
-    for (int t = 0; t < Traits::kSTiles; ++t) {
-      const float2 lse2 = *reinterpret_cast<const float2*>(lse_here + t * 8 + col_in_tile);
-      const float2 d2 = *reinterpret_cast<const float2*>(d_here + t * 8 + col_in_tile);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float row_lse = e % 2 == 0 ? lse2.x : lse2.y;
-        const float row_d = e % 2 == 0 ? d2.x : d2.y;
-        float p = exp2_ftz(fmaf(s[t][e], args.scale_log2, -row_lse * kLog2e));
-        if (boundary) {
-          const int col = m_start + t * 8 + col_in_tile + (e % 2);
-          const QueryBounds& qb = bounds[e / 2];
-          p = (col >= qb.lo && col <= qb.hi) ? p : 0.0f;
+          for (int e = 0; e < 4; ++e) {
+            s[mt][t][e] = 0.0f;
+            dp[mt][t][e] = 0.0f;
+          }
         }
-        s[t][e] = p;
-        dp[t][e] = p * (dp[t][e] - row_d);
+      }
+#pragma unroll
+      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        std::uint32_t a_q[Traits::kSdpMTiles][4], a_o[Traits::kSdpMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
+          ldmatrix_x4(a_q[mt], q_tile + a_mk + mt * 16 * kRowBytes + kk * 16 * kElemBytes);
+          ldmatrix_x4(a_o[mt], do_tile + a_mk + mt * 16 * kRowBytes + kk * 16 * kElemBytes);
+        }
+#pragma unroll
+        for (int np = 0; np < Traits::kSdpNTiles / 2; ++np) {
+          std::uint32_t b[4];
+          ldmatrix_x4(b, s_k + b_nk + np * 16 * kRowBytes + kk * 16 * kElemBytes);
+#pragma unroll
+          for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
+            Elem<T>::mma(s[mt][2 * np], a_q[mt], b[0], b[1]);
+            Elem<T>::mma(s[mt][2 * np + 1], a_q[mt], b[2], b[3]);
+          }
+          ldmatrix_x4(b, s_v + b_nk + np * 16 * kRowBytes + kk * 16 * kElemBytes);
+#pragma unroll
+          for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
+            Elem<T>::mma(dp[mt][2 * np], a_o[mt], b[0], b[1]);
+            Elem<T>::mma(dp[mt][2 * np + 1], a_o[mt], b[2], b[3]);
+          }
+        }
+      }
+
+      // P = exp2(S c - LSE log2 e), dS = P (dP - D), into shared memory in the dtype. Masked entries (boundary
+      // blocks only) and rows past N_q get P = 0 by selection, so a fully masked row (LSE = -inf) adds nothing.
+      const bool boundary = m_start < full_lo || m_start + kBlockM - 1 > full_hi;
+#pragma unroll
+      for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = sdp_row0 + mt * 16 + row_in_tile + 8 * r;  // in the block
+          const float row_lse = lse_here[row] * kLog2e;
+          const float row_d = d_here[row];
+          KeyBounds kb{0, kBlockN - 1 + n_start};
+          if (boundary) {
+            kb = key_bounds(args.window_left, args.window_right, m_start + row, seqlen_q, seqlen_k);
+            if (m_start + row >= seqlen_q) kb = {1, 0};
+          }
+#pragma unroll
+          for (int t = 0; t < Traits::kSdpNTiles; ++t) {
+            float pv[2], dsv[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              float p = exp2_ftz(fmaf(s[mt][t][2 * r + c], args.scale_log2, -row_lse));
+              if (boundary) {
+                const int col = n_start + sdp_col0 + t * 8 + col_in_tile + c;
+                p = (col >= kb.lo && col <= kb.hi) ? p : 0.0f;
+              }
+              pv[c] = p;
+              dsv[c] = p * (dp[mt][t][2 * r + c] - row_d);
+            }
+            const int offset = row * kPRowBytes + (sdp_col0 + t * 8 + col_in_tile) * kElemBytes;
+            *reinterpret_cast<std::uint32_t*>(shared + Traits::kPOffset + offset) = Elem<T>::pack(pv[0], pv[1]);
+            *reinterpret_cast<std::uint32_t*>(shared + Traits::kDsOffset + offset) = Elem<T>::pack(dsv[0], dsv[1]);
+          }
+        }
       }
     }
+    __syncthreads();  // P and dS complete
 
-    // dV += P^T dO and dK += dS^T Q over this warp's column part: the C fragments of two n8 tiles are the A
-    // fragment of one k16 step
+    // dV += P^T dO, dK += dS^T Q on this warp's kDkvRows keys x kDkvCols columns
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
-      const std::uint32_t p[4] = {Elem<T>::pack(s[2 * kk][0], s[2 * kk][1]), Elem<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-                                  Elem<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                  Elem<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const std::uint32_t ds[4] = {
-          Elem<T>::pack(dp[2 * kk][0], dp[2 * kk][1]), Elem<T>::pack(dp[2 * kk][2], dp[2 * kk][3]),
-          Elem<T>::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), Elem<T>::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+      std::uint32_t a_p[Traits::kDkvMTiles][4], a_s[Traits::kDkvMTiles][4];
 #pragma unroll
-      for (int dpair = 0; dpair < Traits::kPartDim / 16; ++dpair) {
-        const std::uint32_t offset = bt_lane + kk * 16 * kRowBytes + (col0 + dpair * 16) * kElemBytes;
-        std::uint32_t b[4];
-        ldmatrix_x4_trans(b, do_tile + offset);
-        Elem<T>::mma(acc_dv[2 * dpair], p, b[0], b[1]);
-        Elem<T>::mma(acc_dv[2 * dpair + 1], p, b[2], b[3]);
-        ldmatrix_x4_trans(b, q_tile + offset);
-        Elem<T>::mma(acc_dk[2 * dpair], ds, b[0], b[1]);
-        Elem<T>::mma(acc_dk[2 * dpair + 1], ds, b[2], b[3]);
+      for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
+        ldmatrix_x4_trans(a_p[mt], s_p + a_km + kk * 16 * kPRowBytes + mt * 16 * kElemBytes);
+        ldmatrix_x4_trans(a_s[mt], s_ds + a_km + kk * 16 * kPRowBytes + mt * 16 * kElemBytes);
       }
-      // dS^T to shared memory for dQ (the warps of column part 0 hold every key once)
-      if (part == 0) {
-        const int key = key_warp * 16 + row_in_warp;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int query = kk * 16 + h * 8 + col_in_tile;
-          unsigned char* row0 = shared + Traits::kDsOffset + key * kDsRowBytes + query * kElemBytes;
-          *reinterpret_cast<std::uint32_t*>(row0) = ds[2 * h];
-          *reinterpret_cast<std::uint32_t*>(row0 + 8 * kDsRowBytes) = ds[2 * h + 1];
+      for (int np = 0; np < Traits::kDkvNTiles / 2; ++np) {
+        std::uint32_t b[4];
+        ldmatrix_x4_trans(b, do_tile + b_kn + kk * 16 * kRowBytes + np * 16 * kElemBytes);
+#pragma unroll
+        for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
+          Elem<T>::mma(acc_dv[mt][2 * np], a_p[mt], b[0], b[1]);
+          Elem<T>::mma(acc_dv[mt][2 * np + 1], a_p[mt], b[2], b[3]);
+        }
+        ldmatrix_x4_trans(b, q_tile + b_kn + kk * 16 * kRowBytes + np * 16 * kElemBytes);
+#pragma unroll
+        for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
+          Elem<T>::mma(acc_dk[mt][2 * np], a_s[mt], b[0], b[1]);
+          Elem<T>::mma(acc_dk[mt][2 * np + 1], a_s[mt], b[2], b[3]);
         }
       }
     }
-    __syncthreads();  // dS^T complete
 
-    // dQ_i += dS K_j: this warp's 16 query rows x kDqCols columns, A fragments of dS for all keys kept in registers
-    std::uint32_t a_ds[kBlockN / 16][4];
+    if ((Traits::kStagesQ == 1 || Traits::kStagesDo == 1) && it + 1 < tiles) {
+      __syncthreads();  // every warp is past its reads of Q and dO: refill the single buffers during dQ
+      if (Traits::kStagesQ == 1) load_q(m_block + 1, 0);
+      if (Traits::kStagesDo == 1) load_do(m_block + 1, 0);
+      cp_async_commit();
+    }
+
+    // dQ_i += dS K on this warp's kDqRows x kDqCols tile, added to the fp32 accumulator
+    float c[Traits::kDqMTiles][Traits::kDqNTiles][4];
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) ldmatrix_x4_trans(a_ds[kk], ds_lane + kk * 16 * kDsRowBytes);
+    for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
+#pragma unroll
+      for (int t = 0; t < Traits::kDqNTiles; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[mt][t][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      std::uint32_t a[Traits::kDqMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
+        ldmatrix_x4(a[mt], s_ds + a_ds + mt * 16 * kPRowBytes + kk * 16 * kElemBytes);
+      }
+#pragma unroll
+      for (int np = 0; np < Traits::kDqNTiles / 2; ++np) {
+        std::uint32_t b[4];
+        ldmatrix_x4_trans(b, s_k + b_k + kk * 16 * kRowBytes + np * 16 * kElemBytes);
+#pragma unroll
+        for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
+          Elem<T>::mma(c[mt][2 * np], a[mt], b[0], b[1]);
+          Elem<T>::mma(c[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
 
     std::int64_t turn_target = -1;
     if (args.deterministic) {  // wait for the key blocks before this one (see the file comment)
@@ -454,25 +560,15 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
       }
       __syncthreads();
     }
-    const int q_row = m_start + dq_rows * 16 + row_in_warp;
 #pragma unroll
-    for (int dpair = 0; dpair < Traits::kDqCols / 16; ++dpair) {
-      float c[2][4] = {};
+    for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        std::uint32_t b[4];
-        ldmatrix_x4_trans(b, s_k + bt_lane + kk * 16 * kRowBytes + (dq_col0 + dpair * 16) * kElemBytes);
-        Elem<T>::mma(c[0], a_ds[kk], b[0], b[1]);
-        Elem<T>::mma(c[1], a_ds[kk], b[2], b[3]);
-      }
+      for (int r = 0; r < 2; ++r) {
+        const int row = m_start + dq_row0 + mt * 16 + row_in_tile + 8 * r;
+        if (row >= seqlen_q) continue;
+        float* dst = dq_acc + std::int64_t{row} * kHeadDim + dq_col0 + col_in_tile;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = q_row + 8 * (e / 2);
-          const int col = dq_col0 + dpair * 16 + h * 8 + col_in_tile + (e % 2);
-          if (row < seqlen_q) red_add(dq_acc + std::int64_t{row} * kHeadDim + col, c[h][e]);
-        }
+        for (int t = 0; t < Traits::kDqNTiles; ++t) red_add2(dst + t * 8, c[mt][t][2 * r], c[mt][t][2 * r + 1]);
       }
     }
     if (args.deterministic) {  // pass the turn on once every thread's adds are visible
@@ -484,31 +580,35 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
 
   // epilogue: dK = scale dK, dV; rows past N_k are not written. A CTA that no query sees writes zeros.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key_warp * 16 + row_in_warp + 8 * r;
-    if (key >= keys_here) continue;
-    if (args.group == 1) {
-      T* dk = static_cast<T*>(args.dk) + slot * args.dk_batch + (k_offset + n_start + key) * args.dk_token +
-              std::int64_t{head} * args.dk_head;
-      T* dv = static_cast<T*>(args.dv) + slot * args.dv_batch + (k_offset + n_start + key) * args.dv_token +
-              std::int64_t{head} * args.dv_head;
+  for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
 #pragma unroll
-      for (int t = 0; t < Traits::kPartTiles; ++t) {
-        const int col = col0 + t * 8 + col_in_tile;
-        *reinterpret_cast<std::uint32_t*>(dk + col) =
-            Elem<T>::pack(acc_dk[t][2 * r] * args.scale, acc_dk[t][2 * r + 1] * args.scale);
-        *reinterpret_cast<std::uint32_t*>(dv + col) = Elem<T>::pack(acc_dv[t][2 * r], acc_dv[t][2 * r + 1]);
-      }
-    } else {
-      const std::int64_t row = (slot * args.heads + head) * args.tokens_k + k_offset + n_start + key;
-      float* dk = args.dk_part + row * kHeadDim;
-      float* dv = args.dv_part + row * kHeadDim;
+    for (int r = 0; r < 2; ++r) {
+      const int key = dkv_row0 + mt * 16 + row_in_tile + 8 * r;
+      if (key >= keys_here) continue;
+      const std::int64_t token = seq.k_offset + n_start + key;
+      if (args.group == 1) {
+        T* dk = static_cast<T*>(args.dk) + seq.slot * args.dk_batch + token * args.dk_token +
+                std::int64_t{head} * args.dk_head;
+        T* dv = static_cast<T*>(args.dv) + seq.slot * args.dv_batch + token * args.dv_token +
+                std::int64_t{head} * args.dv_head;
 #pragma unroll
-      for (int t = 0; t < Traits::kPartTiles; ++t) {
-        const int col = col0 + t * 8 + col_in_tile;
-        *reinterpret_cast<float2*>(dk + col) =
-            make_float2(acc_dk[t][2 * r] * args.scale, acc_dk[t][2 * r + 1] * args.scale);
-        *reinterpret_cast<float2*>(dv + col) = make_float2(acc_dv[t][2 * r], acc_dv[t][2 * r + 1]);
+        for (int t = 0; t < Traits::kDkvNTiles; ++t) {
+          const int col = dkv_col0 + t * 8 + col_in_tile;
+          *reinterpret_cast<std::uint32_t*>(dk + col) =
+              Elem<T>::pack(acc_dk[mt][t][2 * r] * args.scale, acc_dk[mt][t][2 * r + 1] * args.scale);
+          *reinterpret_cast<std::uint32_t*>(dv + col) = Elem<T>::pack(acc_dv[mt][t][2 * r], acc_dv[mt][t][2 * r + 1]);
+        }
+      } else {
+        const std::int64_t row = (seq.slot * args.heads + head) * args.tokens_k + token;
+        float* dk = args.dk_part + row * kHeadDim;
+        float* dv = args.dv_part + row * kHeadDim;
+#pragma unroll
+        for (int t = 0; t < Traits::kDkvNTiles; ++t) {
+          const int col = dkv_col0 + t * 8 + col_in_tile;
+          *reinterpret_cast<float2*>(dk + col) =
+              make_float2(acc_dk[mt][t][2 * r] * args.scale, acc_dk[mt][t][2 * r + 1] * args.scale);
+          *reinterpret_cast<float2*>(dv + col) = make_float2(acc_dv[mt][t][2 * r], acc_dv[mt][t][2 * r + 1]);
+        }
       }
     }
   }
@@ -582,7 +682,7 @@ struct WorkspacePlan {
 
 template <int kHeadDim>
 int block_m() {
-  return BackwardTraits<kHeadDim, 2>::kBlockM;
+  return BackwardTiles<kHeadDim, 2>::kBlockM;
 }
 
 int block_m_of(std::int64_t head_dim) {
@@ -616,10 +716,25 @@ unsigned elementwise_blocks(std::int64_t work) {
   return static_cast<unsigned>(std::max<std::int64_t>(1, std::min(blocks, kMaxBlocks)));
 }
 
+template <class Traits, class T>
+void launch_main(const BackwardArgs& args, const Problem& p, cudaStream_t stream) {
+  const std::int64_t n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+  if (n_blocks == 0 || p.batch == 0 || p.heads == 0) return;
+  auto* kernel = backward_kernel<Traits, T>;
+  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSharedBytes));
+  const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(args);
+  FL_CUDA_CHECK_LAUNCH("flash2 backward_kernel");
+}
+
 template <class T, int kHeadDim>
 void launch_backward(const BackwardArgs& args, const Problem& p, void* zero, std::int64_t zero_bytes,
                      cudaStream_t stream) {
-  using Traits = BackwardTraits<kHeadDim, sizeof(T)>;
+  using Small = BackwardTiles<kHeadDim, sizeof(T)>;
+  using Large = typename BackwardTilesOf<kHeadDim, sizeof(T)>::large;
+  // the double-buffered tiles where the GPU has the shared memory, else the sm_80 ones (checked before any launch)
+  const bool large = Large::kSharedBytes <= shared_bytes_per_block();
+  if (!large) require_shared_bytes(Small::kSharedBytes, "backward at head_dim " + std::to_string(kHeadDim));
   // 1. preprocess
   const std::int64_t zero_words = zero_bytes / 16;
   const std::int64_t rows_q = args.slots * args.heads * args.tokens_q;
@@ -630,13 +745,10 @@ void launch_backward(const BackwardArgs& args, const Problem& p, void* zero, std
     FL_CUDA_CHECK_LAUNCH("flash2 preprocess_kernel");
   }
   // 2. main kernel
-  const std::int64_t n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-  if (n_blocks > 0 && p.batch > 0 && p.heads > 0) {
-    auto* kernel = backward_kernel<Traits, T>;
-    FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSharedBytes));
-    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-    kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(args);
-    FL_CUDA_CHECK_LAUNCH("flash2 backward_kernel");
+  if (large) {
+    launch_main<Large, T>(args, p, stream);
+  } else {
+    launch_main<Small, T>(args, p, stream);
   }
   // 3. dQ in the dtype
   if (rows_q > 0) {
@@ -748,8 +860,8 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
   args.group = static_cast<int>(p.group_size());
   args.head_dim = static_cast<int>(p.head_dim);
   args.m_blocks = static_cast<int>((p.seqlen_q + block_m_of(p.head_dim) - 1) / block_m_of(p.head_dim));
-  args.window_left = w.left;
-  args.window_right = w.right;
+  args.window_left = window_arg(w.left);
+  args.window_right = window_arg(w.right);
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
   args.deterministic = params.deterministic;

@@ -120,6 +120,28 @@ __device__ inline Sequence sequence_of(const std::int32_t* cu_seqlens_q, const s
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The mask rule (Problem::key_range) on the device
+
+// Keys [lo, hi] query row i may see (Problem::key_range, clamped to lo in [0, N_k], hi in [-1, N_k - 1]); empty
+// when lo > hi. 32-bit arithmetic: N_q, N_k < 2^30 put the diagonal i + N_k - N_q in (-2^30, 2^30), and windows are
+// below 2^30 (a window of 2^30 or more reaches every key, so the host passes it as unbounded: window_arg()).
+struct KeyBounds {
+  int lo;
+  int hi;
+};
+__device__ inline KeyBounds key_bounds(int window_left, int window_right, int i, int seqlen_q, int seqlen_k) {
+  const int diagonal = i + seqlen_k - seqlen_q;
+  const int lo = window_left < 0 ? 0 : diagonal - window_left;
+  const int hi = window_right < 0 ? seqlen_k - 1 : diagonal + window_right;
+  return {min(max(lo, 0), seqlen_k), min(max(hi, -1), seqlen_k - 1)};
+}
+
+// A window side as the kernels take it: -1 (unbounded) for negative windows and for windows of 2^30 or more.
+inline int window_arg(std::int64_t window) {
+  return window < 0 || window >= kMaxLength ? -1 : static_cast<int>(window);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Tile loads: kRows rows of d elements from global memory (row stride in elements) into padded shared rows.
 // Rows at or past `valid_rows` are zero-filled (cp.async with a source size of 0), so no garbage, and no NaN from
 // poisoned memory, can reach the mma.
@@ -181,6 +203,33 @@ inline void require_sm80() {
   if (bit != 0 && (checked.load(std::memory_order_relaxed) & bit) != 0) return;
   require_compute_capability(8, 0);
   checked.fetch_or(bit, std::memory_order_relaxed);
+}
+
+// The dynamic shared memory a block may opt in to on the current device (cudaDevAttrMaxSharedMemoryPerBlockOptin:
+// 163 KB on A100, 227 KB on H100/H200, 99 KB on sm_86/sm_89 GPUs), queried once per device and process.
+inline int shared_bytes_per_block() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices] = {};
+  int device = 0;
+  FL_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < kDevices) {
+    if (const int bytes = known[device].load(std::memory_order_relaxed); bytes > 0) return bytes;
+  }
+  int bytes = 0;
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (device < kDevices) known[device].store(bytes, std::memory_order_relaxed);
+  return bytes;
+}
+
+// `what` (a kernel and its tile) needs `bytes` of shared memory per block: Unsupported, naming both sizes, where
+// this GPU offers less.
+inline void require_shared_bytes(int bytes, const std::string& what) {
+  const int available = shared_bytes_per_block();
+  if (bytes > available) {
+    throw Unsupported("flash2: " + what + " needs " + std::to_string(bytes / 1024) +
+                      " KB of shared memory per block; this GPU offers " + std::to_string(available / 1024) +
+                      " KB (A100: 163 KB, H100/H200: 227 KB)");
+  }
 }
 
 }  // namespace flashlab::kernels::flash2

@@ -71,20 +71,6 @@ struct ForwardArgs {
 // ---------------------------------------------------------------------------------------------------------------
 // The kernel
 
-// Keys [lo, hi] query row i may see (Problem::key_range, clamped to lo in [0, N_k], hi in [-1, N_k - 1]); empty
-// when lo > hi. 32-bit arithmetic: N_q, N_k < 2^30 put the diagonal i + N_k - N_q in (-2^30, 2^30), and windows are
-// below 2^30 (a window of 2^30 or more reaches every key, so the host passes it as unbounded).
-struct KeyBounds {
-  int lo;
-  int hi;
-};
-__device__ inline KeyBounds key_bounds(const ForwardArgs& args, int i, int seqlen_q, int seqlen_k) {
-  const int diagonal = i + seqlen_k - seqlen_q;
-  const int lo = args.window_left < 0 ? 0 : diagonal - args.window_left;
-  const int hi = args.window_right < 0 ? seqlen_k - 1 : diagonal + args.window_right;
-  return {min(max(lo, 0), seqlen_k), min(max(hi, -1), seqlen_k - 1)};
-}
-
 template <class Traits, class T>
 __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const ForwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
@@ -118,8 +104,8 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
 
   // K/V tiles this CTA visits: key ranges are monotone in the query row, so the union over the CTA's rows runs
   // from the first row's lo to the last row's hi.
-  const KeyBounds first = key_bounds(args, m_start, seqlen_q, seqlen_k);
-  const KeyBounds last = key_bounds(args, m_start + rows_here - 1, seqlen_q, seqlen_k);
+  const KeyBounds first = key_bounds(args.window_left, args.window_right, m_start, seqlen_q, seqlen_k);
+  const KeyBounds last = key_bounds(args.window_left, args.window_right, m_start + rows_here - 1, seqlen_q, seqlen_k);
   const int n_block_min = first.lo / kBlockN;
   const int n_block_max = last.hi < 0 ? 0 : (last.hi + kBlockN) / kBlockN;  // exclusive
   // keys every row of the CTA sees: tiles inside [last.lo, first.hi] need no mask
@@ -215,7 +201,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = m_start + warp_row0 + mt * 16 + row_in_tile + 8 * r;
-          const KeyBounds kb = key_bounds(args, row, seqlen_q, seqlen_k);
+          const KeyBounds kb = key_bounds(args.window_left, args.window_right, row, seqlen_q, seqlen_k);
 #pragma unroll
           for (int t = 0; t < Traits::kSTiles; ++t) {
 #pragma unroll
@@ -387,6 +373,8 @@ void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stre
   using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
+  require_shared_bytes(Traits::kSharedBytes, "forward tile " + std::to_string(c.block_m) + "x" +
+                                                 std::to_string(c.block_n) + " at head_dim " + std::to_string(c.head_dim));
   auto* kernel = forward_kernel<Traits, T>;
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSharedBytes));
   const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
@@ -455,8 +443,8 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   args.seqlen_k = static_cast<int>(p.seqlen_k);
   args.heads = static_cast<int>(p.heads);
   args.group = static_cast<int>(p.group_size());
-  args.window_left = w.left < 0 || w.left >= kMaxLength ? -1 : static_cast<int>(w.left);
-  args.window_right = w.right < 0 || w.right >= kMaxLength ? -1 : static_cast<int>(w.right);
+  args.window_left = window_arg(w.left);
+  args.window_right = window_arg(w.right);
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
 

@@ -4,9 +4,11 @@
 
 namespace flashlab::kernels::flash2 {
 
-// The largest dynamic shared memory a block may use on sm_80 (A100: 163 KB); sm_90 allows 227 KB. Every tile
-// configuration fits the smaller, so one set of traits serves both targets.
+// The largest dynamic shared memory a block may use on sm_80 (A100: 163 KB) and sm_90 (H100/H200: 227 KB). Every
+// forward tile and the default backward tiles fit sm_80; the backward's double-buffered tiles need sm_90's. The
+// launchers check the running GPU's limit (GPUs of compute capability 8.6/8.9 offer 99 KB).
 constexpr int kMaxSharedBytesSm80 = 163 * 1024;
+constexpr int kMaxSharedBytesSm90 = 227 * 1024;
 
 // Forward tiles: kBlockM query rows per CTA in kWarps warps, each warp owning kMTiles m16 row blocks (16 or 32
 // rows), K/V tiles of kBlockN keys. Shared memory holds Q, one K and one V tile: K of tile j+1 loads while P V of
@@ -57,66 +59,82 @@ struct ForwardTraits {
   static_assert(kSharedBytes <= kMaxSharedBytesSm80, "tiles must fit the shared memory of sm_80");
 };
 
-// Backward tiles. One CTA owns kBlockN keys (its dK_j, dV_j accumulate in registers) and walks the query blocks of
-// kBlockM rows that can see them. Each warp owns 16 keys and, when kSplitD = 2, half of the head dim's columns of
-// dK and dV (two warps then recompute the same 16 x kBlockM tiles of S and dP, which is what keeps dK and dV at
-// d / 2 fp32 registers per thread each: at d = 256 one warp holding all 256 columns would need 256 registers for
-// them alone). Per thread: dK + dV = d / kSplitD, S + dP = kBlockM / 2, the dQ A fragments kBlockN / 4.
-//  - d = 64: kBlockM = 64 (S and dP 32 registers each; dK + dV = 64): 240 registers, no spills;
-//  - d = 32: kBlockM = 32: with 64, ptxas (sm_80) spilled 12 bytes at 168 registers; 158 with 32, no spills;
-//  - d = 96, 128: kBlockM = 32 (dK + dV = 96 or 128 registers leave room for S and dP of 16 each);
-//  - d = 256: kBlockM = 16 and kSplitD = 2 (8 warps): with kBlockM = 32, sm_90a spilled 8 bytes at 255 registers.
-// Not tuned by measurement yet (issue 4, item 4).
-template <int kHeadDim_, int kElemBytes_>
+// Backward tiles (FlashAttention-2's layout). One CTA of 8 warps owns kBlockN keys (K_j, V_j in shared memory,
+// dK_j, dV_j in registers) and walks the query blocks of kBlockM rows that see them. Per query block three warp
+// tilings follow one another, each warp taking one tile of a 2-D grid of warps:
+//   S = Q K^T and dP = dO V^T   (kBlockM x kBlockN)  warps kWarpsMSdp along queries x the rest along keys;
+//                               P and dS go to shared memory in the dtype
+//   dV += P^T dO, dK += dS^T Q  (kBlockN x d)        warps kWarpsNdKV along keys x the rest along d;
+//   dQ += dS K                  (kBlockM x d)        warps kWarpsMdQ along queries x the rest along d, added in fp32
+//                                                    to the global accumulator
+// Warp tiles of 32 rows (two m16 blocks) let each B fragment read from shared memory feed two mma. Q (and dO where
+// shared memory allows) are double-buffered: block i+1 loads while block i is computed; a single buffer is
+// refilled once its last reader (dK += dS^T Q, dV += P^T dO) is done, during dQ. The configurations and the
+// reasons for them are in flash2_bwd.cu.
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarpsMSdp_, int kWarpsNdKV_, int kWarpsMdQ_, int kStagesQ_,
+          int kStagesDo_, int kElemBytes_>
 struct BackwardTraits {
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
   static constexpr int kElemBytes = kElemBytes_;
-  static constexpr int kBlockN = 64;  // keys per CTA
-  static constexpr int kBlockM = kHeadDim == 64 ? 64 : (kHeadDim == 256 ? 16 : 32);
-  static constexpr int kSplitD = kHeadDim == 256 ? 2 : 1;
-  static constexpr int kKeyWarps = kBlockN / 16;
-  static constexpr int kWarps = kKeyWarps * kSplitD;
+  static constexpr int kWarps = 8;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kPartDim = kHeadDim / kSplitD;  // dK / dV columns per warp
-  static constexpr int kStages = 2;                    // Q, dO, LSE, D of query block i+1 load while i is computed
+  static constexpr int kStagesQ = kStagesQ_;
+  static constexpr int kStagesDo = kStagesDo_;
 
+  // S, dP: warp tile kSdpRows (queries) x kSdpCols (keys)
+  static constexpr int kWarpsMSdp = kWarpsMSdp_;
+  static constexpr int kSdpRows = kBlockM / kWarpsMSdp;
+  static constexpr int kSdpCols = kBlockN / (kWarps / kWarpsMSdp);
+  static constexpr int kSdpMTiles = kSdpRows / 16;
+  static constexpr int kSdpNTiles = kSdpCols / 8;
+  // dK, dV: warp tile kDkvRows (keys) x kDkvCols (head dim)
+  static constexpr int kWarpsNdKV = kWarpsNdKV_;
+  static constexpr int kDkvRows = kBlockN / kWarpsNdKV;
+  static constexpr int kDkvCols = kHeadDim / (kWarps / kWarpsNdKV);
+  static constexpr int kDkvMTiles = kDkvRows / 16;
+  static constexpr int kDkvNTiles = kDkvCols / 8;
+  // dQ: warp tile kDqRows (queries) x kDqCols (head dim)
+  static constexpr int kWarpsMdQ = kWarpsMdQ_;
+  static constexpr int kDqRows = kBlockM / kWarpsMdQ;
+  static constexpr int kDqCols = kHeadDim / (kWarps / kWarpsMdQ);
+  static constexpr int kDqMTiles = kDqRows / 16;
+  static constexpr int kDqNTiles = kDqCols / 8;
+
+  // rows padded by one 16-byte chunk to an odd number of chunks (conflict-free ldmatrix, as in the forward)
   static constexpr int kChunkElems = 16 / kElemBytes;
-  static constexpr int kRowElems = kHeadDim + kChunkElems;  // padded like the forward (odd number of 16-byte chunks)
+  static constexpr int kRowElems = kHeadDim + kChunkElems;
   static constexpr int kRowBytes = kRowElems * kElemBytes;
   static constexpr int kChunksPerRow = kHeadDim / kChunkElems;
-  // dS^T tile [key][query], rows padded by 16 bytes as well
-  static constexpr int kDsRowBytes = (kBlockM + kChunkElems) * kElemBytes;
-
-  // dQ = dS K: warps split the kBlockM x d tile into 16-row blocks and column groups
-  static constexpr int kDqRowBlocks = kBlockM / 16;
-  static constexpr int kDqColGroups = kWarps / kDqRowBlocks;
-  static constexpr int kDqCols = kHeadDim / kDqColGroups;
+  static constexpr int kPRowBytes = (kBlockN + kChunkElems) * kElemBytes;  // P and dS: [query][key]
 
   static constexpr int kQTileBytes = kBlockM * kRowBytes;
   static constexpr int kKVTileBytes = kBlockN * kRowBytes;
-  // layout: K | V | Q stage 0, 1 | dO stage 0, 1 | dS^T | LSE stage 0, 1 | D stage 0, 1
+  static constexpr int kPTileBytes = kBlockM * kPRowBytes;
+  // layout: K | V | Q stages | dO stages | P | dS | LSE stage 0, 1 | D stage 0, 1
   static constexpr int kKOffset = 0;
   static constexpr int kVOffset = kKVTileBytes;
   static constexpr int kQOffset = 2 * kKVTileBytes;
-  static constexpr int kDoOffset = kQOffset + kStages * kQTileBytes;
-  static constexpr int kDsOffset = kDoOffset + kStages * kQTileBytes;
-  static constexpr int kLseOffset = kDsOffset + kBlockN * kDsRowBytes;
-  static constexpr int kDOffset = kLseOffset + kStages * kBlockM * 4;
-  static constexpr int kSharedBytes = kDOffset + kStages * kBlockM * 4;
-
-  static constexpr int kSTiles = kBlockM / 8;  // S^T and dP^T per warp: 16 keys x kBlockM queries, n8 tiles
-  static constexpr int kPartTiles = kPartDim / 8;
+  static constexpr int kDoOffset = kQOffset + kStagesQ * kQTileBytes;
+  static constexpr int kPOffset = kDoOffset + kStagesDo * kQTileBytes;
+  static constexpr int kDsOffset = kPOffset + kPTileBytes;
+  static constexpr int kLseOffset = kDsOffset + kPTileBytes;
+  static constexpr int kDOffset = kLseOffset + 2 * kBlockM * 4;
+  static constexpr int kSharedBytes = kDOffset + 2 * kBlockM * 4;
 
   static_assert(kElemBytes == 2, "the m16n8k16 tensor-core path takes 16-bit inputs");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dims are multiples of 32 up to 256");
-  static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "mma k16 steps over queries and keys");
-  static_assert(kPartDim % 16 == 0, "dK / dV column parts are whole k16 steps of ldmatrix.x4.trans");
-  static_assert(kWarps % kDqRowBlocks == 0 && kDqCols % 16 == 0, "dQ work splits evenly over the warps");
+  static_assert(kSdpRows % 16 == 0 && kSdpCols % 16 == 0, "S / dP warp tiles: m16 rows, n16 column pairs");
+  static_assert(kDkvRows % 16 == 0 && kDkvCols % 16 == 0, "dK / dV warp tiles: m16 rows, n16 column pairs");
+  static_assert(kDqRows % 16 == 0 && kDqCols % 16 == 0, "dQ warp tiles: m16 rows, n16 column pairs");
+  static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "k16 steps over queries and keys");
   static_assert((kBlockM * kChunksPerRow) % kThreads == 0, "every thread loads the same number of Q / dO chunks");
   static_assert((kBlockN * kChunksPerRow) % kThreads == 0, "every thread loads the same number of K / V chunks");
   static_assert(kBlockM <= kThreads, "one thread per query row loads LSE and D");
-  static_assert((kRowBytes / 16) % 2 == 1 && (kDsRowBytes / 16) % 2 == 1, "padded rows: odd 16-byte chunk counts");
-  static_assert(kSharedBytes <= kMaxSharedBytesSm80, "tiles must fit the shared memory of sm_80");
+  static_assert((kRowBytes / 16) % 2 == 1 && (kPRowBytes / 16) % 2 == 1, "padded rows: odd 16-byte chunk counts");
+  static_assert(kStagesQ >= 1 && kStagesQ <= 2 && kStagesDo >= 1 && kStagesDo <= 2, "one or two buffers");
+  static_assert(kSharedBytes <= kMaxSharedBytesSm90, "tiles must fit the shared memory of sm_90");
 };
 
 }  // namespace flashlab::kernels::flash2
