@@ -78,6 +78,7 @@ std::vector<Case> accuracy_cases() {
   cases.push_back({"window (32, 0), N=1025, d=128", windowed(dense(1, 2, 2, 1025, 1025, 128), 32, 0)});
   cases.push_back({"causal N=1025, d=32", causal(dense(1, 2, 2, 1025, 1025, 32))});
   cases.push_back({"dense N=1025, d=96", dense(1, 1, 1, 1025, 1025, 96)});
+  cases.push_back({"causal N=4097, d=64", causal(dense(1, 1, 1, 4097, 4097, 64))});
   cases.push_back({"causal N_q=129 > N_k=17 (fully masked rows)", causal(dense(2, 2, 2, 129, 17, 64))});
   cases.push_back({"causal N_q=1025 > N_k=255 (fully masked blocks)", causal(dense(1, 2, 2, 1025, 255, 128))});
   cases.push_back({"causal N_q=17 < N_k=129 (unseen keys)", causal(dense(2, 2, 2, 17, 129, 32))});
