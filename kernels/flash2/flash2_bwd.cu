@@ -79,7 +79,8 @@ struct BackwardArgs {
   std::int64_t dq_batch, dq_token, dq_head;
   std::int64_t dk_batch, dk_token, dk_head;
   std::int64_t dv_batch, dv_token, dv_head;
-  std::int64_t tokens_q;  // rows per (slot, head) of LSE, D and the dQ accumulator: N_q (dense) or total_q (varlen)
+  std::int64_t tokens_q;  // rows per (slot, head) of LSE and D: N_q (dense) or total_q (varlen)
+  std::int64_t tokens_acc;  // rows per (slot, head) of the dQ accumulator (accumulator_rows: 16-row groups)
   std::int64_t tokens_k;  // N_k (dense) or total_k (varlen): rows per (slot, head) of the dK / dV partials
   std::int64_t slots;     // B (dense) or 1 (varlen)
   const std::int32_t* cu_seqlens_q;  // null for dense batches
@@ -98,7 +99,7 @@ struct BackwardArgs {
   bool deterministic;
   // workspace
   float* d;        // [slots, H, tokens_q]
-  float* dq_acc;   // [slots, H, tokens_q, d]
+  float* dq_acc;   // [slots, H, tokens_acc / 16, d / 8, 128]: 16 x 8 fragments (see "dQ accumulator" below)
   int* turns;      // [B, H, m_blocks]
   float* dk_part;  // [slots, H, tokens_k, d] (GQA/MQA only)
   float* dv_part;
@@ -246,14 +247,34 @@ __device__ inline void cp_async_4(std::uint32_t dst, const void* src, int src_by
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
 
-// *address += value in L2, no result returned (RED; atomicAdd compiles to ATOMG with a result on sm_90a); two
-// consecutive floats in one vector RED where the target has it (sm_90)
-__device__ inline void red_add2(float* address, float x, float y) {
+// The dQ accumulator holds each 16 x 8 block of dQ (one mma C tile) as 128 consecutive floats in the mma's
+// register order: lane l (rows l/4 and l/4 + 8, columns 2 (l%4) and 2 (l%4) + 1) owns floats 4l ... 4l + 3 (e = 2
+// (row >= 8) + column % 2). A warp then adds one C tile with one 16-byte RED per thread covering 512 contiguous
+// bytes (4 L2 requests) where the row-major layout took 8 rows x 32 bytes per instruction (8 requests, and twice
+// the instructions with 8-byte REDs). Blocks are ordered [16-row group][d / 8]; a sequence's rows start at a
+// multiple of 16: 0 for dense batches, 16 (floor(q_offset / 16) + b) for sequence b of a varlen batch, which leaves
+// each sequence round_up(N_b, 16) rows before the next one starts (accumulator_rows gives the total).
+__device__ inline std::int64_t accumulator_row0(int batch, std::int64_t q_offset, bool varlen) {
+  return varlen ? 16 * (q_offset / 16 + batch) : 0;
+}
+// the float index of element (row, col) of a sequence's accumulator (row relative to the sequence's first row)
+__device__ inline std::int64_t accumulator_index(std::int64_t row, int col, int head_dim) {
+  const int lane = static_cast<int>(row % 8) * 4 + (col % 8) / 2;
+  const int e = static_cast<int>((row / 8) % 2) * 2 + col % 2;
+  return (row / 16 * (head_dim / 8) + col / 8) * 128 + lane * 4 + e;
+}
+
+// *address += (x, y, z, w) in L2 for four consecutive floats, no result returned (RED; atomicAdd compiles to ATOMG
+// with a result on sm_90a): one vector RED on sm_90, four scalar ones before
+__device__ inline void red_add4(float* address, float x, float y, float z, float w) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(address), "f"(x), "f"(y) : "memory");
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(address), "f"(x), "f"(y), "f"(z), "f"(w)
+               : "memory");
 #else
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(address), "f"(x) : "memory");
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(address + 1), "f"(y) : "memory");
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(address + 2), "f"(z) : "memory");
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(address + 3), "f"(w) : "memory");
 #endif
 }
 
@@ -302,10 +323,12 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
                std::int64_t{kv_head} * args.k_head;
   const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_batch + (seq.k_offset + n_start) * args.v_token +
                std::int64_t{kv_head} * args.v_head;
-  const std::int64_t row_base = (seq.slot * args.heads + head) * args.tokens_q + seq.q_offset;  // LSE, D, dQ acc
+  const std::int64_t row_base = (seq.slot * args.heads + head) * args.tokens_q + seq.q_offset;  // LSE, D
   const float* lse = args.lse + row_base;
   const float* dsum = args.d + row_base;
-  float* dq_acc = args.dq_acc + row_base * kHeadDim;
+  float* dq_acc = args.dq_acc + ((seq.slot * args.heads + head) * args.tokens_acc +
+                                 accumulator_row0(batch, seq.q_offset, args.cu_seqlens_q != nullptr)) *
+                                    kHeadDim;
   int* turns = args.turns + (std::int64_t{batch} * args.heads + head) * args.m_blocks;
 
   const BlockRange range = query_block_range<Traits>(args, n_block, seqlen_q, seqlen_k);
@@ -560,15 +583,16 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
       }
       __syncthreads();
     }
+    // one 16-byte RED per C tile (the accumulator's fragment order); an m16 block that starts past N_q is skipped,
+    // the rows past N_q inside a block add zeros (dS = 0 there) to the sequence's padding rows
 #pragma unroll
     for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
+      const int row0 = m_start + dq_row0 + mt * 16;
+      if (row0 >= seqlen_q) continue;
+      float* dst = dq_acc + (std::int64_t{row0} * kHeadDim + dq_col0 * 16) + lane * 4;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = m_start + dq_row0 + mt * 16 + row_in_tile + 8 * r;
-        if (row >= seqlen_q) continue;
-        float* dst = dq_acc + std::int64_t{row} * kHeadDim + dq_col0 + col_in_tile;
-#pragma unroll
-        for (int t = 0; t < Traits::kDqNTiles; ++t) red_add2(dst + t * 8, c[mt][t][2 * r], c[mt][t][2 * r + 1]);
+      for (int t = 0; t < Traits::kDqNTiles; ++t) {
+        red_add4(dst + t * 128, c[mt][t][0], c[mt][t][1], c[mt][t][2], c[mt][t][3]);
       }
     }
     if (args.deterministic) {  // pass the turn on once every thread's adds are visible
@@ -623,23 +647,28 @@ __device__ inline void store4(T* dst, float4 x) {
   *reinterpret_cast<uint2*>(dst) = make_uint2(lo, hi);
 }
 
+// dQ: grid (row quads of the longest sequence, H, B); a thread takes 4 consecutive columns of one row, two float2 of
+// the accumulator's fragment order.
 template <class T>
 __global__ void __launch_bounds__(kElementwiseThreads) convert_dq_kernel(const BackwardArgs args) {
-  const std::int64_t quads = args.head_dim / 4;
-  const std::int64_t total = args.slots * args.heads * args.tokens_q * quads;
+  const int head = static_cast<int>(blockIdx.y);
+  const int batch = static_cast<int>(blockIdx.z);
+  const Sequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
+  const float* acc = args.dq_acc + ((seq.slot * args.heads + head) * args.tokens_acc +
+                                    accumulator_row0(batch, seq.q_offset, args.cu_seqlens_q != nullptr)) *
+                                       args.head_dim;
+  T* dq = static_cast<T*>(args.dq) + seq.slot * args.dq_batch + seq.q_offset * args.dq_token + head * args.dq_head;
+  const int quads = args.head_dim / 4;
+  const std::int64_t total = std::int64_t{seq.seqlen_q} * quads;
   const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
   for (std::int64_t i = std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const std::int64_t col = (i % quads) * 4;
-    const std::int64_t row = i / quads;  // (slot, head, token)
-    const std::int64_t token = row % args.tokens_q;
-    const std::int64_t head = (row / args.tokens_q) % args.heads;
-    const std::int64_t slot = row / (args.tokens_q * args.heads);
-    float4 x = *reinterpret_cast<const float4*>(args.dq_acc + row * args.head_dim + col);
-    x.x *= args.scale;
-    x.y *= args.scale;
-    x.z *= args.scale;
-    x.w *= args.scale;
-    store4(static_cast<T*>(args.dq) + slot * args.dq_batch + token * args.dq_token + head * args.dq_head + col, x);
+    const std::int64_t row = i / quads;
+    const int col = static_cast<int>(i % quads) * 4;
+    const std::int64_t at = accumulator_index(row, col, args.head_dim);  // columns col, col + 1; then + 4 floats
+    const float2 lo = *reinterpret_cast<const float2*>(acc + at);
+    const float2 hi = *reinterpret_cast<const float2*>(acc + at + 4);
+    store4(dq + row * args.dq_token + col,
+           make_float4(lo.x * args.scale, lo.y * args.scale, hi.x * args.scale, hi.y * args.scale));
   }
 }
 
@@ -672,7 +701,8 @@ __global__ void __launch_bounds__(kElementwiseThreads) sum_groups_kernel(const B
 // Host side
 
 // The workspace of one backward, carved from one allocation in this order, each part rounded up to 256 bytes:
-//   dQ accumulator (fp32, [slots, H, T_q, d]) | turn counters (int32, [B, H, ceil(N_q / kBlockM)])   zeroed together
+//   dQ accumulator (fp32, [slots, H, accumulator_rows, d] in fragment order) | turn counters (int32,
+//   [B, H, ceil(N_q / kBlockM)])   zeroed together
 //   D (fp32, [slots, H, T_q])
 //   dK and dV partials (fp32, [slots, H, T_k, d] each; GQA/MQA only)
 struct WorkspacePlan {
@@ -697,13 +727,21 @@ int block_m_of(std::int64_t head_dim) {
   throw Unsupported("flash2: no kernel for head_dim = " + std::to_string(head_dim));
 }
 
+// Rows per (slot, head) of the dQ accumulator (its fragment order, see accumulator_row0): round_up(N_q, 16) for a
+// dense batch; round_up(total_q, 16) + 16 B for a varlen batch, where sequence b starts at 16 (floor(q_offset / 16)
+// + b) and needs round_up(N_b, 16) rows.
+std::int64_t accumulator_rows(const Problem& p) {
+  return p.is_varlen() ? round_up(p.total_q(), 16) + 16 * p.batch : round_up(p.seqlen_q, 16);
+}
+
 WorkspacePlan plan_workspace(const Problem& p) {
   // rows of the Q side over the batch: B N_q for dense batches (total_q() is then N_q), total_q for varlen
   const std::int64_t rows_q = p.heads * (p.is_varlen() ? p.total_q() : p.batch * p.seqlen_q);
+  const std::int64_t rows_acc = p.heads * (p.is_varlen() ? 1 : p.batch) * accumulator_rows(p);
   const std::int64_t rows_k = p.heads * (p.is_varlen() ? p.total_k() : p.batch * p.seqlen_k);
   const std::int64_t m_blocks = (p.seqlen_q + block_m_of(p.head_dim) - 1) / block_m_of(p.head_dim);
   WorkspacePlan plan;
-  plan.dq_acc = round_up(rows_q * p.head_dim * 4, kPartAlignment);
+  plan.dq_acc = round_up(rows_acc * p.head_dim * 4, kPartAlignment);
   plan.turns = round_up(p.batch * p.heads * m_blocks * 4, kPartAlignment);
   plan.d = round_up(rows_q * 4, kPartAlignment);
   plan.partial = p.group_size() > 1 ? round_up(rows_k * p.head_dim * 4, kPartAlignment) : 0;
@@ -752,7 +790,9 @@ void launch_backward(const BackwardArgs& args, const Problem& p, void* zero, std
   }
   // 3. dQ in the dtype
   if (rows_q > 0) {
-    convert_dq_kernel<T><<<elementwise_blocks(rows_q * kHeadDim / 4), kElementwiseThreads, 0, stream>>>(args);
+    const dim3 grid(elementwise_blocks(std::int64_t{args.seqlen_q} * kHeadDim / 4), static_cast<unsigned>(p.heads),
+                    static_cast<unsigned>(p.batch));
+    convert_dq_kernel<T><<<grid, kElementwiseThreads, 0, stream>>>(args);
     FL_CUDA_CHECK_LAUNCH("flash2 convert_dq_kernel");
   }
   // 4. GQA/MQA: dK, dV from the partials
@@ -850,6 +890,7 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
   args.dv_head = params.dv_strides.head;
   args.tokens_q = p.is_varlen() ? p.total_q() : p.seqlen_q;
   args.tokens_k = p.is_varlen() ? p.total_k() : p.seqlen_k;
+  args.tokens_acc = accumulator_rows(p);
   args.slots = p.is_varlen() ? 1 : p.batch;
   args.cu_seqlens_q = p.is_varlen() ? params.cu_seqlens_q : nullptr;
   args.cu_seqlens_k = p.is_varlen() ? params.cu_seqlens_k : nullptr;
