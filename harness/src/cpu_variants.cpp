@@ -379,6 +379,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .supported = "fp64 fp32 fp16 bf16; any head dim; causal, window, GQA/MQA, varlen",
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = reference_model,
+               .bytes_model = {},
                .forward = reference_forward,
                .backward = reference_backward,
                .options = {}});
@@ -389,6 +390,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .supported = "fp64 fp32 fp16 bf16 (fp32 arithmetic, fp64 for fp64); any head dim; causal, window, GQA/MQA, varlen",
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = standard_model,
+               .bytes_model = {},
                .forward = standard_forward,
                .backward = standard_backward,
                .options = {}});

@@ -17,6 +17,9 @@ namespace flash2 {
 // Whether flash2 runs (problem, dtype, pass): the same rules for fwd, bwd and fwdbwd.
 [[nodiscard]] Support supports(const Problem& p, DType dtype, Pass pass);
 
+// Keys per CTA of the backward at head dim d (its key blocks: Q, dO, LSE, D are read once per key block).
+[[nodiscard]] int backward_block_n(std::int64_t head_dim);
+
 // Bytes the backward allocates from the workspace for (problem, dtype): exactly what backward() allocates.
 [[nodiscard]] std::int64_t backward_workspace_bytes(const Problem& p, DType dtype);
 

@@ -16,7 +16,8 @@
 //                   dV_j += P^T dO_i                 A = P^T (ldmatrix.x4.trans of P), B = dO (ldmatrix.x4.trans)
 //                   dK_j += dS^T Q_i                 A = dS^T (ldmatrix.x4.trans of dS), B = Q (ldmatrix.x4.trans)
 //                   dQ_i += dS K_j                   A = dS (ldmatrix.x4), B = K (ldmatrix.x4.trans), added in fp32
-//                                                    to the global accumulator (red.global.add.v2.f32 on sm_90)
+//                                                    to the global accumulator (one red.global.add.v4.f32 per
+//                                                    C tile on sm_90; the accumulator in fragment order)
 //      epilogue:  dK_j = scale dK_j and dV_j written in the dtype (group size 1), or as fp32 partials per query
 //                 head into the workspace (GQA/MQA).
 //   3. dQ = scale · accumulator, in the dtype.
@@ -38,6 +39,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "flash2/flash2.hpp"
 #include "flash2/flash2_common.cuh"
@@ -71,14 +73,14 @@ struct BackwardArgs {
   void* dq;
   void* dk;
   void* dv;
-  std::int64_t q_batch, q_token, q_head;  // strides in elements
-  std::int64_t k_batch, k_token, k_head;
-  std::int64_t v_batch, v_token, v_head;
-  std::int64_t o_batch, o_token, o_head;
-  std::int64_t do_batch, do_token, do_head;
-  std::int64_t dq_batch, dq_token, dq_head;
-  std::int64_t dk_batch, dk_token, dk_head;
-  std::int64_t dv_batch, dv_token, dv_head;
+  Strides q_strides;  // in elements
+  Strides k_strides;
+  Strides v_strides;
+  Strides o_strides;
+  Strides do_strides;
+  Strides dq_strides;
+  Strides dk_strides;
+  Strides dv_strides;
   std::int64_t tokens_q;  // rows per (slot, head) of LSE and D: N_q (dense) or total_q (varlen)
   std::int64_t tokens_acc;  // rows per (slot, head) of the dQ accumulator (accumulator_rows: 16-row groups)
   std::int64_t tokens_k;  // N_k (dense) or total_k (varlen): rows per (slot, head) of the dK / dV partials
@@ -108,10 +110,10 @@ struct BackwardArgs {
 // ---------------------------------------------------------------------------------------------------------------
 // Tiles per head dim: (B_r, B_c, warps along queries for S / dP, along keys for dK / dV, along queries for dQ,
 // Q buffers, dO buffers). FlashAttention-2's shapes for sm_80/sm_90 (B_c = 128 keys, 8 warps; B_r = 64 from d = 96
-// on, where dK and dV take d / 2 registers per thread). `type` fits sm_80's 163 KB of shared memory (rows here are
-// padded by 16 bytes): d = 64 and 128 single-buffer dO, d = 256 (64 x 64) Q and dO. `large` double-buffers them
-// and runs where the GPU offers the shared memory (sm_90: 227 KB); measured on an H200 (bf16, 16k tokens, model
-// dim 2048, N = 2048-16384): d = 64 +1-2%, d = 256 +0-1%, d = 128 -1-3% (so d = 128 keeps one dO buffer).
+// on, where dK and dV take d / 2 registers per thread). `type` fits sm_80's 163 KB of shared memory: d = 64 and 128
+// single-buffer dO, d = 256 (64 x 64) Q and dO. `large` double-buffers them and runs where the GPU offers the
+// shared memory (sm_90: 227 KB); measured on an H200 (bf16, 16k tokens, model dim 2048, N = 2048-16384): d = 64
+// +1-2%, d = 256 +0-1% (with 72 bytes of spills), d = 128 -1-3%, so only d = 64 uses it.
 template <int kHeadDim, int kElemBytes>
 struct BackwardTilesOf;
 template <int kElemBytes>
@@ -137,7 +139,7 @@ struct BackwardTilesOf<128, kElemBytes> {
 template <int kElemBytes>
 struct BackwardTilesOf<256, kElemBytes> {
   using type = BackwardTraits<256, 64, 64, 4, 2, 2, 1, 1, kElemBytes>;
-  using large = BackwardTraits<256, 64, 64, 4, 2, 2, 2, 2, kElemBytes>;
+  using large = type;  // double-buffered Q and dO: +0-1% on an H200, but 72 bytes of spills (sm_90a)
 };
 template <int kHeadDim, int kElemBytes>
 using BackwardTiles = typename BackwardTilesOf<kHeadDim, kElemBytes>::type;
@@ -160,9 +162,9 @@ __global__ void __launch_bounds__(kPreprocessThreads)
     const std::int64_t token = row % args.tokens_q;
     const std::int64_t head = (row / args.tokens_q) % args.heads;
     const std::int64_t slot = row / (args.tokens_q * args.heads);
-    const T* o = static_cast<const T*>(args.o) + slot * args.o_batch + token * args.o_token + head * args.o_head;
+    const T* o = static_cast<const T*>(args.o) + slot * args.o_strides.batch + token * args.o_strides.token + head * args.o_strides.head;
     const T* d_out =
-        static_cast<const T*>(args.d_out) + slot * args.do_batch + token * args.do_token + head * args.do_head;
+        static_cast<const T*>(args.d_out) + slot * args.do_strides.batch + token * args.do_strides.token + head * args.do_strides.head;
     float sum = 0.0f;
     for (int c = lane; c < chunks; c += 32) {
       const uint4 ov = *reinterpret_cast<const uint4*>(o + c * 8);
@@ -278,25 +280,13 @@ __device__ inline void red_add4(float* address, float x, float y, float z, float
 #endif
 }
 
-// ldmatrix lane addresses (byte offsets inside a tile of rows `row_bytes` long); matrix = lane / 8, its row =
-// lane % 8. For a 16 x 16 block at (row0, col0) of the stored tile:
-//  A, stored [m][k] (row-major):          rows m0 + (mat%2) 8, columns k0 + (mat/2) 8     (ldmatrix)
-//  B, stored [n][k]:                      rows n0 + (mat/2) 8, columns k0 + (mat%2) 8     (ldmatrix)
-//  B, stored [k][n]:                      rows k0 + (mat%2) 8, columns n0 + (mat/2) 8     (ldmatrix.trans)
-//  A, stored [k][m]:                      rows k0 + (mat/2) 8, columns m0 + (mat%2) 8     (ldmatrix.trans)
-template <int kRowBytes, int kElemBytes>
-__device__ inline std::uint32_t lane_offset(int lane, int row_half, int col_half) {
-  const int mat = lane / 8;
-  return (lane % 8 + (row_half == 0 ? mat % 2 : mat / 2) * 8) * kRowBytes +
-         (col_half == 0 ? mat % 2 : mat / 2) * 8 * kElemBytes;
-}
-
 template <class Traits, class T>
 __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const BackwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
-  constexpr int kRowBytes = Traits::kRowBytes;
+  using QRows = typename Traits::QRows;
+  using KVRows = typename Traits::KVRows;
   constexpr int kPRowBytes = Traits::kPRowBytes;
   constexpr int kElemBytes = Traits::kElemBytes;
   extern __shared__ __align__(128) unsigned char shared[];
@@ -315,14 +305,14 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   const int keys_here = min(kBlockN, seqlen_k - n_start);
   const int kv_head = head / args.group;
 
-  const T* q = static_cast<const T*>(args.q) + seq.slot * args.q_batch + seq.q_offset * args.q_token +
-               std::int64_t{head} * args.q_head;
-  const T* d_out = static_cast<const T*>(args.d_out) + seq.slot * args.do_batch + seq.q_offset * args.do_token +
-                   std::int64_t{head} * args.do_head;
-  const T* k = static_cast<const T*>(args.k) + seq.slot * args.k_batch + (seq.k_offset + n_start) * args.k_token +
-               std::int64_t{kv_head} * args.k_head;
-  const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_batch + (seq.k_offset + n_start) * args.v_token +
-               std::int64_t{kv_head} * args.v_head;
+  const T* q = static_cast<const T*>(args.q) + seq.slot * args.q_strides.batch + seq.q_offset * args.q_strides.token +
+               std::int64_t{head} * args.q_strides.head;
+  const T* d_out = static_cast<const T*>(args.d_out) + seq.slot * args.do_strides.batch + seq.q_offset * args.do_strides.token +
+                   std::int64_t{head} * args.do_strides.head;
+  const T* k = static_cast<const T*>(args.k) + seq.slot * args.k_strides.batch + (seq.k_offset + n_start) * args.k_strides.token +
+               std::int64_t{kv_head} * args.k_strides.head;
+  const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_strides.batch + (seq.k_offset + n_start) * args.v_strides.token +
+               std::int64_t{kv_head} * args.v_strides.head;
   const std::int64_t row_base = (seq.slot * args.heads + head) * args.tokens_q + seq.q_offset;  // LSE, D
   const float* lse = args.lse + row_base;
   const float* dsum = args.d + row_base;
@@ -362,12 +352,12 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
 
   // lane addresses: S / dP (A = Q, dO [m][k]; B = K, V [n][k]), dK / dV (A = P, dS [k][m] .trans; B = Q, dO [k][n]
   // .trans), dQ (A = dS [m][k]; B = K [k][n] .trans)
-  const std::uint32_t a_mk = lane_offset<kRowBytes, kElemBytes>(lane, 0, 1) + sdp_row0 * kRowBytes;
-  const std::uint32_t b_nk = lane_offset<kRowBytes, kElemBytes>(lane, 1, 0) + sdp_col0 * kRowBytes;
+  const std::uint32_t a_mk = tile_lane_offset<QRows>(lane, 0, 1, sdp_row0, 0);
+  const std::uint32_t b_nk = tile_lane_offset<KVRows>(lane, 1, 0, sdp_col0, 0);
   const std::uint32_t a_km = lane_offset<kPRowBytes, kElemBytes>(lane, 1, 0) + dkv_row0 * kElemBytes;
-  const std::uint32_t b_kn = lane_offset<kRowBytes, kElemBytes>(lane, 0, 1) + dkv_col0 * kElemBytes;
+  const std::uint32_t b_kn = tile_lane_offset<QRows>(lane, 0, 1, 0, dkv_col0 / Traits::kChunkElems);
   const std::uint32_t a_ds = lane_offset<kPRowBytes, kElemBytes>(lane, 0, 1) + dq_row0 * kPRowBytes;
-  const std::uint32_t b_k = lane_offset<kRowBytes, kElemBytes>(lane, 0, 1) + dq_col0 * kElemBytes;
+  const std::uint32_t b_k = tile_lane_offset<KVRows>(lane, 0, 1, 0, dq_col0 / Traits::kChunkElems);
 
   float acc_dk[Traits::kDkvMTiles][Traits::kDkvNTiles][4];
   float acc_dv[Traits::kDkvMTiles][Traits::kDkvNTiles][4];
@@ -386,12 +376,12 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   // loads of query block m: Q and dO rows past N_q, LSE and D entries past N_q are zero
   auto load_q = [&](int m_block, int stage) {
     const int m0 = m_block * kBlockM;
-    load_tile<Traits, kBlockM>(s_q + stage * Traits::kQTileBytes, q + m0 * args.q_token, args.q_token, seqlen_q - m0,
+    load_tile<Traits, QRows, kBlockM>(s_q + stage * Traits::kQTileBytes, q + m0 * args.q_strides.token, args.q_strides.token, seqlen_q - m0,
                                tid);
   };
   auto load_do = [&](int m_block, int stage) {
     const int m0 = m_block * kBlockM;
-    load_tile<Traits, kBlockM>(s_do + stage * Traits::kQTileBytes, d_out + m0 * args.do_token, args.do_token,
+    load_tile<Traits, QRows, kBlockM>(s_do + stage * Traits::kQTileBytes, d_out + m0 * args.do_strides.token, args.do_strides.token,
                                seqlen_q - m0, tid);
   };
   auto load_rows = [&](int m_block, int stage) {  // LSE and D, always two stages
@@ -405,8 +395,8 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
 
   // prologue: K, V and the first query block (one group)
   if (tiles > 0) {
-    load_tile<Traits, kBlockN>(s_k, k, args.k_token, keys_here, tid);
-    load_tile<Traits, kBlockN>(s_v, v, args.v_token, keys_here, tid);
+    load_tile<Traits, KVRows, kBlockN>(s_k, k, args.k_strides.token, keys_here, tid);
+    load_tile<Traits, KVRows, kBlockN>(s_v, v, args.v_strides.token, keys_here, tid);
     load_q(range.min, 0);
     load_do(range.min, 0);
     load_rows(range.min, 0);
@@ -452,19 +442,19 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
         std::uint32_t a_q[Traits::kSdpMTiles][4], a_o[Traits::kSdpMTiles][4];
 #pragma unroll
         for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
-          ldmatrix_x4(a_q[mt], q_tile + a_mk + mt * 16 * kRowBytes + kk * 16 * kElemBytes);
-          ldmatrix_x4(a_o[mt], do_tile + a_mk + mt * 16 * kRowBytes + kk * 16 * kElemBytes);
+          ldmatrix_x4(a_q[mt], pair_address<QRows>(q_tile + a_mk, kk) + mt * 16 * QRows::kRowBytes);
+          ldmatrix_x4(a_o[mt], pair_address<QRows>(do_tile + a_mk, kk) + mt * 16 * QRows::kRowBytes);
         }
 #pragma unroll
         for (int np = 0; np < Traits::kSdpNTiles / 2; ++np) {
           std::uint32_t b[4];
-          ldmatrix_x4(b, s_k + b_nk + np * 16 * kRowBytes + kk * 16 * kElemBytes);
+          ldmatrix_x4(b, pair_address<KVRows>(s_k + b_nk, kk) + np * 16 * KVRows::kRowBytes);
 #pragma unroll
           for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
             Elem<T>::mma(s[mt][2 * np], a_q[mt], b[0], b[1]);
             Elem<T>::mma(s[mt][2 * np + 1], a_q[mt], b[2], b[3]);
           }
-          ldmatrix_x4(b, s_v + b_nk + np * 16 * kRowBytes + kk * 16 * kElemBytes);
+          ldmatrix_x4(b, pair_address<KVRows>(s_v + b_nk, kk) + np * 16 * KVRows::kRowBytes);
 #pragma unroll
           for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
             Elem<T>::mma(dp[mt][2 * np], a_o[mt], b[0], b[1]);
@@ -522,13 +512,13 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
 #pragma unroll
       for (int np = 0; np < Traits::kDkvNTiles / 2; ++np) {
         std::uint32_t b[4];
-        ldmatrix_x4_trans(b, do_tile + b_kn + kk * 16 * kRowBytes + np * 16 * kElemBytes);
+        ldmatrix_x4_trans(b, pair_address<QRows>(do_tile + b_kn, np) + kk * 16 * QRows::kRowBytes);
 #pragma unroll
         for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
           Elem<T>::mma(acc_dv[mt][2 * np], a_p[mt], b[0], b[1]);
           Elem<T>::mma(acc_dv[mt][2 * np + 1], a_p[mt], b[2], b[3]);
         }
-        ldmatrix_x4_trans(b, q_tile + b_kn + kk * 16 * kRowBytes + np * 16 * kElemBytes);
+        ldmatrix_x4_trans(b, pair_address<QRows>(q_tile + b_kn, np) + kk * 16 * QRows::kRowBytes);
 #pragma unroll
         for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
           Elem<T>::mma(acc_dk[mt][2 * np], a_s[mt], b[0], b[1]);
@@ -564,7 +554,7 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
 #pragma unroll
       for (int np = 0; np < Traits::kDqNTiles / 2; ++np) {
         std::uint32_t b[4];
-        ldmatrix_x4_trans(b, s_k + b_k + kk * 16 * kRowBytes + np * 16 * kElemBytes);
+        ldmatrix_x4_trans(b, pair_address<KVRows>(s_k + b_k, np) + kk * 16 * KVRows::kRowBytes);
 #pragma unroll
         for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
           Elem<T>::mma(c[mt][2 * np], a[mt], b[0], b[1]);
@@ -611,10 +601,10 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
       if (key >= keys_here) continue;
       const std::int64_t token = seq.k_offset + n_start + key;
       if (args.group == 1) {
-        T* dk = static_cast<T*>(args.dk) + seq.slot * args.dk_batch + token * args.dk_token +
-                std::int64_t{head} * args.dk_head;
-        T* dv = static_cast<T*>(args.dv) + seq.slot * args.dv_batch + token * args.dv_token +
-                std::int64_t{head} * args.dv_head;
+        T* dk = static_cast<T*>(args.dk) + seq.slot * args.dk_strides.batch + token * args.dk_strides.token +
+                std::int64_t{head} * args.dk_strides.head;
+        T* dv = static_cast<T*>(args.dv) + seq.slot * args.dv_strides.batch + token * args.dv_strides.token +
+                std::int64_t{head} * args.dv_strides.head;
 #pragma unroll
         for (int t = 0; t < Traits::kDkvNTiles; ++t) {
           const int col = dkv_col0 + t * 8 + col_in_tile;
@@ -657,7 +647,7 @@ __global__ void __launch_bounds__(kElementwiseThreads) convert_dq_kernel(const B
   const float* acc = args.dq_acc + ((seq.slot * args.heads + head) * args.tokens_acc +
                                     accumulator_row0(batch, seq.q_offset, args.cu_seqlens_q != nullptr)) *
                                        args.head_dim;
-  T* dq = static_cast<T*>(args.dq) + seq.slot * args.dq_batch + seq.q_offset * args.dq_token + head * args.dq_head;
+  T* dq = static_cast<T*>(args.dq) + seq.slot * args.dq_strides.batch + seq.q_offset * args.dq_strides.token + head * args.dq_strides.head;
   const int quads = args.head_dim / 4;
   const std::int64_t total = std::int64_t{seq.seqlen_q} * quads;
   const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
@@ -667,7 +657,7 @@ __global__ void __launch_bounds__(kElementwiseThreads) convert_dq_kernel(const B
     const std::int64_t at = accumulator_index(row, col, args.head_dim);  // columns col, col + 1; then + 4 floats
     const float2 lo = *reinterpret_cast<const float2*>(acc + at);
     const float2 hi = *reinterpret_cast<const float2*>(acc + at + 4);
-    store4(dq + row * args.dq_token + col,
+    store4(dq + row * args.dq_strides.token + col,
            make_float4(lo.x * args.scale, lo.y * args.scale, hi.x * args.scale, hi.y * args.scale));
   }
 }
@@ -692,8 +682,8 @@ __global__ void __launch_bounds__(kElementwiseThreads) sum_groups_kernel(const B
       dk = make_float4(dk.x + a.x, dk.y + a.y, dk.z + a.z, dk.w + a.w);
       dv = make_float4(dv.x + b.x, dv.y + b.y, dv.z + b.z, dv.w + b.w);
     }
-    store4(static_cast<T*>(args.dk) + slot * args.dk_batch + token * args.dk_token + kv_head * args.dk_head + col, dk);
-    store4(static_cast<T*>(args.dv) + slot * args.dv_batch + token * args.dv_token + kv_head * args.dv_head + col, dv);
+    store4(static_cast<T*>(args.dk) + slot * args.dk_strides.batch + token * args.dk_strides.token + kv_head * args.dk_strides.head + col, dk);
+    store4(static_cast<T*>(args.dv) + slot * args.dv_strides.batch + token * args.dv_strides.token + kv_head * args.dv_strides.head + col, dv);
   }
 }
 
@@ -710,21 +700,22 @@ struct WorkspacePlan {
   [[nodiscard]] std::int64_t total() const { return dq_acc + turns + d + 2 * partial; }
 };
 
-template <int kHeadDim>
-int block_m() {
-  return BackwardTiles<kHeadDim, 2>::kBlockM;
-}
-
-int block_m_of(std::int64_t head_dim) {
+// f(std::integral_constant<int, d>{}) for the compiled head dim d = head_dim; Unsupported for any other.
+template <class F>
+decltype(auto) with_head_dim(std::int64_t head_dim, F&& f) {
   switch (head_dim) {
-    case 32: return block_m<32>();
-    case 64: return block_m<64>();
-    case 96: return block_m<96>();
-    case 128: return block_m<128>();
-    case 256: return block_m<256>();
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 96: return f(std::integral_constant<int, 96>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    case 256: return f(std::integral_constant<int, 256>{});
     default: break;
   }
   throw Unsupported("flash2: no kernel for head_dim = " + std::to_string(head_dim));
+}
+
+int block_m_of(std::int64_t head_dim) {
+  return with_head_dim(head_dim, [](auto d) { return BackwardTiles<decltype(d)::value, 2>::kBlockM; });
 }
 
 // Rows per (slot, head) of the dQ accumulator (its fragment order, see accumulator_row0): round_up(N_q, 16) for a
@@ -806,18 +797,15 @@ void launch_backward(const BackwardArgs& args, const Problem& p, void* zero, std
 template <class T>
 void backward_dtype(const BackwardArgs& args, const Problem& p, void* zero, std::int64_t zero_bytes,
                     cudaStream_t stream) {
-  switch (p.head_dim) {
-    case 32: return launch_backward<T, 32>(args, p, zero, zero_bytes, stream);
-    case 64: return launch_backward<T, 64>(args, p, zero, zero_bytes, stream);
-    case 96: return launch_backward<T, 96>(args, p, zero, zero_bytes, stream);
-    case 128: return launch_backward<T, 128>(args, p, zero, zero_bytes, stream);
-    case 256: return launch_backward<T, 256>(args, p, zero, zero_bytes, stream);
-    default: break;
-  }
-  throw Unsupported("flash2: no kernel for head_dim = " + std::to_string(p.head_dim));
+  with_head_dim(p.head_dim,
+                [&](auto d) { launch_backward<T, decltype(d)::value>(args, p, zero, zero_bytes, stream); });
 }
 
 }  // namespace
+
+int backward_block_n(std::int64_t head_dim) {
+  return with_head_dim(head_dim, [](auto d) { return BackwardTiles<decltype(d)::value, 2>::kBlockN; });
+}
 
 std::int64_t backward_workspace_bytes(const Problem& p, DType) {
   return plan_workspace(p).total();
@@ -864,30 +852,14 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
   args.dq = params.dq;
   args.dk = params.dk;
   args.dv = params.dv;
-  args.q_batch = params.q_strides.batch;
-  args.q_token = params.q_strides.token;
-  args.q_head = params.q_strides.head;
-  args.k_batch = params.k_strides.batch;
-  args.k_token = params.k_strides.token;
-  args.k_head = params.k_strides.head;
-  args.v_batch = params.v_strides.batch;
-  args.v_token = params.v_strides.token;
-  args.v_head = params.v_strides.head;
-  args.o_batch = params.o_strides.batch;
-  args.o_token = params.o_strides.token;
-  args.o_head = params.o_strides.head;
-  args.do_batch = params.d_out_strides.batch;
-  args.do_token = params.d_out_strides.token;
-  args.do_head = params.d_out_strides.head;
-  args.dq_batch = params.dq_strides.batch;
-  args.dq_token = params.dq_strides.token;
-  args.dq_head = params.dq_strides.head;
-  args.dk_batch = params.dk_strides.batch;
-  args.dk_token = params.dk_strides.token;
-  args.dk_head = params.dk_strides.head;
-  args.dv_batch = params.dv_strides.batch;
-  args.dv_token = params.dv_strides.token;
-  args.dv_head = params.dv_strides.head;
+  args.q_strides = params.q_strides;
+  args.k_strides = params.k_strides;
+  args.v_strides = params.v_strides;
+  args.o_strides = params.o_strides;
+  args.do_strides = params.d_out_strides;
+  args.dq_strides = params.dq_strides;
+  args.dk_strides = params.dk_strides;
+  args.dv_strides = params.dv_strides;
   args.tokens_q = p.is_varlen() ? p.total_q() : p.seqlen_q;
   args.tokens_k = p.is_varlen() ? p.total_k() : p.seqlen_k;
   args.tokens_acc = accumulator_rows(p);

@@ -17,12 +17,12 @@
 #include "flashlab/kernels/attention.hpp"
 #include "flashlab/kernels/device.hpp"
 #include "src/check.hpp"
+#include "src/launch_checks.hpp"
 
 namespace flashlab::kernels::flash2 {
 
 constexpr double kLog2eDouble = 1.4426950408889634;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::int64_t kAlignBytes = 16;                    // cp.async chunks and the epilogue's vector stores
 constexpr std::int64_t kMaxGridYZ = 65535;                  // heads go to gridDim.y, batch entries to gridDim.z
 constexpr std::int64_t kMaxLength = std::int64_t{1} << 30;  // token indices stay in 32-bit arithmetic
 
@@ -100,6 +100,53 @@ __device__ inline float exp2_ftz(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// ldmatrix lane addresses. An x4 ldmatrix reads a 16 x 16 block as four 8 x 8 matrices; lane l gives the address
+// of row l % 8 of matrix l / 8 (`mat`). Which matrix holds which half of the block depends on the operand:
+//  A, stored [m][k] (row-major):  rows m0 + (mat % 2) 8, columns k0 + (mat / 2) 8     (ldmatrix)
+//  B, stored [n][k]:              rows n0 + (mat / 2) 8, columns k0 + (mat % 2) 8     (ldmatrix)
+//  B, stored [k][n]:              rows k0 + (mat % 2) 8, columns n0 + (mat / 2) 8     (ldmatrix.trans)
+//  A, stored [k][m]:              rows k0 + (mat / 2) 8, columns m0 + (mat % 2) 8     (ldmatrix.trans)
+// `row_half` / `col_half` pick mat % 2 (0) or mat / 2 (1) for the rows / columns.
+
+__device__ inline int lane_half(int lane, int which) {
+  return which == 0 ? (lane / 8) % 2 : lane / 16;
+}
+
+// In a plain row-major tile of kRowBytes rows (the backward's P and dS): the lane's byte offset in the block at
+// (0, 0); blocks further on add rows * kRowBytes and columns * 2 bytes.
+template <int kRowBytes, int kElemBytes>
+__device__ inline std::uint32_t lane_offset(int lane, int row_half, int col_half) {
+  return (lane % 8 + lane_half(lane, row_half) * 8) * kRowBytes + lane_half(lane, col_half) * 8 * kElemBytes;
+}
+
+// In a TileRows tile (Q, K, V, dO; kernel_traits.hpp): byte offset of 16-byte chunk `chunk` of row `row`.
+template <class Rows>
+__device__ inline std::uint32_t chunk_offset(int row, int chunk) {
+  return row * Rows::kRowBytes + 16 * (Rows::kSwizzle ? chunk ^ (row & 7) : chunk);
+}
+
+// The lane's offset in a TileRows tile, for blocks whose rows start at row0 (a multiple of 8) and whose columns
+// start at 16-byte chunk chunk0 (the warp's first column / 8, a multiple of twice the number of 16-column blocks
+// the warp reads). Add pair_address for the block's column and rows * kRowBytes for its rows.
+template <class Rows>
+__device__ inline std::uint32_t tile_lane_offset(int lane, int row_half, int col_half, int row0, int chunk0) {
+  return chunk_offset<Rows>(row0 + lane % 8 + lane_half(lane, row_half) * 8, chunk0 + lane_half(lane, col_half));
+}
+
+// The address of 16-column block j (chunks 2j, 2j + 1 past the lane's chunk0) from a lane address `base` (a tile at
+// a 128-byte aligned address plus tile_lane_offset). Swizzled: the lane's chunk c0 + h (c0 a multiple of 2 J for J
+// blocks per warp, h = 0 or 1) has no bit in common with 2 (j % 4), so (c0 + h + 2 j) ^ (row % 8) is
+// ((c0 + h) ^ (row % 8)) ^ 2 (j % 4), plus 8 (j / 4) above the three bits the row changes: one XOR of the address.
+template <class Rows>
+__device__ inline std::uint32_t pair_address(std::uint32_t base, int j) {
+  if constexpr (Rows::kSwizzle) {
+    return (base ^ static_cast<std::uint32_t>((j % 4) * 32)) + (j / 4) * 128;
+  } else {
+    return base + j * 32;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // The sequence of a CTA: batch entry `batch` of a dense batch (slot = batch, offsets 0, the dense lengths), or
 // sequence `batch` of a varlen batch (slot 0, offsets and lengths from cu_seqlens).
 
@@ -142,36 +189,40 @@ inline int window_arg(std::int64_t window) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Tile loads: kRows rows of d elements from global memory (row stride in elements) into padded shared rows.
-// Rows at or past `valid_rows` are zero-filled (cp.async with a source size of 0), so no garbage, and no NaN from
-// poisoned memory, can reach the mma.
+// Tile loads: kRows rows of d elements from global memory (row stride in elements) into a TileRows tile (swizzled or
+// padded rows). Rows at or past `valid_rows` are zero-filled (cp.async with a source size of 0), so no garbage, and no
+// NaN from poisoned memory, can reach the mma.
 
-template <class Traits, int kRows, class T>
+template <class Traits, class Rows, int kRows, class T>
 __device__ inline void load_tile(std::uint32_t dst, const T* src, std::int64_t row_stride, int valid_rows, int tid) {
   constexpr int kPerThread = kRows * Traits::kChunksPerRow / Traits::kThreads;
   if constexpr (Traits::kThreads % Traits::kChunksPerRow == 0) {
     // every thread keeps one column; its rows step by kRowStep, so one pointer walks them (few live registers)
     constexpr int kRowStep = Traits::kThreads / Traits::kChunksPerRow;
     const int row0 = tid / Traits::kChunksPerRow;
-    const int col = (tid % Traits::kChunksPerRow) * Traits::kChunkElems;
-    const T* from = src + row0 * row_stride + col;
+    const int chunk = tid % Traits::kChunksPerRow;
+    const T* from = src + row0 * row_stride + chunk * Traits::kChunkElems;
     const std::int64_t step = kRowStep * row_stride;
+    // a step of a multiple of 8 rows keeps row % 8, so the shared address steps by a constant (one register)
+    constexpr bool kConstantStep = !Rows::kSwizzle || kRowStep % 8 == 0;
+    const std::uint32_t to = dst + chunk_offset<Rows>(row0, chunk);
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int row = row0 + i * kRowStep;
       const bool valid = row < valid_rows;
-      cp_async_16(dst + row * Traits::kRowBytes + col * Traits::kElemBytes, valid ? from : src, valid ? 16 : 0);
+      const std::uint32_t at = kConstantStep ? to + i * kRowStep * Rows::kRowBytes : dst + chunk_offset<Rows>(row, chunk);
+      cp_async_16(at, valid ? from : src, valid ? 16 : 0);
       from += step;
     }
   } else {
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
-      const int chunk = tid + i * Traits::kThreads;
-      const int row = chunk / Traits::kChunksPerRow;
-      const int col = (chunk % Traits::kChunksPerRow) * Traits::kChunkElems;
+      const int index = tid + i * Traits::kThreads;
+      const int row = index / Traits::kChunksPerRow;
+      const int chunk = index % Traits::kChunksPerRow;
       const bool valid = row < valid_rows;
-      const T* from = valid ? src + row * row_stride + col : src;
-      cp_async_16(dst + row * Traits::kRowBytes + col * Traits::kElemBytes, from, valid ? 16 : 0);
+      const T* from = valid ? src + row * row_stride + chunk * Traits::kChunkElems : src;
+      cp_async_16(dst + chunk_offset<Rows>(row, chunk), from, valid ? 16 : 0);
     }
   }
 }
@@ -180,17 +231,11 @@ __device__ inline void load_tile(std::uint32_t dst, const T* src, std::int64_t r
 // Launch-time checks
 
 inline void require(bool ok, const char* field, const std::string& message) {
-  if (!ok) throw InvalidProblem(field, "flash2: " + std::string(field) + " " + message);
+  detail::require(ok, "flash2", field, message);
 }
 
 inline void check_tensor(const void* data, const Strides& strides, std::int64_t elem_bytes, const char* field) {
-  require(data != nullptr, field, "is null");
-  require(reinterpret_cast<std::uintptr_t>(data) % kAlignBytes == 0, field, "is not 16-byte aligned");
-  const std::int64_t multiple = kAlignBytes / elem_bytes;
-  require(strides.batch % multiple == 0 && strides.token % multiple == 0 && strides.head % multiple == 0, field,
-          "strides (batch " + std::to_string(strides.batch) + ", token " + std::to_string(strides.token) + ", head " +
-              std::to_string(strides.head) + ") must be multiples of " + std::to_string(multiple) +
-              " elements (16 bytes)");
+  detail::check_tensor("flash2", data, strides, elem_bytes, field);
 }
 
 // Compute capability of each device, checked once per device and process (the property query costs more than

@@ -34,6 +34,7 @@
 #include "flash2/flash2.hpp"
 #include "flash2/flash2_common.cuh"
 #include "flash2/kernel_traits.hpp"
+#include "flashlab/core/bytes.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/kernels/device.hpp"
 #include "src/check.hpp"
@@ -51,10 +52,10 @@ struct ForwardArgs {
   const void* v;
   void* o;
   float* lse;
-  std::int64_t q_batch, q_token, q_head;  // strides in elements
-  std::int64_t k_batch, k_token, k_head;
-  std::int64_t v_batch, v_token, v_head;
-  std::int64_t o_batch, o_token, o_head;
+  Strides q_strides;  // in elements
+  Strides k_strides;
+  Strides v_strides;
+  Strides o_strides;
   std::int64_t lse_stride;           // N_q (dense) or total_q (varlen)
   const std::int32_t* cu_seqlens_q;  // null for dense batches
   const std::int32_t* cu_seqlens_k;
@@ -77,7 +78,8 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kMTiles = Traits::kMTiles;
-  constexpr int kRowBytes = Traits::kRowBytes;
+  using QRows = typename Traits::QRows;
+  using KVRows = typename Traits::KVRows;
   constexpr int kElemBytes = Traits::kElemBytes;
   extern __shared__ __align__(128) unsigned char shared[];
 
@@ -95,12 +97,12 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   const int rows_here = min(kBlockM, seqlen_q - m_start);
   const int kv_head = head / args.group;
 
-  const T* q = static_cast<const T*>(args.q) + seq.slot * args.q_batch + (seq.q_offset + m_start) * args.q_token +
-               std::int64_t{head} * args.q_head;
-  const T* k = static_cast<const T*>(args.k) + seq.slot * args.k_batch + seq.k_offset * args.k_token +
-               std::int64_t{kv_head} * args.k_head;
-  const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_batch + seq.k_offset * args.v_token +
-               std::int64_t{kv_head} * args.v_head;
+  const T* q = static_cast<const T*>(args.q) + seq.slot * args.q_strides.batch + (seq.q_offset + m_start) * args.q_strides.token +
+               std::int64_t{head} * args.q_strides.head;
+  const T* k = static_cast<const T*>(args.k) + seq.slot * args.k_strides.batch + seq.k_offset * args.k_strides.token +
+               std::int64_t{kv_head} * args.k_strides.head;
+  const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_strides.batch + seq.k_offset * args.v_strides.token +
+               std::int64_t{kv_head} * args.v_strides.head;
 
   // K/V tiles this CTA visits: key ranges are monotone in the query row, so the union over the CTA's rows runs
   // from the first row's lo to the last row's hi.
@@ -138,23 +140,22 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
     }
   }
 
-  // ldmatrix lane addressing (byte offsets inside a tile); matrix = lane / 8, its row = lane % 8
-  //  A (Q, row-major [m][k]):   matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
-  //  B (K, stored [n][k]):      matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
-  //  B (V, stored [k][n], .trans): matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15)
-  const int mat_row = lane % 8;
-  const int mat = lane / 8;
-  const std::uint32_t q_lane =
-      s_q + (warp_row0 + mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;  // + 16 rows per mt
-  const std::uint32_t k_lane = s_k + (mat_row + (mat / 2) * 8) * kRowBytes + (mat % 2) * 8 * kElemBytes;
-  const std::uint32_t v_lane = s_v + (mat_row + (mat % 2) * 8) * kRowBytes + (mat / 2) * 8 * kElemBytes;
+  // ldmatrix lane addresses (flash2_common.cuh): A = Q [m][k], B = K [n][k], B = V [k][n] (.trans)
+  const std::uint32_t q_lane = s_q + tile_lane_offset<QRows>(lane, 0, 1, warp_row0, 0);  // + 16 rows per mt
+  const std::uint32_t k_lane = s_k + tile_lane_offset<KVRows>(lane, 1, 0, 0, 0);
+  const std::uint32_t v_lane = s_v + tile_lane_offset<KVRows>(lane, 0, 1, 0, 0);
+  // 16-column blocks in the order 0, 4, 1, 5, ...: blocks j and j + 4 share one XOR of the swizzled address
+  constexpr auto kKOrder = [](int step) {
+    constexpr int kBlocks = kHeadDim / 16;
+    return kBlocks <= 4 ? step : (step % (kBlocks / 4)) * 4 + step / (kBlocks / 4);
+  };
 
   // prologue: Q and the first K tile (one group)
   const int tiles = n_block_max - n_block_min;
   if (tiles > 0) {
-    load_tile<Traits, kBlockM>(s_q, q, args.q_token, rows_here, tid);
+    load_tile<Traits, QRows, kBlockM>(s_q, q, args.q_strides.token, rows_here, tid);
     const int n0 = n_block_min * kBlockN;
-    load_tile<Traits, kBlockN>(s_k, k + n0 * args.k_token, args.k_token, seqlen_k - n0, tid);
+    load_tile<Traits, KVRows, kBlockN>(s_k, k + n0 * args.k_strides.token, args.k_strides.token, seqlen_k - n0, tid);
     cp_async_commit();
   }
 
@@ -163,7 +164,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
     const int n_start = (n_block_min + it) * kBlockN;
     cp_async_wait<0>();  // K of this tile (and Q)
     __syncthreads();     // ... visible to all; every warp is past the previous tile's P V, so V may be overwritten
-    load_tile<Traits, kBlockN>(s_v, v + n_start * args.v_token, args.v_token, seqlen_k - n_start, tid);
+    load_tile<Traits, KVRows, kBlockN>(s_v, v + n_start * args.v_strides.token, args.v_strides.token, seqlen_k - n_start, tid);
     cp_async_commit();
 
     // S = Q K^T (kMTiles x 16 x kBlockN per warp, fp32)
@@ -177,14 +178,15 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
       }
     }
 #pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    for (int step = 0; step < kHeadDim / 16; ++step) {
+      const int kk = kKOrder(step);
       std::uint32_t a[kMTiles][4];
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], q_lane + mt * 16 * kRowBytes + kk * 16 * kElemBytes);
+      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], pair_address<QRows>(q_lane, kk) + mt * 16 * QRows::kRowBytes);
 #pragma unroll
       for (int np = 0; np < kBlockN / 16; ++np) {
         std::uint32_t b[4];
-        ldmatrix_x4(b, k_lane + np * 16 * kRowBytes + kk * 16 * kElemBytes);
+        ldmatrix_x4(b, pair_address<KVRows>(k_lane, kk) + np * 16 * KVRows::kRowBytes);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           Elem<T>::mma(s[mt][2 * np], a[mt], b[0], b[1]);
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
     __syncthreads();     // ... visible to all; every warp is past S = Q K^T, so K may be overwritten
     if (it + 1 < tiles) {
       const int n1 = n_start + kBlockN;
-      load_tile<Traits, kBlockN>(s_k, k + n1 * args.k_token, args.k_token, seqlen_k - n1, tid);
+      load_tile<Traits, KVRows, kBlockN>(s_k, k + n1 * args.k_strides.token, args.k_strides.token, seqlen_k - n1, tid);
       cp_async_commit();
     }
 
@@ -270,9 +272,10 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
         p[mt][3] = Elem<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
       }
 #pragma unroll
-      for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+      for (int step = 0; step < kHeadDim / 16; ++step) {
+        const int dp = kKOrder(step);
         std::uint32_t b[4];
-        ldmatrix_x4_trans(b, v_lane + kk * 16 * kRowBytes + dp * 16 * kElemBytes);
+        ldmatrix_x4_trans(b, pair_address<KVRows>(v_lane, dp) + kk * 16 * KVRows::kRowBytes);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           Elem<T>::mma(acc[mt][2 * dp], p[mt], b[0], b[1]);
@@ -284,7 +287,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
 
   // epilogue: l_i over the row's 4 threads, O = acc / l_i into the Q tile (every warp read its last Q fragment
   // before the loop's last barrier), LSE
-  T* s_o = reinterpret_cast<T*>(shared + Traits::kQOffset);
+  unsigned char* s_o = shared + Traits::kQOffset;
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -298,7 +301,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
 #pragma unroll
       for (int t = 0; t < Traits::kOTiles; ++t) {
         const std::uint32_t packed = Elem<T>::pack(acc[mt][t][2 * r] * inv_sum, acc[mt][t][2 * r + 1] * inv_sum);
-        *reinterpret_cast<std::uint32_t*>(s_o + row * Traits::kRowElems + t * 8 + col_in_tile) = packed;
+        *reinterpret_cast<std::uint32_t*>(s_o + chunk_offset<QRows>(row, t) + col_in_tile * kElemBytes) = packed;
       }
       if (lane % 4 == 0 && row < rows_here) {
         const std::int64_t index = (seq.slot * args.heads + head) * args.lse_stride + seq.q_offset + m_start + row;
@@ -307,17 +310,17 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
     }
   }
   __syncthreads();
-  T* o = static_cast<T*>(args.o) + seq.slot * args.o_batch + (seq.q_offset + m_start) * args.o_token +
-         std::int64_t{head} * args.o_head;
+  T* o = static_cast<T*>(args.o) + seq.slot * args.o_strides.batch + (seq.q_offset + m_start) * args.o_strides.token +
+         std::int64_t{head} * args.o_strides.head;
   constexpr int kPerThread = kBlockM * Traits::kChunksPerRow / Traits::kThreads;
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
-    const int chunk = tid + i * Traits::kThreads;
-    const int row = chunk / Traits::kChunksPerRow;
-    const int col = (chunk % Traits::kChunksPerRow) * Traits::kChunkElems;
+    const int index = tid + i * Traits::kThreads;
+    const int row = index / Traits::kChunksPerRow;
+    const int chunk = index % Traits::kChunksPerRow;
     if (row < rows_here) {
-      *reinterpret_cast<uint4*>(o + row * args.o_token + col) =
-          *reinterpret_cast<const uint4*>(s_o + row * Traits::kRowElems + col);
+      *reinterpret_cast<uint4*>(o + row * args.o_strides.token + chunk * Traits::kChunkElems) =
+          *reinterpret_cast<const uint4*>(s_o + chunk_offset<QRows>(row, chunk));
     }
   }
 }
@@ -352,6 +355,20 @@ constexpr ForwardConfig kForwardConfigs[] = {
     {256, 128, 64, 8},  {256, 64, 64, 4},  {256, 64, 32, 4},                                       //
 };
 constexpr int kForwardConfigCount = sizeof(kForwardConfigs) / sizeof(kForwardConfigs[0]);
+
+// FlashAttention's bytes model (core/bytes.hpp flash_bytes) for flash2's blocks: the forward streams K and V once per
+// query block of B_r rows (the run's tile, or the head dim's default), the backward Q, dO, LSE, D and the dQ
+// accumulator once per key block of the backward's B_c keys.
+double bytes_model(const Problem& p, DType dtype, Pass pass, int block_m, int) {
+  int rows = block_m;
+  for (const ForwardConfig& c : kForwardConfigs) {
+    if (rows == 0 && c.head_dim == p.head_dim) rows = c.block_m;  // the default: the head dim's first entry
+  }
+  if (rows == 0) throw Unsupported("flash2: no kernel for head_dim = " + std::to_string(p.head_dim));
+  const double forward = flash_bytes(p, dtype, Pass::fwd, rows);
+  const double backward = flash_bytes(p, dtype, Pass::bwd, backward_block_n(p.head_dim));
+  return pass == Pass::fwd ? forward : pass == Pass::bwd ? backward : forward + backward;
+}
 
 // The tiles of head dim d as "128x64 (default), 64x64, ..." for messages and `flashlab list`.
 std::string forward_tiles_of(std::int64_t d) {
@@ -424,18 +441,10 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   args.v = params.v;
   args.o = params.o;
   args.lse = params.lse;
-  args.q_batch = params.q_strides.batch;
-  args.q_token = params.q_strides.token;
-  args.q_head = params.q_strides.head;
-  args.k_batch = params.k_strides.batch;
-  args.k_token = params.k_strides.token;
-  args.k_head = params.k_strides.head;
-  args.v_batch = params.v_strides.batch;
-  args.v_token = params.v_strides.token;
-  args.v_head = params.v_strides.head;
-  args.o_batch = params.o_strides.batch;
-  args.o_token = params.o_strides.token;
-  args.o_head = params.o_strides.head;
+  args.q_strides = params.q_strides;
+  args.k_strides = params.k_strides;
+  args.v_strides = params.v_strides;
+  args.o_strides = params.o_strides;
   args.lse_stride = p.is_varlen() ? p.total_q() : p.seqlen_q;
   args.cu_seqlens_q = p.is_varlen() ? params.cu_seqlens_q : nullptr;
   args.cu_seqlens_k = p.is_varlen() ? params.cu_seqlens_k : nullptr;
@@ -513,6 +522,7 @@ Variant flash2_variant() {
       "varlen, N_q != N_k; fwd and bwd (deterministic bwd selectable)";
   v.supports = flash2::supports;
   v.workspace_model = flash2::workspace_bytes;
+  v.bytes_model = flash2::bytes_model;
   v.forward = flash2::forward;
   v.backward = flash2::backward;
   return v;

@@ -41,6 +41,7 @@
 
 #include "flashlab/core/errors.hpp"
 #include "src/check.hpp"
+#include "src/launch_checks.hpp"
 #include "standard/standard.hpp"
 
 namespace flashlab::kernels {
@@ -823,17 +824,11 @@ void zero_rows(char* data, std::int64_t elem_bytes, std::int64_t slots, std::int
 // Launch checks: what supports() cannot see (pointers, strides, alignment).
 
 void require(bool ok, const char* field, const std::string& message) {
-  if (!ok) throw InvalidProblem(field, "standard: " + std::string(field) + " " + message);
+  detail::require(ok, "standard", field, message);
 }
 
 void check_tensor(const void* data, const Strides& strides, std::int64_t elem_bytes, const char* field) {
-  require(data != nullptr, field, "is null");
-  require(reinterpret_cast<std::uintptr_t>(data) % kVectorBytes == 0, field, "is not 16-byte aligned");
-  const std::int64_t multiple = kVectorBytes / elem_bytes;
-  require(strides.batch % multiple == 0 && strides.token % multiple == 0 && strides.head % multiple == 0, field,
-          "strides (batch " + std::to_string(strides.batch) + ", token " + std::to_string(strides.token) + ", head " +
-              std::to_string(strides.head) + ") must be multiples of " + std::to_string(multiple) +
-              " elements (16 bytes)");
+  detail::check_tensor("standard", data, strides, elem_bytes, field);
 }
 
 void check_launch(const AttentionParams& params, Pass pass) {

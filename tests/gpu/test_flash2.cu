@@ -14,6 +14,7 @@
 
 #include "catch.hpp"
 #include "gpu_support.hpp"
+#include "flashlab/core/bytes.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/generator.hpp"
 #include "flashlab/core/storage.hpp"
@@ -168,6 +169,16 @@ TEST_CASE("flash2 is registered with its support rules", "[gpu][flash2]") {
     CHECK_FALSE(v.supports(p, DType::fp32, pass).ok);
     CHECK_FALSE(v.supports(odd, DType::bf16, pass).ok);
   }
+  // bytes model: FlashAttention's, with the forward's B_r (default 128 at d = 64, or the run's br) and the
+  // backward's 128 keys per CTA
+  REQUIRE(v.bytes_model);
+  const Problem big = dense(2, 4, 4, 4096, 4096, 64);
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, 0, 0) == flash_bytes(big, DType::bf16, Pass::fwd, 128));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, 64, 64) == flash_bytes(big, DType::bf16, Pass::fwd, 64));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::bwd, 64, 64) == flash_bytes(big, DType::bf16, Pass::bwd, 128));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwdbwd, 0, 0) ==
+        v.bytes_model(big, DType::bf16, Pass::fwd, 0, 0) + v.bytes_model(big, DType::bf16, Pass::bwd, 0, 0));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, 32, 64) > v.bytes_model(big, DType::bf16, Pass::fwd, 128, 64));
   CHECK(v.workspace_model(p, DType::fp16, Pass::fwd) == 0);
   CHECK(v.workspace_model(p, DType::fp16, Pass::fwdbwd) == v.workspace_model(p, DType::fp16, Pass::bwd));
 }

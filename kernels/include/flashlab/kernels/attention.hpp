@@ -92,6 +92,10 @@ struct Variant {
   std::function<Support(const Problem&, DType, Pass)> supports;
   // Predicted workspace bytes of one launch of `pass` (fwd: forward; bwd: backward; fwdbwd: the larger).
   std::function<std::int64_t(const Problem&, DType, Pass)> workspace_model;
+  // HBM bytes the variant's algorithm moves (core/bytes.hpp) for its tile (block_m, block_n as in
+  // AttentionParams; 0: the default), the results' bytes_model_variant. Empty: materializing variants use
+  // standard_bytes, others have no model.
+  std::function<double(const Problem&, DType, Pass, int block_m, int block_n)> bytes_model;
   std::function<void(const AttentionParams&, const LaunchContext&)> forward;
   std::function<void(const AttentionParams&, const LaunchContext&)> backward;
   // Run options a suite may give as `id[name=value,...]`, each with its one-line meaning.
