@@ -10,12 +10,15 @@
 //                S = Q K^T                     mma.sync, A = Q (ldmatrix.x4), B = K (ldmatrix.x4), fp32 in registers;
 //                                              each K fragment feeds the warp's kMTiles row blocks
 //                mask                          only on boundary tiles: causal / window edges and keys past N_k
-//                m_i' = max(m_i, rowmax S)     fp32, shared by the 4 threads of an mma row (two shuffles)
-//                P = exp2(S c - m_i' c)        c = scale log2(e), one FMA + MUFU.EX2 per score
-//                l_i = l_i e^(m_i - m_i') + rowsum P,   acc = acc e^(m_i - m_i')   (the rescale)
+//                t = rowmax S c                c = scale log2(e); fp32, shared by the 4 threads of an mma row
+//                m_i' = t if t > m_i + 8       the running max (of S c) moves only by more than 2^8 in P (lazy):
+//                       else m_i               l_i, acc *= 2^(m_i - m_i') then, skipped by a warp none of whose
+//                                              rows moved (the common case after a row's first tiles)
+//                P = exp2(S c - m_i')          one FMA + MUFU.EX2 per score; P <= 2^8, exact in the end since
+//                l_i += rowsum P               O = acc / l_i and LSE use the same m_i
 //                acc += P V                    P converted to fp16/bf16 in registers is the A operand directly (the
 //                                              C fragment of S has the A fragment's layout), B = V (ldmatrix.x4.trans)
-//   epilogue:  O = acc / l_i, staged through the Q tile for 16-byte stores; LSE = m_i scale + ln l_i (fp32).
+//   epilogue:  O = acc / l_i, staged through the Q tile for 16-byte stores; LSE = m_i ln 2 + ln l_i (fp32).
 // A row that sees no key keeps m_i = -inf: its shift is taken as 0 (not -inf, which would give -inf - -inf = NaN),
 // so P = 0, l_i = 0, and the epilogue writes O = 0 and LSE = -inf.
 //
@@ -72,6 +75,16 @@ struct ForwardArgs {
 // ---------------------------------------------------------------------------------------------------------------
 // The kernel
 
+// The lazy running max of the online softmax: P = exp2(S c - m c) may reach 2^kLazyLog2 before m moves.
+constexpr float kLazyLog2 = 8.0f;
+
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Whether a row whose running max (of S c) is m, -inf while it has seen no key, moves it to a tile max `tile`.
+__device__ inline bool moves_max(float m, float tile) {
+  return m == kNegInf ? tile != kNegInf : tile - m > kLazyLog2;
+}
+
 template <class Traits, class T>
 __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const ForwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
@@ -124,7 +137,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   const int col_in_tile = 2 * (lane % 4);
 
   float acc[kMTiles][Traits::kOTiles][4];
-  float m_i[kMTiles][2];  // running row max of S (unscaled)
+  float m_i[kMTiles][2];  // running row max of S c (c = scale log2 e), the shift of P
   float l_i[kMTiles][2];  // running row sum of P, this thread's columns only (reduced in the epilogue)
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
@@ -225,22 +238,51 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
       cp_async_commit();
     }
 
-    // online softmax: new row max, rescale of l_i and acc, P = exp2(S c - m_i c)
+    // online softmax with a lazy running max: m_i (of S c), the shift of P = exp2(S c - m_i), moves (and l_i and
+    // the row of acc are rescaled) only when the tile's row max of S c exceeds it by more than kLazyLog2, so
+    // P <= 2^kLazyLog2 (harmless in fp32 and in the dtype's relative precision), while O = acc / l_i and
+    // LSE = m_i ln 2 + ln l_i are exact for any m_i. A warp skips the rescale (a multiply per acc element) unless
+    // one of its rows moves, which after a row's first tiles is rare. (The rescale interleaved with P V also held
+    // registers: without it the default tiles at d = 96, 128 no longer spill on sm_90a.)
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
+      float tile_max[2];
+      bool grow = false;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        float row_max = m_i[mt][r];
+        float row_max = kNegInf;
 #pragma unroll
         for (int t = 0; t < Traits::kSTiles; ++t) {
           row_max = fmaxf(row_max, fmaxf(s[mt][t][2 * r], s[mt][t][2 * r + 1]));
         }
         row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
         row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+        tile_max[r] = row_max * args.scale_log2;
+        grow |= moves_max(m_i[mt][r], tile_max[r]);
+      }
+      if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float rescale = 1.0f;
+          if (moves_max(m_i[mt][r], tile_max[r])) {
+            rescale = exp2_ftz(m_i[mt][r] - tile_max[r]);  // m_i = -inf: 0 (acc and l_i are 0)
+            m_i[mt][r] = tile_max[r];
+          }
+          l_i[mt][r] *= rescale;
+#pragma unroll
+          for (int t = 0; t < Traits::kOTiles; ++t) {
+            acc[mt][t][2 * r] *= rescale;
+            acc[mt][t][2 * r + 1] *= rescale;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
         // -inf guard: a row with no visible key so far shifts by 0, so exp2(-inf - 0) = 0 instead of NaN
-        const float shift = row_max == kNegInf ? 0.0f : row_max * args.scale_log2;
-        const float rescale = exp2_ftz(m_i[mt][r] * args.scale_log2 - shift);  // m_i = -inf: 0 (acc, l_i are 0)
-        m_i[mt][r] = row_max;
+        const float shift = m_i[mt][r] == kNegInf ? 0.0f : m_i[mt][r];
         float row_sum = 0.0f;
 #pragma unroll
         for (int t = 0; t < Traits::kSTiles; ++t) {
@@ -251,12 +293,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
             row_sum += x;
           }
         }
-        l_i[mt][r] = l_i[mt][r] * rescale + row_sum;
-#pragma unroll
-        for (int t = 0; t < Traits::kOTiles; ++t) {
-          acc[mt][t][2 * r] *= rescale;
-          acc[mt][t][2 * r + 1] *= rescale;
-        }
+        l_i[mt][r] += row_sum;
       }
     }
 
@@ -305,7 +342,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
       }
       if (lane % 4 == 0 && row < rows_here) {
         const std::int64_t index = (seq.slot * args.heads + head) * args.lse_stride + seq.q_offset + m_start + row;
-        args.lse[index] = empty ? kNegInf : m_i[mt][r] * args.scale + logf(row_sum);
+        args.lse[index] = empty ? kNegInf : m_i[mt][r] * kLn2 + logf(row_sum);  // m_i ln 2: back to S scale
       }
     }
   }
@@ -335,12 +372,14 @@ std::int64_t workspace_bytes(const Problem& p, DType dtype, Pass pass) {
 
 // The forward tiles compiled: (head dim, B_r = query rows per CTA, B_c = keys per K/V tile, warps). The first entry
 // of each head dim is its default; a run picks another with `flash2[br=..,bc=..]`. Defaults, measured on an H200
-// (bf16, 16k tokens, model dim 2048, N = 2048-16384; experiments/results/, suite flash2_tiles):
-//   d = 32:  128 x 128, 4 warps   FlashAttention-2's choice; not measured separately (no target at d = 32)
-//   d = 64:  128 x 128, 4 warps   see kernels/README.md "Forward tiles" for the measured table
-//   d = 96:  128 x 64,  4 warps
-//   d = 128: 128 x 64,  4 warps
-//   d = 256: 128 x 64,  8 warps   (16 rows per warp: O alone is 128 registers per thread)
+// (bf16, 16k tokens, model dim 2048, N = 2048-16384, causal and not; suite flash2_tiles; the table with TFLOP/s and
+// the ratios to PyTorch's flash backend is in kernels/README.md "Forward"):
+//   d = 32:  128 x 64,  4 warps   0-3% ahead of 128 x 128 on all 6 rows (two runs)
+//   d = 64:  128 x 128, 4 warps   8-17% ahead of 128 x 64, more over the others
+//   d = 96:  128 x 64,  4 warps   9-34% ahead of 64 x 64
+//   d = 128: 128 x 64,  4 warps   8-25% ahead of 64 x 64, 8-18% ahead of 128 x 32
+//   d = 256: 64 x 64,   4 warps   (16 rows per warp: O alone is 128 registers per thread) ahead of 128 x 64 with
+//                                 8 warps on 10 of 12 rows over two runs (by up to 11%), at most 3% behind
 struct ForwardConfig {
   int head_dim;
   int block_m;
@@ -348,11 +387,11 @@ struct ForwardConfig {
   int warps;
 };
 constexpr ForwardConfig kForwardConfigs[] = {
-    {32, 128, 128, 4},  {32, 64, 64, 4},   {32, 128, 64, 4},                                       //
+    {32, 128, 64, 4},   {32, 64, 64, 4},   {32, 128, 128, 4},                                      //
     {64, 128, 128, 4},  {64, 32, 64, 2},   {64, 64, 64, 4},  {64, 128, 64, 4}, {64, 256, 64, 8},  //
     {96, 128, 64, 4},   {96, 64, 64, 4},                                                           //
     {128, 128, 64, 4},  {128, 64, 64, 4},  {128, 128, 32, 4}, {128, 64, 128, 4},                   //
-    {256, 128, 64, 8},  {256, 64, 64, 4},  {256, 64, 32, 4},                                       //
+    {256, 64, 64, 4},   {256, 128, 64, 8}, {256, 64, 32, 4},                                       //
 };
 constexpr int kForwardConfigCount = sizeof(kForwardConfigs) / sizeof(kForwardConfigs[0]);
 

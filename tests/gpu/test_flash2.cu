@@ -63,8 +63,9 @@ std::vector<Case> accuracy_cases() {
 
 constexpr std::uint64_t kSeed = 20261122;
 
-void check_case(const Case& c, DType dtype) {
-  INFO(c.name << " [" << c.problem.describe() << "] " << name(dtype));
+// One forward of flash2 (its default tile, or block_m x block_n) against the fp64 reference under the baseline rule.
+void check_case(const Case& c, DType dtype, int block_m = 0, int block_n = 0) {
+  INFO(c.name << " [" << c.problem.describe() << "] " << name(dtype) << " tile " << block_m << "x" << block_n);
   const Problem& p = c.problem;
   const kernels::Variant& flash = variant("flash2");
   const kernels::Variant& baseline = variant("standard");
@@ -72,7 +73,7 @@ void check_case(const Case& c, DType dtype) {
   REQUIRE(baseline.supports(p, dtype, Pass::fwd).ok);
   Stream stream;
   DeviceTensors t(p, dtype, kSeed, stream.get());
-  const AttentionParams params = t.params();
+  AttentionParams params = t.params();
 
   // the baseline: standard attention in the same dtype on the same inputs
   CountingAllocator baseline_allocator;
@@ -83,6 +84,8 @@ void check_case(const Case& c, DType dtype) {
 
   t.poison(stream.get());
   CountingAllocator allocator;
+  params.block_m = block_m;
+  params.block_n = block_n;
   flash.forward(params, {allocator, stream.get()});
   stream.sync();
   CHECK(allocator.calls() == 0);  // the forward allocates nothing (workspace model 0)
@@ -186,6 +189,44 @@ TEST_CASE("flash2 is registered with its support rules", "[gpu][flash2]") {
 TEST_CASE("flash2 forward matches the fp64 reference under the baseline rule", "[gpu][flash2]") {
   for (const Case& c : accuracy_cases()) {
     for (DType dtype : {DType::fp16, DType::bf16}) check_case(c, dtype);
+  }
+}
+
+// Every compiled forward tile (flash2[br=..,bc=..]), found by trying B_r, B_c in {32, 64, 128, 256}: a tile that
+// is not compiled is refused with Unsupported before any launch. Two awkward problems per head dim: causal with
+// N_q > N_k (partial tiles, fully masked rows) and a varlen window batch with an empty sequence.
+TEST_CASE("every flash2 forward tile matches the fp64 reference under the baseline rule", "[gpu][flash2]") {
+  const kernels::Variant& flash = variant("flash2");
+  for (const std::int64_t d : {32, 64, 96, 128, 256}) {
+    const std::vector<Case> cases = {
+        {"causal N_q=255 > N_k=129", causal(dense(1, 2, 2, 255, 129, d))},
+        {"varlen window (16, 8), empty entry", windowed(Problem::varlen(2, 1, d, {97, 0, 130}, {255, 17, 129}), 16, 8)}};
+    int tiles = 0;
+    for (const int br : {32, 64, 128, 256}) {
+      for (const int bc : {32, 64, 128, 256}) {
+        // is the tile compiled? one launch on a one-token problem answers
+        const Problem one = dense(1, 1, 1, 1, 1, d);
+        Stream stream;
+        DeviceTensors t(one, DType::bf16, kSeed, stream.get());
+        AttentionParams probe = t.params();
+        probe.block_m = br;
+        probe.block_n = bc;
+        CountingAllocator allocator;
+        try {
+          flash.forward(probe, {allocator, stream.get()});
+          stream.sync();
+        } catch (const Unsupported& e) {
+          CHECK(std::string(e.what()).find("no forward tile") != std::string::npos);
+          continue;
+        }
+        ++tiles;
+        for (const Case& c : cases) {
+          for (DType dtype : {DType::fp16, DType::bf16}) check_case(c, dtype, br, bc);
+        }
+      }
+    }
+    INFO("head_dim " << d);
+    CHECK(tiles >= 2);  // the default and at least one other per head dim (d = 96 has two, the others three+)
   }
 }
 
