@@ -382,6 +382,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .bytes_model = {},
                .forward = reference_forward,
                .backward = reference_backward,
+               .kernels = {},
                .options = {}});
   v.push_back({.id = "cpu-standard",
                .description = "eager attention on the CPU: materializes S, P (and dP, dS) of every head in the dtype",
@@ -393,6 +394,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .bytes_model = {},
                .forward = standard_forward,
                .backward = standard_backward,
+               .kernels = {},
                .options = {}});
   return v;
 }

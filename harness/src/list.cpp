@@ -7,7 +7,23 @@
 
 namespace flashlab::harness {
 
-int list_variants() {
+namespace {
+
+void list_kernels() {
+  fmt::print("{:<16} {:<36} {:>9} {:>11} {:>13} {:>14}\n", "variant", "kernel", "registers", "local bytes",
+             "static shared", "dynamic shared");
+  for (const kernels::Variant& v : variants()) {
+    if (!v.kernels) continue;
+    for (const kernels::KernelInfo& k : v.kernels()) {
+      fmt::print("{:<16} {:<36} {:>9} {:>11} {:>13} {:>14}{}\n", v.id, k.name, k.registers, k.local_bytes,
+                 k.static_shared_bytes, k.dynamic_shared_bytes, k.local_bytes > 0 ? "  (spills or stack)" : "");
+    }
+  }
+}
+
+}  // namespace
+
+int list_variants(bool with_kernels) {
   fmt::print("{:<16} {:<6} {:<12} {}\n", "variant", "device", "materializes", "description");
   for (const kernels::Variant& v : variants()) {
     fmt::print("{:<16} {:<6} {:<12} {}\n", v.id, kernels::name(v.device), v.materializes ? "N x N" : "no", v.description);
@@ -17,6 +33,7 @@ int list_variants() {
   try {
     const auto gpu = make_gpu_backend();
     fmt::print("CUDA device: {}\n", device_block_json());
+    if (with_kernels) list_kernels();
   } catch (const std::exception& e) {
     fmt::print("no CUDA device: {}\n", e.what());
   }

@@ -30,7 +30,12 @@ int main(int argc, char** argv) {
                "Exit codes: 0 all rows ran (ok, oom or unsupported); 1 some rows are errors or failed verification; "
                "2 bad usage or malformed suite (nothing ran); 3 results could not be written."};
   app.require_subcommand(1);
-  app.add_subcommand("list", "list the variants (the registry), what each supports, and the CUDA device found");
+  CLI::App* list = app.add_subcommand(
+      "list", "list the variants (the registry), what each supports, and the CUDA device found");
+  bool list_kernels = false;
+  list->add_flag("--kernels", list_kernels,
+                 "also each GPU variant's compiled kernels on the device: registers, local memory (spills), shared "
+                 "memory");
 
   RunOptions options;
   CLI::App* run = app.add_subcommand("run", "run a suite file (see experiments/README.md)");
@@ -51,7 +56,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
   try {
-    if (app.got_subcommand("list")) return list_variants();
+    if (app.got_subcommand("list")) return list_variants(list_kernels);
     options.command_line = command_line(argc, argv);
     options.progress = isatty(fileno(stderr)) != 0;
     if (save_row >= 0) options.save_tensors = save_row;

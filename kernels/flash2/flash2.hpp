@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "flashlab/kernels/attention.hpp"
 
@@ -25,6 +26,10 @@ namespace flash2 {
 
 // The backward launcher (Q, K, V, O, LSE, dO given; dQ, dK, dV written).
 void backward(const AttentionParams& params, const LaunchContext& ctx);
+
+// The backward's kernels (main kernel per head dim and tile, preprocessing, dQ conversion, GQA sums) on the
+// current device; the forward's are listed with them by the variant's `kernels`.
+[[nodiscard]] std::vector<KernelInfo> backward_kernels();
 
 }  // namespace flash2
 }  // namespace flashlab::kernels

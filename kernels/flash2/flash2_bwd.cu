@@ -46,19 +46,18 @@
 #include "flash2/kernel_traits.hpp"
 #include "flashlab/core/errors.hpp"
 #include "src/check.hpp"
+#include "src/workspace_parts.hpp"
 
 namespace flashlab::kernels {
 namespace flash2 {
 namespace {
 
+using detail::kPartAlignment;
+using detail::round_up;
+
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr std::int64_t kPartAlignment = 256;  // every workspace part starts 256-byte aligned (as standard's)
 constexpr int kPreprocessThreads = 256;
 constexpr int kElementwiseThreads = 256;
-
-std::int64_t round_up(std::int64_t x, std::int64_t multiple) {
-  return (x + multiple - 1) / multiple * multiple;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Launch arguments
@@ -244,6 +243,21 @@ __device__ inline void store_release(int* flag, int value) {
 }
 
 
+// Per-CTA values the main loop reads once per query block, kept in shared memory (BackwardTraits::kScalarsOffset)
+// and read again after each barrier: held in registers across the loop beside dK, dV and a phase's fragments, ptxas
+// spilled them (the kernels use all 255 registers).
+template <class T>
+struct LoopScalars {
+  const T* q;  // the sequence's rows of this head (row 0)
+  const T* d_out;
+  const float* lse;
+  const float* dsum;
+  float* dq_acc;
+  int* turns;
+  int full_lo;  // query rows every key of the block sees: query blocks inside [full_lo, full_hi] need no mask
+  int full_hi;
+};
+
 // 4 bytes global -> shared (cp.async.ca takes 4, 8 or 16); src_bytes = 0 writes zero.
 __device__ inline void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
@@ -305,28 +319,42 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   const int keys_here = min(kBlockN, seqlen_k - n_start);
   const int kv_head = head / args.group;
 
-  const T* q = static_cast<const T*>(args.q) + seq.slot * args.q_strides.batch + seq.q_offset * args.q_strides.token +
-               std::int64_t{head} * args.q_strides.head;
-  const T* d_out = static_cast<const T*>(args.d_out) + seq.slot * args.do_strides.batch + seq.q_offset * args.do_strides.token +
-                   std::int64_t{head} * args.do_strides.head;
   const T* k = static_cast<const T*>(args.k) + seq.slot * args.k_strides.batch + (seq.k_offset + n_start) * args.k_strides.token +
                std::int64_t{kv_head} * args.k_strides.head;
   const T* v = static_cast<const T*>(args.v) + seq.slot * args.v_strides.batch + (seq.k_offset + n_start) * args.v_strides.token +
                std::int64_t{kv_head} * args.v_strides.head;
-  const std::int64_t row_base = (seq.slot * args.heads + head) * args.tokens_q + seq.q_offset;  // LSE, D
-  const float* lse = args.lse + row_base;
-  const float* dsum = args.d + row_base;
-  float* dq_acc = args.dq_acc + ((seq.slot * args.heads + head) * args.tokens_acc +
-                                 accumulator_row0(batch, seq.q_offset, args.cu_seqlens_q != nullptr)) *
-                                    kHeadDim;
-  int* turns = args.turns + (std::int64_t{batch} * args.heads + head) * args.m_blocks;
-
   const BlockRange range = query_block_range<Traits>(args, n_block, seqlen_q, seqlen_k);
   const int tiles = range.max - range.min;
-  // queries every key of the block sees: query blocks inside [last.lo, first.hi] need no mask
-  const QueryBounds first = query_bounds(args, n_start, seqlen_q, seqlen_k);
-  const QueryBounds last = query_bounds(args, n_start + keys_here - 1, seqlen_q, seqlen_k);
-  const int full_lo = last.lo, full_hi = keys_here == kBlockN ? first.hi : -1;
+
+  static_assert(sizeof(LoopScalars<T>) <= Traits::kSharedBytes - Traits::kScalarsOffset, "LoopScalars fit their slot");
+  auto* scalars = reinterpret_cast<LoopScalars<T>*>(shared + Traits::kScalarsOffset);
+  if (tid == 0) {
+    const std::int64_t row_base = (seq.slot * args.heads + head) * args.tokens_q + seq.q_offset;  // LSE, D
+    const QueryBounds first = query_bounds(args, n_start, seqlen_q, seqlen_k);
+    const QueryBounds last = query_bounds(args, n_start + keys_here - 1, seqlen_q, seqlen_k);
+    *scalars = LoopScalars<T>{
+        static_cast<const T*>(args.q) + seq.slot * args.q_strides.batch + seq.q_offset * args.q_strides.token +
+            std::int64_t{head} * args.q_strides.head,
+        static_cast<const T*>(args.d_out) + seq.slot * args.do_strides.batch + seq.q_offset * args.do_strides.token +
+            std::int64_t{head} * args.do_strides.head,
+        args.lse + row_base,
+        args.d + row_base,
+        args.dq_acc + ((seq.slot * args.heads + head) * args.tokens_acc +
+                       accumulator_row0(batch, seq.q_offset, args.cu_seqlens_q != nullptr)) *
+                          kHeadDim,
+        args.turns + (std::int64_t{batch} * args.heads + head) * args.m_blocks,
+        last.lo,
+        keys_here == kBlockN ? first.hi : -1,
+    };
+  }
+  __syncthreads();
+  // The pointers: copied to registers once where measured faster (kLoopPointersInRegisters), else read from shared
+  // memory at each use; the mask bounds always from shared memory. Likewise the tile loads take the thread index
+  // read again (thread_id) or held (tid).
+  const LoopScalars<T>& shared_ls = *scalars;
+  const LoopScalars<T> register_ls = Traits::kLoopPointersInRegisters ? *scalars : LoopScalars<T>{};
+  const LoopScalars<T>& ls = Traits::kLoopPointersInRegisters ? register_ls : shared_ls;
+  auto load_tid = [tid] { return Traits::kLoopPointersInRegisters ? thread_id() : tid; };
 
   const std::uint32_t s_k = smem_address(shared + Traits::kKOffset);
   const std::uint32_t s_v = smem_address(shared + Traits::kVOffset);
@@ -339,9 +367,8 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   const float* lse_tile = reinterpret_cast<const float*>(shared + Traits::kLseOffset);
   const float* d_tile = reinterpret_cast<const float*>(shared + Traits::kDOffset);
 
-  // this thread in the mma C layout: rows lane/4 and lane/4 + 8, columns 2 (lane%4) + {0,1} of each 16 x 8 tile
-  const int row_in_tile = lane / 4;
-  const int col_in_tile = 2 * (lane % 4);
+  // this thread in the mma C layout: rows lane/4 and lane/4 + 8, columns 2 (lane%4) + {0,1} of each 16 x 8 tile,
+  // computed where used from the thread index read again (lane_id, thread_id: fewer registers across the loop)
   // warp tiles of the three phases
   const int sdp_m = warp % Traits::kWarpsMSdp, sdp_n = warp / Traits::kWarpsMSdp;
   const int dkv_n = warp % Traits::kWarpsNdKV, dkv_d = warp / Traits::kWarpsNdKV;
@@ -376,20 +403,20 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   // loads of query block m: Q and dO rows past N_q, LSE and D entries past N_q are zero
   auto load_q = [&](int m_block, int stage) {
     const int m0 = m_block * kBlockM;
-    load_tile<Traits, QRows, kBlockM>(s_q + stage * Traits::kQTileBytes, q + m0 * args.q_strides.token, args.q_strides.token, seqlen_q - m0,
-                               tid);
+    load_tile<Traits, QRows, kBlockM>(s_q + stage * Traits::kQTileBytes, ls.q + m0 * args.q_strides.token,
+                                      args.q_strides.token, seqlen_q - m0, load_tid());
   };
   auto load_do = [&](int m_block, int stage) {
     const int m0 = m_block * kBlockM;
-    load_tile<Traits, QRows, kBlockM>(s_do + stage * Traits::kQTileBytes, d_out + m0 * args.do_strides.token, args.do_strides.token,
-                               seqlen_q - m0, tid);
+    load_tile<Traits, QRows, kBlockM>(s_do + stage * Traits::kQTileBytes, ls.d_out + m0 * args.do_strides.token,
+                                      args.do_strides.token, seqlen_q - m0, load_tid());
   };
   auto load_rows = [&](int m_block, int stage) {  // LSE and D, always two stages
     const int m0 = m_block * kBlockM;
     if (tid < kBlockM) {
       const bool valid = m0 + tid < seqlen_q;
-      cp_async_4(s_lse + (stage * kBlockM + tid) * 4, valid ? lse + m0 + tid : lse, valid ? 4 : 0);
-      cp_async_4(s_d + (stage * kBlockM + tid) * 4, valid ? dsum + m0 + tid : dsum, valid ? 4 : 0);
+      cp_async_4(s_lse + (stage * kBlockM + tid) * 4, valid ? ls.lse + m0 + tid : ls.lse, valid ? 4 : 0);
+      cp_async_4(s_d + (stage * kBlockM + tid) * 4, valid ? ls.dsum + m0 + tid : ls.dsum, valid ? 4 : 0);
     }
   };
 
@@ -465,12 +492,15 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
 
       // P = exp2(S c - LSE log2 e), dS = P (dP - D), into shared memory in the dtype. Masked entries (boundary
       // blocks only) and rows past N_q get P = 0 by selection, so a fully masked row (LSE = -inf) adds nothing.
-      const bool boundary = m_start < full_lo || m_start + kBlockM - 1 > full_hi;
+      const bool boundary = m_start < shared_ls.full_lo || m_start + kBlockM - 1 > shared_ls.full_hi;
+      const int lane_here = lane_id();
+      const int row_base = sdp_row0 + lane_here / 4;      // in the block
+      const int col_base = sdp_col0 + 2 * (lane_here % 4);  // in the key block
 #pragma unroll
       for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int row = sdp_row0 + mt * 16 + row_in_tile + 8 * r;  // in the block
+          const int row = row_base + mt * 16 + 8 * r;
           const float row_lse = lse_here[row] * kLog2e;
           const float row_d = d_here[row];
           KeyBounds kb{0, kBlockN - 1 + n_start};
@@ -485,13 +515,13 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
             for (int c = 0; c < 2; ++c) {
               float p = exp2_ftz(fmaf(s[mt][t][2 * r + c], args.scale_log2, -row_lse));
               if (boundary) {
-                const int col = n_start + sdp_col0 + t * 8 + col_in_tile + c;
+                const int col = n_start + col_base + t * 8 + c;
                 p = (col >= kb.lo && col <= kb.hi) ? p : 0.0f;
               }
               pv[c] = p;
               dsv[c] = p * (dp[mt][t][2 * r + c] - row_d);
             }
-            const int offset = row * kPRowBytes + (sdp_col0 + t * 8 + col_in_tile) * kElemBytes;
+            const int offset = row * kPRowBytes + (col_base + t * 8) * kElemBytes;
             *reinterpret_cast<std::uint32_t*>(shared + Traits::kPOffset + offset) = Elem<T>::pack(pv[0], pv[1]);
             *reinterpret_cast<std::uint32_t*>(shared + Traits::kDsOffset + offset) = Elem<T>::pack(dsv[0], dsv[1]);
           }
@@ -534,91 +564,103 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
       cp_async_commit();
     }
 
-    // dQ_i += dS K on this warp's kDqRows x kDqCols tile, added to the fp32 accumulator
-    float c[Traits::kDqMTiles][Traits::kDqNTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
-#pragma unroll
-      for (int t = 0; t < Traits::kDqNTiles; ++t) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) c[mt][t][e] = 0.0f;
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      std::uint32_t a[Traits::kDqMTiles][4];
+    // dQ_i += dS K on this warp's kDqRows x kDqCols tile, in kDqPasses column passes, each added to the fp32
+    // accumulator with one 16-byte RED per C tile (the accumulator's fragment order); an m16 block that starts past
+    // N_q is skipped, the rows past N_q inside a block add zeros (dS = 0 there) to the sequence's padding rows.
+    // Deterministic mode waits for the key blocks before this one (see the file comment) before its first RED.
+    std::int64_t turn_target = -1;
+#pragma unroll 1
+    for (int pass = 0; pass < Traits::kDqPasses; ++pass) {
+      float c[Traits::kDqMTiles][Traits::kDqPassTiles][4];
 #pragma unroll
       for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
-        ldmatrix_x4(a[mt], s_ds + a_ds + mt * 16 * kPRowBytes + kk * 16 * kElemBytes);
-      }
 #pragma unroll
-      for (int np = 0; np < Traits::kDqNTiles / 2; ++np) {
-        std::uint32_t b[4];
-        ldmatrix_x4_trans(b, pair_address<KVRows>(s_k + b_k, np) + kk * 16 * KVRows::kRowBytes);
+        for (int t = 0; t < Traits::kDqPassTiles; ++t) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) c[mt][t][e] = 0.0f;
+        }
+      }
+      const std::uint32_t b_pass = pair_address<KVRows>(s_k + b_k, pass * Traits::kDqPassTiles / 2);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        std::uint32_t a[Traits::kDqMTiles][4];
 #pragma unroll
         for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
-          Elem<T>::mma(c[mt][2 * np], a[mt], b[0], b[1]);
-          Elem<T>::mma(c[mt][2 * np + 1], a[mt], b[2], b[3]);
+          ldmatrix_x4(a[mt], s_ds + a_ds + mt * 16 * kPRowBytes + kk * 16 * kElemBytes);
+        }
+#pragma unroll
+        for (int np = 0; np < Traits::kDqPassTiles / 2; ++np) {
+          std::uint32_t b[4];
+          ldmatrix_x4_trans(b, pair_address<KVRows>(b_pass, np) + kk * 16 * KVRows::kRowBytes);
+#pragma unroll
+          for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
+            Elem<T>::mma(c[mt][2 * np], a[mt], b[0], b[1]);
+            Elem<T>::mma(c[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
         }
       }
-    }
 
-    std::int64_t turn_target = -1;
-    if (args.deterministic) {  // wait for the key blocks before this one (see the file comment)
-      if (tid == 0) {
-        const int turn = turn_of<Traits>(args, n_block, m_block, seqlen_q, seqlen_k);
-        while (load_acquire(turns + m_block) != turn) {
+      if (args.deterministic && pass == 0) {
+        if (tid == 0) {
+          const int turn = turn_of<Traits>(args, n_block, m_block, seqlen_q, seqlen_k);
+          while (load_acquire(ls.turns + m_block) != turn) {
+          }
+          turn_target = turn + 1;
         }
-        turn_target = turn + 1;
+        __syncthreads();
       }
-      __syncthreads();
-    }
-    // one 16-byte RED per C tile (the accumulator's fragment order); an m16 block that starts past N_q is skipped,
-    // the rows past N_q inside a block add zeros (dS = 0 there) to the sequence's padding rows
 #pragma unroll
-    for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
-      const int row0 = m_start + dq_row0 + mt * 16;
-      if (row0 >= seqlen_q) continue;
-      float* dst = dq_acc + (std::int64_t{row0} * kHeadDim + dq_col0 * 16) + lane * 4;
+      for (int mt = 0; mt < Traits::kDqMTiles; ++mt) {
+        const int row0 = m_start + dq_row0 + mt * 16;
+        if (row0 >= seqlen_q) continue;
+        float* dst = ls.dq_acc + (std::int64_t{row0} * kHeadDim + (dq_col0 + pass * Traits::kDqPassTiles * 8) * 16) +
+                     lane * 4;
 #pragma unroll
-      for (int t = 0; t < Traits::kDqNTiles; ++t) {
-        red_add4(dst + t * 128, c[mt][t][0], c[mt][t][1], c[mt][t][2], c[mt][t][3]);
+        for (int t = 0; t < Traits::kDqPassTiles; ++t) {
+          red_add4(dst + t * 128, c[mt][t][0], c[mt][t][1], c[mt][t][2], c[mt][t][3]);
+        }
       }
     }
     if (args.deterministic) {  // pass the turn on once every thread's adds are visible
       __threadfence();
       __syncthreads();
-      if (tid == 0) store_release(turns + m_block, static_cast<int>(turn_target));
+      if (tid == 0) store_release(ls.turns + m_block, static_cast<int>(turn_target));
     }
   }
 
-  // epilogue: dK = scale dK, dV; rows past N_k are not written. A CTA that no query sees writes zeros.
+  // epilogue: dK = scale dK, dV; rows past N_k are not written. A CTA that no query sees writes zeros. The
+  // sequence and the lane are read again rather than held across the loop (registers).
+  const Sequence seq_end = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
+  const int keys_end = min(kBlockN, seq_end.seqlen_k - n_start);
+  const int tid_end = thread_id(), lane_end = tid_end % 32;
+  const int key0 = tid_end / 32 % Traits::kWarpsNdKV * Traits::kDkvRows;           // dkv_row0
+  const int col0 = tid_end / 32 / Traits::kWarpsNdKV * Traits::kDkvCols + 2 * (lane_end % 4);  // dkv_col0 + lane's
 #pragma unroll
   for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int key = dkv_row0 + mt * 16 + row_in_tile + 8 * r;
-      if (key >= keys_here) continue;
-      const std::int64_t token = seq.k_offset + n_start + key;
+      const int key = key0 + mt * 16 + lane_end / 4 + 8 * r;
+      if (key >= keys_end) continue;
+      const std::int64_t token = seq_end.k_offset + n_start + key;
       if (args.group == 1) {
-        T* dk = static_cast<T*>(args.dk) + seq.slot * args.dk_strides.batch + token * args.dk_strides.token +
+        T* dk = static_cast<T*>(args.dk) + seq_end.slot * args.dk_strides.batch + token * args.dk_strides.token +
                 std::int64_t{head} * args.dk_strides.head;
-        T* dv = static_cast<T*>(args.dv) + seq.slot * args.dv_strides.batch + token * args.dv_strides.token +
+        T* dv = static_cast<T*>(args.dv) + seq_end.slot * args.dv_strides.batch + token * args.dv_strides.token +
                 std::int64_t{head} * args.dv_strides.head;
 #pragma unroll
         for (int t = 0; t < Traits::kDkvNTiles; ++t) {
-          const int col = dkv_col0 + t * 8 + col_in_tile;
+          const int col = col0 + t * 8;
           *reinterpret_cast<std::uint32_t*>(dk + col) =
               Elem<T>::pack(acc_dk[mt][t][2 * r] * args.scale, acc_dk[mt][t][2 * r + 1] * args.scale);
           *reinterpret_cast<std::uint32_t*>(dv + col) = Elem<T>::pack(acc_dv[mt][t][2 * r], acc_dv[mt][t][2 * r + 1]);
         }
       } else {
-        const std::int64_t row = (seq.slot * args.heads + head) * args.tokens_k + token;
+        const std::int64_t row = (seq_end.slot * args.heads + head) * args.tokens_k + token;
         float* dk = args.dk_part + row * kHeadDim;
         float* dv = args.dv_part + row * kHeadDim;
 #pragma unroll
         for (int t = 0; t < Traits::kDkvNTiles; ++t) {
-          const int col = dkv_col0 + t * 8 + col_in_tile;
+          const int col = col0 + t * 8;
           *reinterpret_cast<float2*>(dk + col) =
               make_float2(acc_dk[mt][t][2 * r] * args.scale, acc_dk[mt][t][2 * r + 1] * args.scale);
           *reinterpret_cast<float2*>(dv + col) = make_float2(acc_dv[mt][t][2 * r], acc_dv[mt][t][2 * r + 1]);
@@ -807,39 +849,53 @@ int backward_block_n(std::int64_t head_dim) {
   return with_head_dim(head_dim, [](auto d) { return BackwardTiles<decltype(d)::value, 2>::kBlockN; });
 }
 
+template <class T, int kHeadDim>
+void add_backward_kernels(std::vector<KernelInfo>& list) {
+  using Small = BackwardTiles<kHeadDim, sizeof(T)>;
+  using Large = typename BackwardTilesOf<kHeadDim, sizeof(T)>::large;
+  auto tile = [](auto traits) {
+    using Traits = decltype(traits);
+    return "backward d=" + std::to_string(kHeadDim) + " " + std::to_string(Traits::kBlockM) + "x" +
+           std::to_string(Traits::kBlockN) + (Traits::kStagesDo == 2 ? " dO x2 " : " ") + Elem<T>::kName;
+  };
+  list.push_back(kernel_info(backward_kernel<Small, T>, tile(Small{}), Small::kSharedBytes));
+  if constexpr (!std::is_same_v<Small, Large>) {
+    list.push_back(kernel_info(backward_kernel<Large, T>, tile(Large{}), Large::kSharedBytes));
+  }
+}
+
+template <class T>
+void add_backward_kernels(std::vector<KernelInfo>& list) {
+  add_backward_kernels<T, 32>(list);
+  add_backward_kernels<T, 64>(list);
+  add_backward_kernels<T, 96>(list);
+  add_backward_kernels<T, 128>(list);
+  add_backward_kernels<T, 256>(list);
+  const std::string dtype = Elem<T>::kName;
+  list.push_back(kernel_info(preprocess_kernel<T>, "backward preprocess " + dtype, 0));
+  list.push_back(kernel_info(convert_dq_kernel<T>, "backward dQ conversion " + dtype, 0));
+  list.push_back(kernel_info(sum_groups_kernel<T>, "backward GQA sums " + dtype, 0));
+}
+
 std::int64_t backward_workspace_bytes(const Problem& p, DType) {
   return plan_workspace(p).total();
 }
 
+std::vector<KernelInfo> backward_kernels() {
+  std::vector<KernelInfo> list;
+  add_backward_kernels<__half>(list);
+  add_backward_kernels<__nv_bfloat16>(list);
+  return list;
+}
+
 void backward(const AttentionParams& params, const LaunchContext& ctx) {
-  const Problem& p = params.problem;
-  p.validate();
-  const Support support = supports(p, params.dtype, Pass::bwd);
-  if (!support.ok) throw Unsupported(support.reason);
-  const std::int64_t s = size_bytes(params.dtype);
-  check_tensor(params.q, params.q_strides, s, "q");
-  check_tensor(params.k, params.k_strides, s, "k");
-  check_tensor(params.v, params.v_strides, s, "v");
-  check_tensor(params.o, params.o_strides, s, "o");
-  check_tensor(params.d_out, params.d_out_strides, s, "d_out");
-  check_tensor(params.dq, params.dq_strides, s, "dq");
-  check_tensor(params.dk, params.dk_strides, s, "dk");
-  check_tensor(params.dv, params.dv_strides, s, "dv");
-  require(params.lse != nullptr, "lse", "is null");
-  if (p.is_varlen()) {
-    require(params.cu_seqlens_q != nullptr && params.cu_seqlens_k != nullptr, "cu_seqlens_q",
-            "and cu_seqlens_k must be device arrays for a varlen problem");
-  }
+  detail::check_launch("flash2", params, Pass::bwd, supports);
   require_sm80();
+  const Problem& p = params.problem;
 
   const WorkspacePlan plan = plan_workspace(p);
   const Workspace workspace(ctx.workspace, static_cast<std::size_t>(plan.total()), "flash2 backward");
-  char* next = workspace.as<char>();
-  auto take = [&next](std::int64_t bytes) {
-    char* part = bytes > 0 ? next : nullptr;
-    next += bytes;
-    return part;
-  };
+  detail::Carver carve(workspace, "flash2");
 
   const Window w = p.effective_window();
   BackwardArgs args{};
@@ -878,11 +934,11 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
   args.deterministic = params.deterministic;
-  args.dq_acc = reinterpret_cast<float*>(take(plan.dq_acc));
-  args.turns = reinterpret_cast<int*>(take(plan.turns));
-  args.d = reinterpret_cast<float*>(take(plan.d));
-  args.dk_part = reinterpret_cast<float*>(take(plan.partial));
-  args.dv_part = reinterpret_cast<float*>(take(plan.partial));
+  args.dq_acc = reinterpret_cast<float*>(carve.take(plan.dq_acc));
+  args.turns = reinterpret_cast<int*>(carve.take(plan.turns));
+  args.d = reinterpret_cast<float*>(carve.take(plan.d));
+  args.dk_part = reinterpret_cast<float*>(carve.take(plan.partial));  // unused without GQA (partial = 0)
+  args.dv_part = reinterpret_cast<float*>(carve.take(plan.partial));
   // the turn counters follow the accumulator directly, so one zeroing pass covers both
   void* zero = workspace.as<char>();
   const std::int64_t zero_bytes = plan.dq_acc + plan.turns;
@@ -893,7 +949,7 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
     case DType::bf16: return backward_dtype<__nv_bfloat16>(args, p, zero, zero_bytes, stream);
     default: break;
   }
-  throw Unsupported(support.reason);
+  throw Unsupported("flash2: no kernel for dtype " + std::string(name(params.dtype)) + " (fp16, bf16)");
 }
 
 }  // namespace flash2

@@ -33,6 +33,7 @@ template <class T>
 struct Elem;
 template <>
 struct Elem<__half> {
+  static constexpr const char* kName = "fp16";
   // two fp32 values as one packed register of the mma's A operand (round to nearest)
   __device__ static std::uint32_t pack(float lo, float hi) {
     const __half2 h = __floats2half2_rn(lo, hi);
@@ -48,6 +49,7 @@ struct Elem<__half> {
 };
 template <>
 struct Elem<__nv_bfloat16> {
+  static constexpr const char* kName = "bf16";
   __device__ static std::uint32_t pack(float lo, float hi) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const std::uint32_t*>(&h);
@@ -89,6 +91,20 @@ __device__ inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t ad
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(address));
+}
+
+// The thread's lane and index, read from the special registers again at each call (volatile: never merged with
+// another read). For values needed only off the hot path (mask edges, epilogue) of kernels at 255 registers: held
+// in a register across the main loop, ptxas would spill them; re-read, they cost one S2R where used.
+__device__ inline int lane_id() {
+  std::uint32_t lane;
+  asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane));
+  return static_cast<int>(lane);
+}
+__device__ inline int thread_id() {
+  std::uint32_t tid;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+  return static_cast<int>(tid);
 }
 
 // 2^x on the special-function unit alone (MUFU.EX2): 2 ulp like exp2f without its subnormal fix-up; results below
@@ -234,8 +250,13 @@ inline void require(bool ok, const char* field, const std::string& message) {
   detail::require(ok, "flash2", field, message);
 }
 
-inline void check_tensor(const void* data, const Strides& strides, std::int64_t elem_bytes, const char* field) {
-  detail::check_tensor("flash2", data, strides, elem_bytes, field);
+// What the current device reports for a kernel (Variant::kernels).
+template <class Kernel>
+KernelInfo kernel_info(Kernel* kernel, std::string name, std::int64_t dynamic_shared_bytes) {
+  cudaFuncAttributes a{};
+  FL_CUDA_CHECK(cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(kernel)));
+  return {std::move(name), a.numRegs, static_cast<std::int64_t>(a.localSizeBytes),
+          static_cast<std::int64_t>(a.sharedSizeBytes), dynamic_shared_bytes};
 }
 
 // Compute capability of each device, checked once per device and process (the property query costs more than

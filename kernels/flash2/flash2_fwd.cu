@@ -33,6 +33,8 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "flash2/flash2.hpp"
 #include "flash2/flash2_common.cuh"
@@ -131,10 +133,9 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   const std::uint32_t s_v = smem_address(shared + Traits::kVOffset);
 
   // this thread's rows: in row block mt of the warp, rows lane/4 and lane/4 + 8 (mma C layout), columns
-  // 2 (lane%4) + {0,1} of each n8 tile
+  // 2 (lane%4) + {0,1} of each n8 tile. The mask and the epilogue read the thread index again (thread_id,
+  // lane_id) rather than keep these in registers across the main loop: at 255 registers ptxas spilled them.
   const int warp_row0 = warp * Traits::kRowsPerWarp;
-  const int row_in_tile = lane / 4;
-  const int col_in_tile = 2 * (lane % 4);
 
   float acc[kMTiles][Traits::kOTiles][4];
   float m_i[kMTiles][2];  // running row max of S c (c = scale log2 e), the shift of P
@@ -211,17 +212,20 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
     // mask, only on boundary tiles (causal / window edges, keys past N_k): masked scores become -inf by selection
     const bool boundary = n_start < full_lo || n_start + kBlockN - 1 > full_hi;
     if (boundary) {
+      const int tid_here = thread_id();
+      const int row_base = m_start + tid_here / 32 * Traits::kRowsPerWarp + tid_here % 32 / 4;
+      const int col_base = n_start + 2 * (tid_here % 4);
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int row = m_start + warp_row0 + mt * 16 + row_in_tile + 8 * r;
+          const int row = row_base + mt * 16 + 8 * r;
           const KeyBounds kb = key_bounds(args.window_left, args.window_right, row, seqlen_q, seqlen_k);
 #pragma unroll
           for (int t = 0; t < Traits::kSTiles; ++t) {
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-              const int col = n_start + t * 8 + col_in_tile + c;
+              const int col = col_base + t * 8 + c;
               float& x = s[mt][t][2 * r + c];
               x = (col >= kb.lo && col <= kb.hi) ? x : kNegInf;
             }
@@ -325,6 +329,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   // epilogue: l_i over the row's 4 threads, O = acc / l_i into the Q tile (every warp read its last Q fragment
   // before the loop's last barrier), LSE
   unsigned char* s_o = shared + Traits::kQOffset;
+  const int lane_end = lane_id();
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -334,13 +339,13 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
       row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
       const bool empty = m_i[mt][r] == kNegInf;  // no visible key: O = 0, LSE = -inf
       const float inv_sum = empty ? 0.0f : 1.0f / row_sum;
-      const int row = warp_row0 + mt * 16 + row_in_tile + 8 * r;
+      const int row = warp_row0 + mt * 16 + lane_end / 4 + 8 * r;
 #pragma unroll
       for (int t = 0; t < Traits::kOTiles; ++t) {
         const std::uint32_t packed = Elem<T>::pack(acc[mt][t][2 * r] * inv_sum, acc[mt][t][2 * r + 1] * inv_sum);
-        *reinterpret_cast<std::uint32_t*>(s_o + chunk_offset<QRows>(row, t) + col_in_tile * kElemBytes) = packed;
+        *reinterpret_cast<std::uint32_t*>(s_o + chunk_offset<QRows>(row, t) + 2 * (lane_end % 4) * kElemBytes) = packed;
       }
-      if (lane % 4 == 0 && row < rows_here) {
+      if (lane_end % 4 == 0 && row < rows_here) {
         const std::int64_t index = (seq.slot * args.heads + head) * args.lse_stride + seq.q_offset + m_start + row;
         args.lse[index] = empty ? kNegInf : m_i[mt][r] * kLn2 + logf(row_sum);  // m_i ln 2: back to S scale
       }
@@ -374,12 +379,13 @@ std::int64_t workspace_bytes(const Problem& p, DType dtype, Pass pass) {
 // of each head dim is its default; a run picks another with `flash2[br=..,bc=..]`. Defaults, measured on an H200
 // (bf16, 16k tokens, model dim 2048, N = 2048-16384, causal and not; suite flash2_tiles; the table with TFLOP/s and
 // the ratios to PyTorch's flash backend is in kernels/README.md "Forward"):
-//   d = 32:  128 x 64,  4 warps   0-3% ahead of 128 x 128 on all 6 rows (two runs)
+//   d = 32:  128 x 128, 4 warps   7-22% ahead of 128 x 64 on all 6 rows (two runs of the kernels without spills;
+//                                 0-3% behind it before)
 //   d = 64:  128 x 128, 4 warps   8-17% ahead of 128 x 64, more over the others
 //   d = 96:  128 x 64,  4 warps   9-34% ahead of 64 x 64
 //   d = 128: 128 x 64,  4 warps   8-25% ahead of 64 x 64, 8-18% ahead of 128 x 32
 //   d = 256: 64 x 64,   4 warps   (16 rows per warp: O alone is 128 registers per thread) ahead of 128 x 64 with
-//                                 8 warps on 10 of 12 rows over two runs (by up to 11%), at most 3% behind
+//                                 8 warps on 12 of 18 rows over three runs (by up to 11%), at most 3% behind
 struct ForwardConfig {
   int head_dim;
   int block_m;
@@ -387,7 +393,7 @@ struct ForwardConfig {
   int warps;
 };
 constexpr ForwardConfig kForwardConfigs[] = {
-    {32, 128, 64, 4},   {32, 64, 64, 4},   {32, 128, 128, 4},                                      //
+    {32, 128, 128, 4},  {32, 64, 64, 4},   {32, 128, 64, 4},                                       //
     {64, 128, 128, 4},  {64, 32, 64, 2},   {64, 64, 64, 4},  {64, 128, 64, 4}, {64, 256, 64, 8},  //
     {96, 128, 64, 4},   {96, 64, 64, 4},                                                           //
     {128, 128, 64, 4},  {128, 64, 64, 4},  {128, 128, 32, 4}, {128, 64, 128, 4},                   //
@@ -456,22 +462,31 @@ void forward_dispatch(const ForwardArgs& args, const Problem& p, int block_m, in
   }
 }
 
+template <class T, std::size_t... kConfigs>
+void add_forward_kernels(std::vector<KernelInfo>& list, std::index_sequence<kConfigs...>) {
+  auto add = [&list](auto config) {
+    constexpr ForwardConfig c = kForwardConfigs[decltype(config)::value];
+    using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
+    list.push_back(kernel_info(forward_kernel<Traits, T>,
+                               "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
+                                   std::to_string(c.block_n) + " " + Elem<T>::kName,
+                               Traits::kSharedBytes));
+  };
+  (add(std::integral_constant<std::size_t, kConfigs>{}), ...);
+}
+
+std::vector<KernelInfo> kernels() {
+  std::vector<KernelInfo> list;
+  add_forward_kernels<__half>(list, std::make_index_sequence<kForwardConfigCount>{});
+  add_forward_kernels<__nv_bfloat16>(list, std::make_index_sequence<kForwardConfigCount>{});
+  for (KernelInfo& k : backward_kernels()) list.push_back(std::move(k));
+  return list;
+}
+
 void forward(const AttentionParams& params, const LaunchContext& ctx) {
-  const Problem& p = params.problem;
-  p.validate();
-  const Support support = supports(p, params.dtype, Pass::fwd);
-  if (!support.ok) throw Unsupported(support.reason);
-  const std::int64_t s = size_bytes(params.dtype);
-  check_tensor(params.q, params.q_strides, s, "q");
-  check_tensor(params.k, params.k_strides, s, "k");
-  check_tensor(params.v, params.v_strides, s, "v");
-  check_tensor(params.o, params.o_strides, s, "o");
-  require(params.lse != nullptr, "lse", "is null");
-  if (p.is_varlen()) {
-    require(params.cu_seqlens_q != nullptr && params.cu_seqlens_k != nullptr, "cu_seqlens_q",
-            "and cu_seqlens_k must be device arrays for a varlen problem");
-  }
+  detail::check_launch("flash2", params, Pass::fwd, supports);
   require_sm80();
+  const Problem& p = params.problem;
 
   const Window w = p.effective_window();
   ForwardArgs args{};
@@ -504,7 +519,7 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
     case DType::bf16: return forward_dispatch<__nv_bfloat16>(args, p, params.block_m, params.block_n, stream);
     default: break;
   }
-  throw Unsupported(support.reason);
+  throw Unsupported("flash2: no kernel for dtype " + std::string(name(params.dtype)) + " (fp16, bf16)");
 }
 
 }  // namespace
@@ -564,6 +579,7 @@ Variant flash2_variant() {
   v.bytes_model = flash2::bytes_model;
   v.forward = flash2::forward;
   v.backward = flash2::backward;
+  v.kernels = flash2::kernels;
   return v;
 }
 

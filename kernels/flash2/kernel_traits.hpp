@@ -123,6 +123,10 @@ struct BackwardTraits : TileRows<kHeadDim_, kElemBytes_, false> {
   static constexpr int kDqCols = kHeadDim / (kWarps / kWarpsMdQ);
   static constexpr int kDqMTiles = kDqRows / 16;
   static constexpr int kDqNTiles = kDqCols / 8;
+  // ... computed in column passes of kDqPassTiles n8 tiles: two where one pass would hold 64 fp32 per thread (d = 256,
+  // beside 128 of dK and dV), so the phase keeps the register budget of the others
+  static constexpr int kDqPasses = kDqMTiles * kDqNTiles * 4 >= 64 ? 2 : 1;
+  static constexpr int kDqPassTiles = kDqNTiles / kDqPasses;
 
   // P and dS ([query][key], written by the threads' stores, not cp.async) keep rows padded by one 16-byte chunk
   static constexpr int kPRowBytes = (kBlockN + kChunkElems) * kElemBytes;
@@ -132,7 +136,7 @@ struct BackwardTraits : TileRows<kHeadDim_, kElemBytes_, false> {
   static constexpr int kPTileBytes = kBlockM * kPRowBytes;
   static_assert(kQTileBytes % 128 == 0 && kKVTileBytes % 128 == 0 && kPTileBytes % 128 == 0,
                 "tiles start 128-byte aligned (pair_address)");
-  // layout: K | V | Q stages | dO stages | P | dS | LSE stage 0, 1 | D stage 0, 1
+  // layout: K | V | Q stages | dO stages | P | dS | LSE stage 0, 1 | D stage 0, 1 | loop scalars
   static constexpr int kKOffset = 0;
   static constexpr int kVOffset = kKVTileBytes;
   static constexpr int kQOffset = 2 * kKVTileBytes;
@@ -141,11 +145,17 @@ struct BackwardTraits : TileRows<kHeadDim_, kElemBytes_, false> {
   static constexpr int kDsOffset = kPOffset + kPTileBytes;
   static constexpr int kLseOffset = kDsOffset + kPTileBytes;
   static constexpr int kDOffset = kLseOffset + 2 * kBlockM * 4;
-  static constexpr int kSharedBytes = kDOffset + 2 * kBlockM * 4;
+  // The main loop's pointers (LoopScalars in flash2_bwd.cu) in registers, or read from shared memory at each use:
+  // measured on an H200 (bf16, N = 2048-16384, both in one session), registers are 1% faster at d = 128 and 3% at
+  // d = 256, shared memory 3-5% at d = 64 (both without spills).
+  static constexpr bool kLoopPointersInRegisters = kHeadDim >= 128;
+  static constexpr int kScalarsOffset = kDOffset + 2 * kBlockM * 4;  // LoopScalars (flash2_bwd.cu)
+  static constexpr int kSharedBytes = kScalarsOffset + 64;
 
   static_assert(kSdpRows % 16 == 0 && kSdpCols % 16 == 0, "S / dP warp tiles: m16 rows, n16 column pairs");
   static_assert(kDkvRows % 16 == 0 && kDkvCols % 16 == 0, "dK / dV warp tiles: m16 rows, n16 column pairs");
-  static_assert(kDqRows % 16 == 0 && kDqCols % 16 == 0, "dQ warp tiles: m16 rows, n16 column pairs");
+  static_assert(kDqRows % 16 == 0 && kDqCols % 16 == 0 && kDqPassTiles % 2 == 0,
+                "dQ warp tiles and passes: m16 rows, n16 column pairs");
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "k16 steps over queries and keys");
   static_assert((kBlockM * kChunksPerRow) % kThreads == 0, "every thread loads the same number of Q / dO chunks");
   static_assert((kBlockN * kChunksPerRow) % kThreads == 0, "every thread loads the same number of K / V chunks");

@@ -1,6 +1,6 @@
-// Launch-time checks shared by the GPU variants (internal header of kernels/): what supports() cannot see about
-// the caller's tensors (null pointers, alignment, strides). Each throws InvalidProblem naming the variant and the
-// field.
+// Launch-time checks shared by the GPU variants (internal header of kernels/): the problem and the support rules
+// again, and what supports() cannot see about the caller's tensors (null pointers, alignment, strides). Each
+// throws InvalidProblem (Unsupported for the support rules) naming the variant and the field.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +28,33 @@ inline void check_tensor(const char* variant, const void* data, const Strides& s
           "strides (batch " + std::to_string(strides.batch) + ", token " + std::to_string(strides.token) + ", head " +
               std::to_string(strides.head) + ") must be multiples of " + std::to_string(multiple) +
               " elements (16 bytes)");
+}
+
+// Everything a launch of `pass` checks before it allocates or launches: the problem is valid, the variant's
+// `supports` accepts it, Q, K, V, O (and for bwd and fwdbwd dO, dQ, dK, dV) pass check_tensor, LSE is given, and a
+// varlen problem has its offsets.
+inline void check_launch(const char* variant, const AttentionParams& params, Pass pass,
+                         Support (*supports)(const Problem&, DType, Pass)) {
+  const Problem& p = params.problem;
+  p.validate();
+  const Support support = supports(p, params.dtype, pass);
+  if (!support.ok) throw Unsupported(support.reason);
+  const std::int64_t s = size_bytes(params.dtype);
+  check_tensor(variant, params.q, params.q_strides, s, "q");
+  check_tensor(variant, params.k, params.k_strides, s, "k");
+  check_tensor(variant, params.v, params.v_strides, s, "v");
+  check_tensor(variant, params.o, params.o_strides, s, "o");
+  require(params.lse != nullptr, variant, "lse", "is null");
+  if (pass != Pass::fwd) {
+    check_tensor(variant, params.d_out, params.d_out_strides, s, "d_out");
+    check_tensor(variant, params.dq, params.dq_strides, s, "dq");
+    check_tensor(variant, params.dk, params.dk_strides, s, "dk");
+    check_tensor(variant, params.dv, params.dv_strides, s, "dv");
+  }
+  if (p.is_varlen()) {
+    require(params.cu_seqlens_q != nullptr && params.cu_seqlens_k != nullptr, variant, "cu_seqlens_q",
+            "and cu_seqlens_k must be device arrays for a varlen problem");
+  }
 }
 
 }  // namespace flashlab::kernels::detail

@@ -42,10 +42,15 @@
 #include "flashlab/core/errors.hpp"
 #include "src/check.hpp"
 #include "src/launch_checks.hpp"
+#include "src/workspace_parts.hpp"
 #include "standard/standard.hpp"
 
 namespace flashlab::kernels {
 namespace {
+
+using detail::Carver;
+using detail::kPartAlignment;
+using detail::round_up;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Constants and checks
@@ -53,7 +58,6 @@ namespace {
 // cuBLAS's recommended workspace on Hopper (cublasSetWorkspace documentation; 4 MiB suffices before Hopper).
 // One constant for every device keeps workspace_model() a function of the problem alone.
 constexpr std::int64_t kCublasWorkspaceBytes = std::int64_t{32} << 20;
-constexpr std::int64_t kPartAlignment = 256;  // every part of the workspace starts 256-byte aligned
 constexpr std::int64_t kVectorBytes = 16;     // one vector load/store
 constexpr int kForwardTensors = 4;            // Q K V O
 constexpr int kBackwardTensors = 7;           // Q K V dO dQ dK dV
@@ -68,10 +72,6 @@ void check_cublas(cublasStatus_t status, const char* call, const char* file, int
   }
 }
 #define FL_CUBLAS_CHECK(call) check_cublas((call), #call, FL_SOURCE_FILE, __LINE__)
-
-std::int64_t round_up(std::int64_t x, std::int64_t multiple) {
-  return (x + multiple - 1) / multiple * multiple;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Element types
@@ -820,57 +820,6 @@ void zero_rows(char* data, std::int64_t elem_bytes, std::int64_t slots, std::int
   FL_CUDA_CHECK_LAUNCH("zero_rows_kernel");
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Launch checks: what supports() cannot see (pointers, strides, alignment).
-
-void require(bool ok, const char* field, const std::string& message) {
-  detail::require(ok, "standard", field, message);
-}
-
-void check_tensor(const void* data, const Strides& strides, std::int64_t elem_bytes, const char* field) {
-  detail::check_tensor("standard", data, strides, elem_bytes, field);
-}
-
-void check_launch(const AttentionParams& params, Pass pass) {
-  params.problem.validate();
-  const Support support = supports(params.problem, params.dtype, pass);
-  if (!support.ok) throw Unsupported(support.reason);
-  const std::int64_t s = size_bytes(params.dtype);
-  check_tensor(params.q, params.q_strides, s, "q");
-  check_tensor(params.k, params.k_strides, s, "k");
-  check_tensor(params.v, params.v_strides, s, "v");
-  check_tensor(params.o, params.o_strides, s, "o");
-  require(params.lse != nullptr, "lse", "is null");
-  if (pass != Pass::fwd) {
-    check_tensor(params.d_out, params.d_out_strides, s, "d_out");
-    check_tensor(params.dq, params.dq_strides, s, "dq");
-    check_tensor(params.dk, params.dk_strides, s, "dk");
-    check_tensor(params.dv, params.dv_strides, s, "dv");
-  }
-  if (params.problem.is_varlen()) {
-    require(params.cu_seqlens_q != nullptr && params.cu_seqlens_k != nullptr, "cu_seqlens_q",
-            "and cu_seqlens_k must be device arrays for a varlen problem");
-  }
-}
-
-// One allocation, carved into 256-byte aligned parts in the order the plan lists them.
-class Carver {
- public:
-  explicit Carver(const Workspace& w) : next_(w.as<char>()) {
-    if (reinterpret_cast<std::uintptr_t>(next_) % kPartAlignment != 0) {
-      throw std::invalid_argument("standard: the workspace allocator returned memory not aligned to 256 bytes");
-    }
-  }
-  char* take(std::int64_t bytes) {
-    char* part = next_;
-    next_ += bytes;
-    return part;
-  }
-
- private:
-  char* next_;
-};
-
 Rows rows_of(const AttentionParams& params, const Segment& seg) {
   const Problem& p = params.problem;
   const Window w = p.effective_window();
@@ -940,7 +889,7 @@ void zero_padding(char* buffer, const Plan& plan, std::int64_t heads, cudaStream
 
 template <class T>
 void forward_impl(const AttentionParams& params, const LaunchContext& ctx) {
-  check_launch(params, Pass::fwd);
+  detail::check_launch("standard", params, Pass::fwd, supports);
   const Problem& p = params.problem;
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   const Plan plan = make_plan(p, params.dtype, Pass::fwd);
@@ -951,7 +900,7 @@ void forward_impl(const AttentionParams& params, const LaunchContext& ctx) {
   // every allocation before the first launch: an OutOfMemory leaves nothing enqueued
   const Workspace workspace(ctx.workspace, static_cast<std::size_t>(plan.total_bytes(1)),
                             "standard forward: S/P [B, H, N_q, N_k], GEMM pointer arrays, cuBLAS workspace");
-  Carver carve(workspace);
+  Carver carve(workspace, "standard");
   auto** pointers = reinterpret_cast<void**>(carve.take(plan.pointer_bytes));
   char* scores = carve.take(plan.score_bytes);
   void* cublas_workspace = carve.take(kCublasWorkspaceBytes);
@@ -998,7 +947,7 @@ void forward_impl(const AttentionParams& params, const LaunchContext& ctx) {
 
 template <class T>
 void backward_impl(const AttentionParams& params, const LaunchContext& ctx) {
-  check_launch(params, Pass::bwd);
+  detail::check_launch("standard", params, Pass::bwd, supports);
   const Problem& p = params.problem;
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   const Plan plan = make_plan(p, params.dtype, Pass::bwd);
@@ -1009,7 +958,7 @@ void backward_impl(const AttentionParams& params, const LaunchContext& ctx) {
   const Workspace workspace(ctx.workspace, static_cast<std::size_t>(plan.total_bytes(2)),
                             "standard backward: S/P and dP/dS [B, H, N_q, N_k], GEMM pointer arrays, "
                             "fp32 dK/dV accumulators (GQA), cuBLAS workspace");
-  Carver carve(workspace);
+  Carver carve(workspace, "standard");
   auto** pointers = reinterpret_cast<void**>(carve.take(plan.pointer_bytes));
   auto* acc_k = reinterpret_cast<float*>(carve.take(plan.acc_k_bytes));
   auto* acc_v = reinterpret_cast<float*>(carve.take(plan.acc_v_bytes));

@@ -186,6 +186,27 @@ TEST_CASE("flash2 is registered with its support rules", "[gpu][flash2]") {
   CHECK(v.workspace_model(p, DType::fp16, Pass::fwdbwd) == v.workspace_model(p, DType::fp16, Pass::bwd));
 }
 
+// Issue requirement: no local-memory spills. cudaFuncGetAttributes' localSizeBytes counts spill slots and stack
+// frames; the kernels have neither, so every compiled kernel (both dtypes, every forward tile, every backward tile
+// and helper kernel) must report 0, on the architecture this build runs (sm_80 or sm_90a SASS).
+TEST_CASE("no flash2 kernel uses local memory (no register spills)", "[gpu][flash2]") {
+  const kernels::Variant& v = variant("flash2");
+  REQUIRE(v.kernels);
+  const std::vector<kernels::KernelInfo> list = v.kernels();
+  int forward = 0, backward_main = 0;
+  for (const kernels::KernelInfo& k : list) {
+    INFO(k.name << ": " << k.registers << " registers, " << k.local_bytes << " bytes of local memory");
+    CHECK(k.local_bytes == 0);
+    CHECK(k.registers > 0);
+    CHECK(k.registers <= 255);
+    forward += k.name.rfind("forward d=", 0) == 0;
+    backward_main += k.name.rfind("backward d=", 0) == 0;
+  }
+  CHECK(forward == 2 * 17);                           // the forward tiles of kernels/README.md, fp16 and bf16
+  CHECK(backward_main == 2 * 6);                      // d = 32, 64 (one and two dO buffers), 96, 128, 256
+  CHECK(list.size() == std::size_t(forward + backward_main + 2 * 3));  // + preprocess, dQ conversion, GQA sums
+}
+
 TEST_CASE("flash2 forward matches the fp64 reference under the baseline rule", "[gpu][flash2]") {
   for (const Case& c : accuracy_cases()) {
     for (DType dtype : {DType::fp16, DType::bf16}) check_case(c, dtype);

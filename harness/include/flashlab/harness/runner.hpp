@@ -32,7 +32,8 @@ struct RunOptions {
 // Runs a suite; returns an ExitCode. Throws SuiteError (malformed suite) before anything runs.
 int run_suite(const RunOptions& options);
 
-// `flashlab list`: the registry and the device found.
-int list_variants();
+// `flashlab list`: the registry and the device found; with `with_kernels`, each GPU variant's compiled kernels and their
+// resources on that device (one line each; a kernel with local memory is marked).
+int list_variants(bool with_kernels = false);
 
 }  // namespace flashlab::harness

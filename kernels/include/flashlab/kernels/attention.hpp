@@ -82,6 +82,15 @@ struct Support {
   [[nodiscard]] static Support no(std::string why) { return {false, std::move(why)}; }
 };
 
+// A compiled GPU kernel of a variant and what the device reports for it (cudaFuncGetAttributes).
+struct KernelInfo {
+  std::string name;                       // e.g. "forward d=64 128x128 bf16"
+  int registers = 0;                      // per thread
+  std::int64_t local_bytes = 0;           // per thread: spilled registers and stack; 0 when all stays in registers
+  std::int64_t static_shared_bytes = 0;   // per block
+  std::int64_t dynamic_shared_bytes = 0;  // per block, as launched
+};
+
 // One registry entry (STYLE.md 1). `flashlab list`, the README table and the harness all read these.
 struct Variant {
   std::string id;           // e.g. "standard"
@@ -98,6 +107,9 @@ struct Variant {
   std::function<double(const Problem&, DType, Pass, int block_m, int block_n)> bytes_model;
   std::function<void(const AttentionParams&, const LaunchContext&)> forward;
   std::function<void(const AttentionParams&, const LaunchContext&)> backward;
+  // The variant's own compiled kernels on the current CUDA device (throws without one); empty function: none
+  // reported. `flashlab list --kernels` prints them; the GPU tests require local_bytes = 0 (no spills).
+  std::function<std::vector<KernelInfo>()> kernels;
   // Run options a suite may give as `id[name=value,...]`, each with its one-line meaning.
   // "deterministic" (0 or 1) sets AttentionParams::deterministic; "br" and "bc" (positive integers) set
   // AttentionParams::block_m and block_n.
