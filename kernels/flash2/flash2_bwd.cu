@@ -856,7 +856,8 @@ void add_backward_kernels(std::vector<KernelInfo>& list) {
   auto tile = [](auto traits) {
     using Traits = decltype(traits);
     return "backward d=" + std::to_string(kHeadDim) + " " + std::to_string(Traits::kBlockM) + "x" +
-           std::to_string(Traits::kBlockN) + (Traits::kStagesDo == 2 ? " dO x2 " : " ") + Elem<T>::kName;
+           std::to_string(Traits::kBlockN) + (Traits::kStagesDo == 2 ? " dO x2 " : " ") +
+           std::string(name(Elem<T>::kDType));
   };
   list.push_back(kernel_info(backward_kernel<Small, T>, tile(Small{}), Small::kSharedBytes));
   if constexpr (!std::is_same_v<Small, Large>) {
@@ -871,7 +872,7 @@ void add_backward_kernels(std::vector<KernelInfo>& list) {
   add_backward_kernels<T, 96>(list);
   add_backward_kernels<T, 128>(list);
   add_backward_kernels<T, 256>(list);
-  const std::string dtype = Elem<T>::kName;
+  const std::string dtype(name(Elem<T>::kDType));
   list.push_back(kernel_info(preprocess_kernel<T>, "backward preprocess " + dtype, 0));
   list.push_back(kernel_info(convert_dq_kernel<T>, "backward dQ conversion " + dtype, 0));
   list.push_back(kernel_info(sum_groups_kernel<T>, "backward GQA sums " + dtype, 0));

@@ -33,7 +33,7 @@ template <class T>
 struct Elem;
 template <>
 struct Elem<__half> {
-  static constexpr const char* kName = "fp16";
+  static constexpr DType kDType = DType::fp16;
   // two fp32 values as one packed register of the mma's A operand (round to nearest)
   __device__ static std::uint32_t pack(float lo, float hi) {
     const __half2 h = __floats2half2_rn(lo, hi);
@@ -49,7 +49,7 @@ struct Elem<__half> {
 };
 template <>
 struct Elem<__nv_bfloat16> {
-  static constexpr const char* kName = "bf16";
+  static constexpr DType kDType = DType::bf16;
   __device__ static std::uint32_t pack(float lo, float hi) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const std::uint32_t*>(&h);

@@ -469,7 +469,7 @@ void add_forward_kernels(std::vector<KernelInfo>& list, std::index_sequence<kCon
     using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
     list.push_back(kernel_info(forward_kernel<Traits, T>,
                                "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
-                                   std::to_string(c.block_n) + " " + Elem<T>::kName,
+                                   std::to_string(c.block_n) + " " + std::string(name(Elem<T>::kDType)),
                                Traits::kSharedBytes));
   };
   (add(std::integral_constant<std::size_t, kConfigs>{}), ...);
