@@ -3,6 +3,8 @@
 RESULTS_DIR holds results.csv and run.json, and may hold peers.csv (experiments/peers/torch_sdpa.py: other
 implementations measured on the same problems, in the same columns), whose rows join the figures.
 
+report.md and its tables (tables/NAME.tex, LaTeX) are written beside the figures.
+
 Exit status 0 when the report is written, 2 on malformed input (one line on stderr naming the file and the
 problem: results.csv missing or unreadable, a required column missing, a field that does not parse, run.json
 that is not a JSON object). A run.json that does not exist is not an error: the report says so.
@@ -17,7 +19,8 @@ from typing import List, Optional
 
 from . import markdown
 from .data import RESULTS_FILE, RUN_FILE, InputError, load_results, load_run
-from .figures import Outcome, render_all
+from .figures import Context, Outcome, render_all
+from .numerics import error_tables
 
 REPORT_FILE = "report.md"
 PEERS_FILE = "peers.csv"
@@ -37,7 +40,8 @@ def make_report(results_dir: str, out_dir: Optional[str] = None) -> List[Outcome
     out_dir = out_dir or os.path.join(results_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     outcomes = render_all(results, run, out_dir)
-    markdown.write(os.path.join(out_dir, REPORT_FILE), results, run, outcomes)
+    sections = [("Numerical error", error_tables(results, Context.of(results, run)))]
+    markdown.write(os.path.join(out_dir, REPORT_FILE), results, run, outcomes, sections)
     return outcomes
 
 

@@ -30,6 +30,30 @@ NUMBER_COLUMNS = ("softmax_scale", "time_median_ms", "time_p20_ms", "time_p80_ms
                   "dram_read_bytes", "dram_write_bytes", "l2_read_bytes", "l2_write_bytes",
                   "bytes_model_min", "bytes_model_variant")
 
+# Verification: per output tensor t, columns err_{t}_{metric} (empty where t is not verified, e.g. the gradients
+# of a forward row). Numbers: the errors against the fp64 reference, those of the baseline (standard attention
+# in the run's dtype; empty on materializing rows, which have none) and of the fp32-upcast baseline, the floor of
+# the baseline rule, the a-priori bounds (deterministic and probabilistic) and their tightness (bound / max abs).
+# Text: the worst index "b,n,h,c" and the verdicts "1" / "0" / empty.
+TENSORS = ("o", "lse", "dq", "dk", "dv")
+ERROR_NUMBERS = ("max_abs", "rel_fro", "rmse", "bias", "max_rel",
+                 "baseline", "baseline_rel_fro", "baseline_rmse", "baseline_bias", "baseline_max_rel",
+                 "upcast", "upcast_rmse", "floor", "bound", "bound_prob", "tightness", "tightness_prob",
+                 "prob_exceed")
+ERROR_TEXTS = ("worst_index", "rule_pass", "bound_pass", "pass")
+# Per row: which heads and query rows were verified ("all", a sample, or "none: why"), the verdict, the lambda
+# of the probabilistic bound, and the variant's data path (the rounding points the bound assumes).
+VERIFY_COLUMNS = ("verified_heads", "verified_rows", "verify_pass", "bound_lambda", "data_path")
+
+
+def error_column(tensor: str, metric: str) -> str:
+    """The column of one verification metric of one output tensor: err_o_max_abs."""
+    return f"err_{tensor}_{metric}"
+
+
+ERROR_COLUMNS = tuple(error_column(t, m) for t in TENSORS for m in ERROR_NUMBERS + ERROR_TEXTS)
+NUMBER_COLUMNS += tuple(error_column(t, m) for t in TENSORS for m in ERROR_NUMBERS) + ("bound_lambda",)
+
 STATUSES = ("ok", "oom", "unsupported", "error")
 PASS_ORDER = ("fwd", "bwd", "fwdbwd")
 DTYPE_ORDER = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3")
@@ -180,7 +204,7 @@ def split_variant(name: str) -> Tuple[str, Dict[str, str]]:
 
 # --- ordering --------------------------------------------------------------------------------------------
 
-_PREFERRED = {"pass": PASS_ORDER, "dtype": DTYPE_ORDER, "status": STATUSES}
+_PREFERRED = {"pass": PASS_ORDER, "dtype": DTYPE_ORDER, "status": STATUSES, "tensor": TENSORS}
 
 
 def order_key(column: str) -> Callable[[Any], Tuple]:
@@ -279,3 +303,18 @@ def column_sum(*names: str) -> Callable[[Row], Optional[float]]:
 
 def oom_ns(rows: Iterable[Row], x: str = "seqlen_q") -> List[int]:
     return sorted({row[x] for row in rows if row["status"] == "oom"})
+
+
+# --- verification ----------------------------------------------------------------------------------------
+
+FAILED, UNVERIFIED, VERIFIED = "failed", "not verified", "verified"
+
+
+def verification(row: Row) -> str:
+    """FAILED for a row that did not run to the end (status error or oom) or failed its check (verify_pass 0);
+    UNVERIFIED for a row whose verified_heads is empty or says "none: why"; VERIFIED otherwise (a row with
+    errors but no verdict, a peer measured against fp64 without the rule, counts as verified)."""
+    if row.get("status") in ("error", "oom") or str(row.get("verify_pass") or "").strip() == "0":
+        return FAILED
+    heads = str(row.get("verified_heads") or "").strip().lower()
+    return UNVERIFIED if not heads or heads.startswith("none") else VERIFIED

@@ -23,7 +23,7 @@ from . import style
 from .data import (NUMBER_COLUMNS, SETTING_COLUMNS, Results, Row, column, column_sum, group_by, order_key,
                    split_variant)
 from .figures import PASS_LABELS, TRAFFIC_QUANTITIES, Context, Drawn, figure
-from .markdown import cell, code, table
+from .tables import Code, Table, code, markdown_cell
 from .scaling import line_handle
 
 GIGA = 1e9
@@ -292,24 +292,29 @@ def _xy(rows: Sequence[Tuple[int, Row]], value: Callable[[Row], Optional[float]]
 
 
 def _markdown(setting: str, variant_id: str, main_bc: Optional[int], blocks: Dict[Tuple, Row],
-              compared: Dict[Tuple, Row], missing: Sequence[Row]) -> List[str]:
-    """report.md lines under the figure: its numbers, the rows not drawn, and what the block size does."""
+              compared: Dict[Tuple, Row], missing: Sequence[Row]) -> List[Any]:
+    """report.md items under the figure: its numbers (tables), the rows not drawn, and what the block size does."""
     bc_label = DEFAULT if main_bc is None else str(main_bc)
     labels = [label for label, _ in QUANTITIES]
-    lines = [f"Problem: {setting}. Standard against the flash variants (the left panel: forward + backward):", ""]
-    rows = [[code(v), p] + [number(value(row)) for _, value in QUANTITIES] for (p, v), row in compared.items()]
-    lines += table(["variant", "pass"] + labels, rows, "ll" + "r" * len(labels)) + [""]
-    rows = [[str(br), DEFAULT if bc is None else str(bc), code(row["variant"])]
+    lines: List[Any] = [f"Problem: {setting}. Standard against the flash variants (the left panel: forward + "
+                        "backward):", ""]
+    rows = [[Code(v), p] + [number(value(row)) for _, value in QUANTITIES] for (p, v), row in compared.items()]
+    lines += [Table("figure2_variants", ["variant", "pass"] + labels, rows, "ll" + "r" * len(labels),
+                    f"Standard attention against the flash variants on {setting} (FlashAttention Figure 2, left)."),
+              ""]
+    rows = [[str(br), DEFAULT if bc is None else str(bc), Code(row["variant"])]
             + [number(value(row)) for _, value in QUANTITIES[1:]] for (br, bc), row in blocks.items()]
-    rows += [[DEFAULT, DEFAULT, code(v)] + [number(value(row)) for _, value in QUANTITIES[1:]]
+    rows += [[DEFAULT, DEFAULT, Code(v)] + [number(value(row)) for _, value in QUANTITIES[1:]]
              for (p, v), row in compared.items() if v == variant_id and p == "fwd"]
     lines += [f"Forward of `{variant_id}` against the block size (the right panel draws bc = {bc_label} as lines):",
               ""]
-    lines += table(["br", "bc", "variant"] + labels[1:], rows, "rrl" + "r" * (len(labels) - 1)) + [""]
+    lines += [Table("figure2_blocks", ["br", "bc", "variant"] + labels[1:], rows, "rrl" + "r" * (len(labels) - 1),
+                    f"The forward of {variant_id} against the block size br on {setting} (FlashAttention Figure 2, "
+                    "right)."), ""]
     if missing:
         lines += ["Not drawn (not ok):", ""]
         lines += [f"- {code(r['variant'])} {r['pass']}: {r['status']}"
-                  + (f" ({cell(r['reason'])})" if r.get("reason") else "") for r in missing] + [""]
+                  + (f" ({markdown_cell(r['reason'])})" if r.get("reason") else "") for r in missing] + [""]
     lines += ["In FlashAttention-2's forward each CTA keeps br query rows on chip and streams every K/V tile of "
               "its head, so K and V are re-read once per query block: the modelled K/V traffic falls as 1/br, "
               "while DRAM traffic need not fall if L2 (tens of MB) holds the K and V of a head.", ""]

@@ -14,8 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from matplotlib.lines import Line2D
+
 from . import style
-from .data import (Results, column, column_sum, group_by, oom_ns, ordered, plotted_rows, points, setting_columns)
+from .data import (UNVERIFIED, Results, column, column_sum, group_by, oom_ns, ordered, plotted_rows, points,
+                   setting_columns, verification)
 from .scaling import MAX_COLUMNS, Panel, Series, SlopeRow, draw_grid, line_handle, oom_handle
 
 
@@ -45,7 +48,7 @@ class Drawn:
     figure: object                  # matplotlib Figure
     slopes: List[SlopeRow]
     notes: List[str] = field(default_factory=list)
-    markdown: List[str] = field(default_factory=list)  # lines for report.md under the figure (its numbers)
+    markdown: List[Any] = field(default_factory=list)  # report.md under the figure: lines and tables.Table
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Outcome:
     skipped: str = ""                               # why not, when skipped
     slopes: List[SlopeRow] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
-    markdown: List[str] = field(default_factory=list)
+    markdown: List[Any] = field(default_factory=list)
     applies: bool = True                            # False: not a figure of this file, left out of the report
 
 
@@ -119,6 +122,7 @@ def render_all(results: Results, run: Optional[Dict[str, Any]], out_dir: str) ->
 # --- shared pieces ---------------------------------------------------------------------------------------
 
 PASS_LABELS = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward"}
+TENSOR_LABELS = {"o": "O", "lse": "LSE", "dq": "dQ", "dk": "dK", "dv": "dV"}
 N_LABEL = "sequence length N (seqlen_q)"
 
 
@@ -136,19 +140,27 @@ def describe(columns: Sequence[str], values: Sequence) -> str:
             parts.append(f"N_k={v}")
         elif c == "variant":
             parts.append(str(v))
+        elif c == "tensor":
+            parts.append(TENSOR_LABELS.get(v, str(v)))
         else:
             parts.append(f"{c}={'' if v is None else v}")
     return ", ".join(parts)
 
 
-def _merged_note(figure: str, series: Sequence[Series]) -> List[str]:
+def merged_note(figure: str, series: Sequence[Series]) -> List[str]:
     merged = sum(s.merged for s in series)
     return [f"{figure}: {merged} values at an N already measured for their line were merged (median)"] \
         if merged else []
 
 
-def _dtype_legend(context: Context, dtypes: Sequence[str]) -> List[Tuple[object, str]]:
+def dtype_legend(context: Context, dtypes: Sequence[str]) -> List[Tuple[object, str]]:
     return [(line_handle(style.MODEL_GRAY, context.markers[d], "none"), d) for d in dtypes]
+
+
+def unverified_handle(marker: str = "o") -> Line2D:
+    """Legend entry of a point whose row was not verified: a hollow marker."""
+    return Line2D([], [], color=style.UNVERIFIED_GRAY, marker=marker, markerfacecolor="none", linestyle="none",
+                  markersize=6)
 
 
 # --- memory ----------------------------------------------------------------------------------------------
@@ -179,7 +191,7 @@ def _memory(results: Results, context: Context, name: str, title: str, value, mo
         return None
     legend = [(line_handle(context.colors[v]), f"{v} (N×N)" if context.materializes.get(v) else v)
               for v in results.distinct("variant") if v in variants]
-    legend += _dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
+    legend += dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
     legend.append((line_handle(style.MODEL_GRAY, None, "--"), "model (dashed)"))
     if any(s.oom for s in all_series):
         legend.append((oom_handle(), "OOM"))
@@ -187,7 +199,7 @@ def _memory(results: Results, context: Context, name: str, title: str, value, mo
     if capacity and context.device_memory:
         hline = (context.device_memory, f"device memory {style.format_bytes(context.device_memory)}")
     fig, slopes = draw_grid(name, title, panels, ("pass",), panel_columns[1:], N_LABEL, ylabel, legend, hline)
-    return Drawn(fig, slopes, _merged_note(name, all_series))
+    return Drawn(fig, slopes, merged_note(name, all_series))
 
 
 @figure("memory", "Workspace memory vs N",
@@ -250,19 +262,20 @@ def traffic(results: Results, context: Context) -> Optional[Drawn]:
         return None
     legend = [(line_handle(color, None, "-" if measured else "--"), quantity)
               for quantity, _, color, measured in TRAFFIC_QUANTITIES]
-    legend += _dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
+    legend += dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
     if any(s.oom for s in all_series):
         legend.append((oom_handle(), "OOM"))
     fig, slopes = draw_grid("traffic", "HBM traffic vs N", panels, ("variant",), panel_columns[1:], N_LABEL,
                             "bytes per pass", legend)
-    return Drawn(fig, slopes, _merged_note("traffic", all_series))
+    return Drawn(fig, slopes, merged_note("traffic", all_series))
 
 
 # --- speed -----------------------------------------------------------------------------------------------
 
 @figure("speed", "Speed vs N",
         "TFLOP/s (the flops model over the median time) against N in the FlashAttention-2 paper's style: one panel "
-        "per (pass, head dim, causal), one line per variant and peer (peers.csv), the dtype by marker.",
+        "per (pass, head dim, causal), one line per variant and peer (peers.csv), the dtype by marker; hollow "
+        "markers: rows not verified (verified_heads empty or 'none: ...').",
         columns=("tflops",), measured=("tflops",))
 def speed(results: Results, context: Context) -> Optional[Drawn]:
     rows = [r for r in results.rows if r.get("status") == "ok" and r.get("tflops") is not None]
@@ -276,6 +289,8 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
     grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=[style.PANEL_SIZE[1]] * nrows + [0.5])
     top = max(r["tflops"] for r in rows)
     variants, dtypes, merged = [], set(), 0
+    marks = results.has("verified_heads")  # a file older than the column says nothing about verification
+    any_hollow = False
     first = None
     for p_index, pass_name in enumerate(passes):
         for c_index, (head_dim, causal) in enumerate(cells):
@@ -297,14 +312,25 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
                 if not ns:
                     continue
                 merged += extra
-                ax.plot(ns, ys, color=context.colors[variant], marker=context.markers[dtype], linewidth=1.4,
-                        markersize=4)
+                # An N is drawn hollow when a row merged into it was not verified.
+                hollow = {r["seqlen_q"] for r in line_rows if marks and r["status"] == "ok"
+                          and r.get("tflops") is not None and verification(r) == UNVERIFIED}
+                filled = [i for i, n in enumerate(ns) if n not in hollow]
+                color, marker = context.colors[variant], context.markers[dtype]
+                ax.plot(ns, ys, color=color, marker=marker if filled else None, linewidth=1.4, markersize=4,
+                        markevery=filled if len(filled) < len(ns) else None)
+                if len(filled) < len(ns):
+                    ax.plot([n for n in ns if n in hollow], [y for n, y in zip(ns, ys) if n in hollow],
+                            color=color, marker=marker, markerfacecolor="none", linestyle="none", markersize=5)
+                    any_hollow = True
                 if variant not in variants:
                     variants.append(variant)
                 dtypes.add(dtype)
             ax.set_ylim(0, top * 1.08)
     legend = [(line_handle(context.colors[v]), v) for v in ordered(variants, "variant")]
-    legend += _dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
+    legend += dtype_legend(context, [d for d in results.distinct("dtype") if d in dtypes])
+    if any_hollow:
+        legend.append((unverified_handle(), "not verified"))
     legend_ax = fig.add_subplot(grid[nrows, :])
     legend_ax.axis("off")
     legend_ax.legend([h for h, _ in legend], [label for _, label in legend], loc="center",
@@ -314,4 +340,4 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
 
 
 # Figures in modules of their own register on import, after the ones above.
-from . import figure2  # noqa: E402,F401
+from . import figure2, numerics  # noqa: E402,F401

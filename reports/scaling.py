@@ -1,5 +1,6 @@
 """Figures of a quantity against N on log-log axes, in a grid of panels: lines of measured points with their
-fitted slope printed on them, dashed model lines, and out-of-memory markers at the top of the panel.
+fitted slope printed on them, dashed model lines, and out-of-memory markers (or other marked rows without a
+value, as Track) on tracks at the top of the panel.
 
 The figure modules say what goes in each panel (Panel, Series); this module draws it the same way for all.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -39,10 +40,25 @@ class Series:
     print_slope: bool = True     # "slope 2.00" on the line (model lines leave it to the table)
     label_below: bool = False    # put the slope under the line instead of above it
     merged: int = 0              # values merged by median at a repeated N
+    fitted: bool = True          # False: no slope at all (neither printed nor in the slopes table)
+    style: Dict[str, Any] = field(default_factory=dict)  # more Line2D properties (linewidth, markerfacecolor)
 
     @property
     def fit(self) -> Optional[Fit]:
-        return fit_power_law(self.ns, self.ys)
+        return fit_power_law(self.ns, self.ys) if self.fitted else None
+
+
+@dataclass
+class Track:
+    """Rows without a value to draw, marked at their N on a track at the top of the panel (as the OOM rows
+    are): `points` (marker, N) in the marker color, hollow or not, and a text beside them, on the side of the
+    panel with more room."""
+
+    text: str
+    text_color: str
+    color: str
+    points: List[Tuple[str, int]]
+    hollow: bool = False
 
 
 @dataclass
@@ -51,6 +67,7 @@ class Panel:
     grid_row: Tuple   # values of the figure's row columns
     grid_col: Tuple   # values of the figure's column columns
     series: List[Series]
+    tracks: List[Track] = field(default_factory=list)
 
 
 @dataclass
@@ -79,11 +96,14 @@ def _limits(values: Sequence[float], pad_lo: float, pad_hi: float) -> Tuple[floa
 def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Sequence[str],
               col_columns: Sequence[str], xlabel: str, ylabel: str,
               legend: Sequence[Tuple[Any, str]],
-              hline: Optional[Tuple[float, str]] = None) -> Tuple[Figure, List[SlopeRow]]:
+              hline: Optional[Tuple[float, str]] = None,
+              axes: Callable[[Any, str, str], None] = style.loglog_axes,
+              legend_columns: Optional[int] = None) -> Tuple[Figure, List[SlopeRow]]:
     """Draws the panels in a grid (rows: distinct grid_row values, columns: distinct grid_col values, both in
-    canonical order; more than MAX_COLUMNS columns wrap), with shared log-log axes and one legend under the
-    grid; hline (y, label) is a dotted reference level in every panel. Returns the figure and the fitted slope
-    of every series that has one."""
+    canonical order; more than MAX_COLUMNS columns wrap), with shared log-log axes (set up by `axes`: base 2 and
+    bytes by default) and one legend under the grid; hline (y, label) is a dotted reference level in every
+    panel; legend_columns (default 3 per panel column) is for long legend labels. Returns the figure and the
+    fitted slope of every series that has one."""
     # A panel is a scaling plot only with a line of at least MIN_SCALING_POINTS sequence lengths: rows of a suite
     # that are not a sweep over N (verification shapes, say) would otherwise each get a panel of one or two points.
     panels = [p for p in panels if any(len(s.ns) + len(s.oom) >= MIN_SCALING_POINTS for s in p.series)] or panels
@@ -91,7 +111,7 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
     cols = sorted({p.grid_col for p in panels}, key=tuple_key(col_columns))
     wraps = math.ceil(len(cols) / MAX_COLUMNS)
     nrows, ncols = len(rows) * wraps, min(len(cols), MAX_COLUMNS)
-    ncol_legend = max(1, min(len(legend), max(2, 3 * ncols)))
+    ncol_legend = max(1, min(len(legend), legend_columns or max(2, 3 * ncols)))
     legend_rows = math.ceil(len(legend) / ncol_legend)
 
     fig = style.new_figure(ncols, nrows)
@@ -101,8 +121,9 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
                             height_ratios=[style.PANEL_SIZE[1]] * nrows + [0.2 + 0.2 * legend_rows])
 
     all_n = [n for p in panels for s in p.series for n in (*s.ns, *s.oom)]
+    all_n += [n for p in panels for t in p.tracks for _, n in t.points]
     all_y = [y for p in panels for s in p.series for y in s.ys] + ([hline[0]] if hline else [])
-    any_oom = any(s.oom for p in panels for s in p.series)
+    any_oom = any(s.oom for p in panels for s in p.series) or any(p.tracks for p in panels)
     xlim = _limits(all_n, 0.02, 0.02)
     ylim = _limits(all_y, 0.04, 0.22 if any_oom else 0.06)
 
@@ -116,14 +137,14 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
                 continue
             ax = fig.add_subplot(grid[r * wraps + c // MAX_COLUMNS, c % MAX_COLUMNS], sharex=first, sharey=first)
             first = first or ax
-            style.loglog_axes(ax, xlabel, ylabel)
+            axes(ax, xlabel, ylabel)
             ax.set_title(panel.title)
             if hline:
                 ax.axhline(hline[0], color=style.MODEL_GRAY, linestyle=":", linewidth=1.0)
                 ax.annotate(hline[1], (0.02, hline[0]), xycoords=ax.get_yaxis_transform(), xytext=(0, 2),
                             textcoords="offset points", ha="left", va="bottom", fontsize=7,
                             color=style.MODEL_GRAY)
-            slopes += _draw_panel(ax, name, panel)
+            slopes += _draw_panel(ax, name, panel, xlim)
             ax.set_xlim(*xlim)
             ax.set_ylim(*ylim)
 
@@ -134,14 +155,14 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
     return fig, slopes
 
 
-def _draw_panel(ax, figure: str, panel: Panel) -> List[SlopeRow]:
+def _draw_panel(ax, figure: str, panel: Panel, xlim: Tuple[float, float]) -> List[SlopeRow]:
     slopes: List[SlopeRow] = []
     labels: List[Tuple[str, str, float, float]] = []  # (text, color, log2 x, log2 y) already printed
     tracks: List[Tuple[str, Tuple[int, ...]]] = []     # (text color, N) of the out-of-memory tracks drawn
     for s in panel.series:
         if s.ns:
-            ax.plot(s.ns, s.ys, color=s.color, marker=s.marker, linestyle=s.linestyle,
-                    linewidth=1.0 if s.linestyle != "-" else None)
+            ax.plot(s.ns, s.ys, **{"color": s.color, "marker": s.marker, "linestyle": s.linestyle,
+                                   "linewidth": 1.0 if s.linestyle != "-" else None, **s.style})
         fit = s.fit
         if fit is not None:
             slopes.append(SlopeRow(figure, panel.title, s.line, s.quantity, fit))
@@ -166,6 +187,19 @@ def _draw_panel(ax, figure: str, panel: Panel) -> List[SlopeRow]:
             ax.annotate("OOM", (s.oom[0], y), xycoords=ax.get_xaxis_transform(), xytext=(-6, 0),
                         textcoords="offset points", ha="right", va="center", fontsize=7, color=oom_color,
                         fontweight="bold")
+    for track in panel.tracks:
+        y = OOM_TRACK_TOP - OOM_TRACK_STEP * len(tracks)
+        tracks.append((track.text_color, tuple(n for _, n in track.points)))
+        for marker in sorted({m for m, _ in track.points}):
+            ns = sorted({n for m, n in track.points if m == marker})
+            ax.plot(ns, [y] * len(ns), transform=ax.get_xaxis_transform(), linestyle="none", marker=marker,
+                    markersize=6, markeredgewidth=1.6 if marker == "x" else 1.2, color=track.color,
+                    markerfacecolor="none" if track.hollow else track.color, clip_on=False)
+        first, last = min(n for _, n in track.points), max(n for _, n in track.points)
+        left = math.log(first / xlim[0]) >= math.log(xlim[1] / last)  # the text on the side with more room
+        ax.annotate(track.text, (first if left else last, y), xycoords=ax.get_xaxis_transform(),
+                    xytext=(-6 if left else 6, 0), textcoords="offset points", ha="right" if left else "left",
+                    va="center", fontsize=7, color=track.text_color, fontweight="bold")
     return slopes
 
 

@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Sequence
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullLocator
 
 SOFTWARE = "flashlab reports"
 PNG_DPI = 150
@@ -50,6 +50,8 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17
           "#d62728")
 OOM_COLOR = "#d62728"
 MODEL_GRAY = "#555555"
+FLOOR_GRAY = "#9a9a9a"       # the floor of the verification rule: a thin line
+UNVERIFIED_GRAY = "#7f7f7f"  # hollow markers of rows not verified
 DTYPE_MARKERS = {"fp64": "D", "fp32": "s", "fp16": "o", "bf16": "^", "fp8_e4m3": "v"}
 OTHER_MARKERS = ("P", "X", "*", "h", "<", ">")
 
@@ -106,6 +108,15 @@ def loglog_axes(ax, xlabel: str, ylabel: str) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_bytes(v)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+
+
+def error_axes(ax, xlabel: str, ylabel: str) -> None:
+    """N on a base-2 logarithmic axis as loglog_axes; errors on a decimal one, ticks at powers of ten."""
+    loglog_axes(ax, xlabel, ylabel)
+    ax.set_yscale("log", base=10)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,), numticks=9))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(LogFormatterSciNotation(base=10))
 
 
 def new_figure(ncols: int, nrows: int) -> Figure:

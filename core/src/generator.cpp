@@ -12,16 +12,22 @@ std::string_view name(Distribution distribution) {
     case Distribution::normal: return "normal";
     case Distribution::uniform: return "uniform";
     case Distribution::outliers: return "outliers";
+    case Distribution::peaked: return "peaked";
+    case Distribution::flat: return "flat";
+    case Distribution::ramp: return "ramp";
+    case Distribution::ties: return "ties";
+    case Distribution::large_logits: return "large_logits";
   }
   return "?";
 }
 
 Distribution parse_distribution(std::string_view text) {
-  for (Distribution d : {Distribution::normal, Distribution::uniform, Distribution::outliers}) {
+  std::string allowed;
+  for (Distribution d : kDistributions) {
     if (name(d) == text) return d;
+    allowed += (allowed.empty() ? "" : ", ") + std::string(name(d));
   }
-  throw std::invalid_argument("unknown distribution '" + std::string(text) +
-                              "': expected one of normal, uniform, outliers");
+  throw std::invalid_argument("unknown distribution '" + std::string(text) + "': expected one of " + allowed);
 }
 
 template <class T, int Rank>
@@ -29,6 +35,8 @@ void fill(TensorView<T, Rank> out, TensorId tensor, const InputSpec& spec) {
   constexpr std::int64_t kChunk = 1 << 14;
   const std::int64_t n = out.numel();
   const Shape<Rank> logical = contiguous_strides<Rank>(out.shape());
+  InputLayout layout{1, out.shape()[Rank - 1]};  // [.., tokens, dim]
+  if constexpr (Rank == 4) layout.heads = out.shape()[2];  // [.., tokens, heads, dim]
   parallel_for((n + kChunk - 1) / kChunk, default_worker_count(), [&](std::int64_t chunk, int) {
     const std::int64_t end = std::min(n, (chunk + 1) * kChunk);
     for (std::int64_t linear = chunk * kChunk; linear < end; ++linear) {
@@ -39,7 +47,7 @@ void fill(TensorView<T, Rank> out, TensorId tensor, const InputSpec& spec) {
       }
       out.data()[offset] = static_cast<T>(input_value(spec.seed, static_cast<std::uint32_t>(tensor),
                                                       static_cast<std::uint64_t>(linear), spec.distribution,
-                                                      spec.dtype));
+                                                      spec.dtype, layout));
     }
   });
 }

@@ -22,13 +22,18 @@ const std::vector<std::string>& result_columns() {
         "dram_read_bytes", "dram_write_bytes", "l2_read_bytes", "l2_write_bytes", "bytes_model_min",
         "bytes_model_variant",
         // verification
-        "verified_heads"};
+        "verified_heads", "verified_rows", "data_path", "bound_lambda", "verify_seconds"};
     for (const char* t : {"o", "lse", "dq", "dk", "dv"}) {
-      for (const char* m : {"max_abs", "rel_fro", "worst_index", "baseline", "floor", "bound", "pass"}) {
+      for (const char* m : {"max_abs", "rel_fro", "rmse", "bias", "max_rel", "worst_index",
+                            "baseline", "baseline_rel_fro", "baseline_rmse", "baseline_bias", "baseline_max_rel",
+                            "upcast", "upcast_rmse", "floor", "rule_pass",
+                            "bound", "bound_prob", "tightness", "tightness_prob", "prob_exceed", "bound_pass", "pass"}) {
         c.push_back(std::string("err_") + t + "_" + m);
       }
     }
     c.push_back("verify_pass");
+    // output hashes (FNV-1a 64 of each output tensor's bytes after the last timed repetition)
+    for (const char* t : {"o", "lse", "dq", "dk", "dv"}) c.push_back(std::string("hash_") + t);
     return c;
   }();
   return columns;

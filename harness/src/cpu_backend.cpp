@@ -8,6 +8,7 @@
 #include "flashlab/core/parallel.hpp"
 #include "flashlab/core/storage.hpp"
 #include "flashlab/harness/backend.hpp"
+#include "flashlab/harness/hash.hpp"
 #include "flashlab/harness/io_tensors.hpp"
 #include "flashlab/harness/registry.hpp"
 
@@ -16,13 +17,14 @@ namespace {
 
 // Fills a host buffer of `dtype` with the generator's values (the same bits a GPU backend generates).
 void generate_host(void* data, DType dtype, std::int64_t count, std::uint64_t seed, TensorId tensor,
-                   Distribution distribution) {
+                   Distribution distribution, InputLayout layout) {
   constexpr std::int64_t kChunk = 1 << 15;
   parallel_for((count + kChunk - 1) / kChunk, default_worker_count(), [&](std::int64_t chunk, int) {
     const std::int64_t end = std::min(count, (chunk + 1) * kChunk);
     for (std::int64_t i = chunk * kChunk; i < end; ++i) {
       store(data, i, dtype,
-            input_value(seed, static_cast<std::uint32_t>(tensor), static_cast<std::uint64_t>(i), distribution, dtype));
+            input_value(seed, static_cast<std::uint32_t>(tensor), static_cast<std::uint64_t>(i), distribution, dtype,
+                        layout));
     }
   });
 }
@@ -49,7 +51,7 @@ class CpuBackend final : public Backend {
       bool is_input = false;
       for (const auto& [name, id] : inputs) {
         if (t.name == name) {
-          generate_host(data[i], row.dtype, n, seed, id, row.distribution);
+          generate_host(data[i], row.dtype, n, seed, id, row.distribution, InputLayout{t.shape[2], t.shape[3]});
           is_input = true;
         }
       }
@@ -95,6 +97,14 @@ class CpuBackend final : public Backend {
       }
     }
     return out;
+  }
+
+  std::string output_hash(const std::string& tensor) override {
+    if (row_.pass == Pass::fwd && tensor != "o" && tensor != "lse") return {};
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+      if (tensors_[i].name == tensor) return fnv1a_hex(buffers_[i].as<void>(), static_cast<std::size_t>(tensors_[i].bytes()));
+    }
+    return {};
   }
 
   std::optional<Traffic> traffic(const std::function<void()>&, std::string& why) override {

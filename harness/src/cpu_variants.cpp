@@ -383,7 +383,11 @@ std::vector<kernels::Variant> cpu_variants() {
                .forward = reference_forward,
                .backward = reference_backward,
                .kernels = {},
-               .options = {}});
+               .options = {},
+               // fp64 throughout, outputs rounded to the dtype
+               .data_path = [](const Problem&, DType dtype, const AttentionParams&) {
+                 return numerics::reference_path(dtype);
+               }});
   v.push_back({.id = "cpu-standard",
                .description = "eager attention on the CPU: materializes S, P (and dP, dS) of every head in the dtype",
                .device = kernels::Device::cpu,
@@ -395,7 +399,15 @@ std::vector<kernels::Variant> cpu_variants() {
                .forward = standard_forward,
                .backward = standard_backward,
                .kernels = {},
-               .options = {}});
+               .options = {},
+               // S, P, dP, dS rounded to the dtype where standard rounds them; Eigen products and std::exp in fp32
+               // (fp64 for fp64 runs), rounding to nearest
+               .data_path = [](const Problem&, DType dtype, const AttentionParams&) {
+                 const DType arith = dtype == DType::fp64 ? DType::fp64 : DType::fp32;
+                 return numerics::materializing_path(dtype, arith, false, 2 * unit_roundoff(arith),
+                                                     "S, P, dP, dS stored in " + std::string(name(dtype)) +
+                                                         "; Eigen products and softmax in " + std::string(name(arith)));
+               }});
   return v;
 }
 

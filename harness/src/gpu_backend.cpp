@@ -10,6 +10,7 @@
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/storage.hpp"
 #include "flashlab/harness/backend.hpp"
+#include "flashlab/harness/hash.hpp"
 #include "flashlab/harness/io_tensors.hpp"
 #include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/run_info.hpp"
@@ -82,10 +83,14 @@ class GpuBackend final : public Backend {
     for (std::size_t i = 0; i < tensors_.size(); ++i) {
       const IoTensor& t = tensors_[i];
       const std::int64_t n = element_count<4>(t.shape);
-      if (t.name == "q") kernels::generate(data[i], row.dtype, n, seed, TensorId::q, row.distribution, stream_);
-      else if (t.name == "k") kernels::generate(data[i], row.dtype, n, seed, TensorId::k, row.distribution, stream_);
-      else if (t.name == "v") kernels::generate(data[i], row.dtype, n, seed, TensorId::v, row.distribution, stream_);
-      else if (t.name == "d_out") kernels::generate(data[i], row.dtype, n, seed, TensorId::d_out, row.distribution, stream_);
+      const InputLayout layout{t.shape[2], t.shape[3]};  // [slots, tokens, heads, dim]
+      const auto generate = [&](TensorId id) {
+        kernels::generate(data[i], row.dtype, n, seed, id, row.distribution, layout, stream_);
+      };
+      if (t.name == "q") generate(TensorId::q);
+      else if (t.name == "k") generate(TensorId::k);
+      else if (t.name == "v") generate(TensorId::v);
+      else if (t.name == "d_out") generate(TensorId::d_out);
       else if (t.name == "lse") kernels::fill_nan(data[i], DType::fp32, n, stream_);
       else if (t.name.rfind("cu_seqlens", 0) == 0) {
         const auto& cu = t.name == "cu_seqlens_q" ? row.problem.cu_seqlens_q : row.problem.cu_seqlens_k;
@@ -150,6 +155,18 @@ class GpuBackend final : public Backend {
       out[i] = load(host.data(), static_cast<std::int64_t>(i), is_lse ? DType::fp32 : row_.dtype);
     }
     return out;
+  }
+
+  std::string output_hash(const std::string& tensor) override {
+    if (row_.pass == Pass::fwd && tensor != "o" && tensor != "lse") return {};
+    synchronize();  // the stream is non-blocking: cudaMemcpy would not wait for it
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+      if (tensors_[i].name != tensor) continue;
+      std::vector<unsigned char> host(static_cast<std::size_t>(tensors_[i].bytes()));
+      FL_CUDA(cudaMemcpy(host.data(), buffers_[i].as<void>(), host.size(), cudaMemcpyDeviceToHost));
+      return fnv1a_hex(host.data(), host.size());
+    }
+    return {};
   }
 
   std::optional<Traffic> traffic(const std::function<void()>& region, std::string& why) override {

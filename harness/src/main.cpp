@@ -3,8 +3,11 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <string>
+#include <vector>
 
+#include "flashlab/harness/check.hpp"
 #include "flashlab/harness/runner.hpp"
 #include "flashlab/harness/suite.hpp"
 
@@ -28,7 +31,8 @@ int main(int argc, char** argv) {
   CLI::App app{"flashlab: sweep attention variants over suites of problems; measure time, memory, HBM traffic "
                "and error against the fp64 reference; write results.csv and run.json.\n"
                "Exit codes: 0 all rows ran (ok, oom or unsupported); 1 some rows are errors or failed verification; "
-               "2 bad usage or malformed suite (nothing ran); 3 results could not be written."};
+               "2 bad usage or malformed suite (nothing ran); 3 results could not be written.\n"
+               "check: 0 no regression, 1 a regression, 2 bad usage or malformed input."};
   app.require_subcommand(1);
   CLI::App* list = app.add_subcommand(
       "list", "list the variants (the registry), what each supports, and the CUDA device found");
@@ -49,6 +53,27 @@ int main(int argc, char** argv) {
   run->add_flag("--dry-run", options.dry_run, "print the expanded rows and what would run; run nothing");
   std::int64_t save_row = -1;
   run->add_option("--save-tensors", save_row, "row index whose inputs and outputs are written as .npy");
+  std::uint64_t seed = 0;
+  CLI::Option* seed_option = run->add_option("--seed", seed, "input seed, in place of the suite's [suite] seed");
+
+  CLI::App* check = app.add_subcommand(
+      "check", "numerics regression check: compare a run's errors (and, for deterministic rows, its output hashes) "
+               "with a baseline recorded by `check record`; exit 1 on a regression");
+  std::string check_dir, baseline, report;
+  check->add_option("run", check_dir, "run directory (holding results.csv and run.json)");
+  check->add_option("--baseline", baseline, "baseline CSV written by `flashlab check record`");
+  check->add_option("--report", report, "also write the result as markdown to this file");
+  check->require_subcommand(0, 1);
+  CLI::App* record = check->add_subcommand(
+      "record", "write a baseline from runs of one suite with different seeds (flashlab run --seed S)");
+  std::vector<std::string> record_dirs;
+  std::string record_out;
+  bool repeat = false;
+  record->add_option("runs", record_dirs, "run directories, at least 3 seeds")->required();
+  record->add_option("--out", record_out, "baseline CSV to write")->required();
+  record->add_flag("--repeat", repeat,
+                   "accept a seed given twice: a (row, tensor) whose runs of that seed have equal hashes is marked "
+                   "bitwise (its hash is then enforced)");
 
   try {
     app.parse(argc, argv);
@@ -57,10 +82,25 @@ int main(int argc, char** argv) {
   }
   try {
     if (app.got_subcommand("list")) return list_variants(list_kernels);
+    if (app.got_subcommand("check")) {
+      if (record->parsed()) {
+        return record_baseline(std::vector<std::filesystem::path>(record_dirs.begin(), record_dirs.end()), record_out,
+                               repeat);
+      }
+      if (check_dir.empty() || baseline.empty()) {
+        std::fprintf(stderr, "flashlab check: give RUN_DIR and --baseline FILE (or: check record RUN_DIR... --out FILE)\n");
+        return kExitUsage;
+      }
+      return check_run(check_dir, baseline, report);
+    }
     options.command_line = command_line(argc, argv);
     options.progress = isatty(fileno(stderr)) != 0;
     if (save_row >= 0) options.save_tensors = save_row;
+    if (seed_option->count() > 0) options.seed = seed;
     return run_suite(options);
+  } catch (const CheckError& e) {
+    std::fprintf(stderr, "flashlab: %s\n", e.what());
+    return kExitUsage;
   } catch (const SuiteError& e) {
     std::fprintf(stderr, "flashlab: %s\n", e.what());
     return kExitUsage;

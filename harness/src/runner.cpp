@@ -73,27 +73,40 @@ TimeStats stats(std::vector<double> ms) {
 
 void record_verification(const Verification& v, ResultRow& r) {
   r["verified_heads"] = v.verified_heads;
-  for (const auto& [tensor, e] : v.errors) {
+  r["verified_rows"] = v.verified_rows;
+  if (!v.verified()) return;
+  r["data_path"] = v.data_path;
+  r["bound_lambda"] = number(kBoundLambda);
+  for (const auto& [tensor, e] : v.tensors) {
     const std::string prefix = "err_" + tensor + "_";
-    r[prefix + "max_abs"] = number(e.max_abs);
-    r[prefix + "rel_fro"] = number(e.rel_fro);
+    r[prefix + "max_abs"] = number(e.error.max_abs);
+    r[prefix + "rel_fro"] = number(e.error.rel_fro);
+    r[prefix + "rmse"] = number(e.error.rmse);
+    r[prefix + "bias"] = number(e.error.bias);
+    r[prefix + "max_rel"] = number(e.error.max_rel);
     r[prefix + "worst_index"] = e.worst_index;
-    r[prefix + "baseline"] = number(e.baseline);
+    if (e.baseline) {
+      r[prefix + "baseline"] = number(e.baseline->max_abs);
+      r[prefix + "baseline_rel_fro"] = number(e.baseline->rel_fro);
+      r[prefix + "baseline_rmse"] = number(e.baseline->rmse);
+      r[prefix + "baseline_bias"] = number(e.baseline->bias);
+      r[prefix + "baseline_max_rel"] = number(e.baseline->max_rel);
+    }
+    if (e.upcast) {
+      r[prefix + "upcast"] = number(e.upcast->max_abs);
+      r[prefix + "upcast_rmse"] = number(e.upcast->rmse);
+    }
     r[prefix + "floor"] = number(e.floor);
+    if (e.rule_pass) r[prefix + "rule_pass"] = *e.rule_pass ? "1" : "0";
+    r[prefix + "bound"] = number(e.bound);
+    r[prefix + "bound_prob"] = number(e.bound_prob);
+    r[prefix + "tightness"] = number(e.tightness());
+    r[prefix + "tightness_prob"] = number(e.tightness_prob());
+    r[prefix + "prob_exceed"] = number(e.prob_exceed);
+    r[prefix + "bound_pass"] = e.above_bound == 0 ? "1" : "0";
     r[prefix + "pass"] = e.pass ? "1" : "0";
   }
-  if (v.verified()) r["verify_pass"] = v.pass ? "1" : "0";
-}
-
-std::string first_failure(const Verification& v) {
-  for (const auto& [tensor, e] : v.errors) {
-    if (!e.pass) {
-      const double k = (tensor == "o" || tensor == "lse") ? 2 : 3;
-      return fmt::format("verification failed: {} max abs error {:.3g} at {} > {} x baseline {:.3g} + floor {:.3g}",
-                         tensor, e.max_abs, e.worst_index, k, e.baseline, e.floor);
-    }
-  }
-  return "verification failed";
+  r["verify_pass"] = v.pass ? "1" : "0";
 }
 
 // Outputs of the GPU `standard` variant for the verified groups, by (tensor, sequence, head).
@@ -177,9 +190,9 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
   try {
     // GPU rows: the baseline is the GPU `standard` variant on the same inputs, run first (its outputs kept on the
     // host for the verified groups); where it cannot run (unsupported, out of memory) cpu-standard stands in.
-    const GroupChoice choice = choose_groups(p, row.pass, settings);
+    const GroupChoice choice = choose_groups(p, row.pass, settings, static_cast<std::uint64_t>(row.index));
     std::optional<BaselineRun> baseline;
-    if (variant->device == kernels::Device::cuda && !choice.groups.empty()) {
+    if (variant->device == kernels::Device::cuda && !choice.groups.empty() && !variant->materializes) {
       baseline = run_gpu_baseline(row, settings.seed, choice, *backend);
     }
     backend->workspace().reset_peak();
@@ -200,15 +213,32 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
     const FetchOutput baseline_fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) {
       return baseline->values.at({t, b, h});
     };
-    const Expectation expected(p, row.dtype, row.pass, {settings.seed, row.distribution, row.dtype}, choice,
-                               baseline ? &baseline_fetch : nullptr);
+    CheckSubject subject;
+    subject.path = variant->data_path(p, row.dtype, params);
+    subject.materializing = variant->materializes;
+    if (!subject.materializing) {
+      const kernels::Variant* base = find_variant(baseline ? "standard" : "cpu-standard");
+      subject.baseline_path = base->data_path(p, row.dtype, params);
+      subject.baseline = baseline ? &baseline_fetch : nullptr;
+    }
+    const auto verify_start = std::chrono::steady_clock::now();
+    const Expectation expected(p, row.dtype, row.pass, {settings.seed, row.distribution, row.dtype}, choice, subject);
+    double verify_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_start).count();
     const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) { return backend->fetch(t, b, h); };
-    const Verification before = expected.check(fetch);
+    auto timed_check = [&] {
+      const auto start = std::chrono::steady_clock::now();
+      Verification v = expected.check(fetch);
+      verify_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      return v;
+    };
+    const Verification before = timed_check();
 
     const std::vector<double> ms = backend->time(region, settings.warmup, settings.repetitions);
     backend->synchronize();
-    const Verification verification = worse(before, expected.check(fetch));  // the last timed output
+    const Verification verification = worse(before, timed_check());  // the last timed output
     record_verification(verification, r);
+    r["verify_seconds"] = number(verify_seconds);
+    for (const char* tensor : kOutputTensors) r[std::string("hash_") + tensor] = backend->output_hash(tensor);
     r["workspace_peak_bytes"] = integer(backend->workspace().peak_bytes());
     r["workspace_reserved_bytes"] = integer(backend->workspace().reserved_peak_bytes());
     r["device_peak_bytes"] = integer(backend->io_bytes() + backend->workspace().peak_bytes());
@@ -237,7 +267,10 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
       backend->save_tensors((run_dir / "tensors" / fmt::format("row-{}", row.index)).string(), row.pass);
     }
     backend->release();
-    if (verification.verified() && !verification.pass) return finish("error", first_failure(verification));
+    if (verification.verified() && !verification.pass) return finish("error", "verification failed: " + verification.failure);
+    if (!verification.verified() && settings.verify != "none") {
+      return finish("error", "not verified: " + verification.verified_heads);
+    }
     r["tflops"] = number(attention_flops(p, row.pass) / (t.median * 1e-3) / 1e12);
     r["status"] = "ok";
     return r;
@@ -273,7 +306,8 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 int run_suite(const RunOptions& options) {
-  const Suite suite = load_suite(options.suite);
+  Suite suite = load_suite(options.suite);
+  if (options.seed) suite.settings.seed = *options.seed;
   std::vector<RowSpec> rows = suite.rows;
   if (!options.filter.empty()) rows = filter_rows(rows, options.filter);
   if (!options.shard.empty()) rows = shard_rows(rows, options.shard);
@@ -314,6 +348,16 @@ int run_suite(const RunOptions& options) {
   if (!options.resume && std::filesystem::exists(csv)) {
     std::fprintf(stderr, "flashlab: %s exists; use --resume to continue it or another --run-id\n", csv.c_str());
     return kExitOutput;
+  }
+  if (options.resume && std::filesystem::exists(csv)) {  // one run, one seed: the `seed` column is the run's
+    const std::string seed = std::to_string(suite.settings.seed);
+    for (const ResultRow& r : read_results(csv)) {
+      if (const auto it = r.find("seed"); it != r.end() && it->second != seed) {
+        std::fprintf(stderr, "flashlab: %s holds rows of seed %s, this run's seed is %s: resume with --seed %s\n",
+                     csv.c_str(), it->second.c_str(), seed.c_str(), it->second.c_str());
+        return kExitUsage;
+      }
+    }
   }
   std::filesystem::create_directories(run_dir);
   std::set<std::string> done = completed_keys(csv);

@@ -17,6 +17,8 @@
 #include <string_view>
 #include <variant>
 
+#include "flashlab/harness/hash.hpp"
+
 namespace flashlab::harness {
 namespace {
 
@@ -233,10 +235,12 @@ class Parser {
         settings.verify_max_flops = number(path, node, false);
       } else if (name == "verify_heads") {
         settings.verify_heads = small_integer(path, node, 1);
+      } else if (name == "verify_rows") {
+        settings.verify_rows = small_integer(path, node, 1);
       } else {
         fail(path,
              "unknown key in [suite] (expected name, description, seed, warmup, repetitions, profile, verify, "
-             "verify_max_flops, verify_heads)",
+             "verify_max_flops, verify_heads, verify_rows)",
              &node);
       }
     }
@@ -330,8 +334,7 @@ class Parser {
       case Kind::pass: return choice(path, node, &parse_pass, std::array<Pass, 3>{Pass::fwd, Pass::bwd, Pass::fwdbwd});
       case Kind::dtype: return choice(path, node, &parse_dtype, kSuiteDTypes);
       case Kind::distribution:
-        return choice(path, node, &parse_distribution,
-                      std::array<Distribution, 3>{Distribution::normal, Distribution::uniform, Distribution::outliers});
+        return choice(path, node, &parse_distribution, kDistributions);
       case Kind::count: return integer(path, node, 1);
       case Kind::flag: return flag(path, node);
       case Kind::window: return window(path, node);
@@ -518,16 +521,6 @@ class Parser {
 
   std::string file_;
 };
-
-// FNV-1a, 64 bits.
-std::string fnv1a_hex(std::string_view bytes) {
-  std::uint64_t hash = 0xcbf29ce484222325ULL;
-  for (unsigned char c : bytes) {
-    hash ^= c;
-    hash *= 0x100000001b3ULL;
-  }
-  return fmt::format("{:016x}", hash);
-}
 
 std::string trim(std::string_view text) {
   const auto first = text.find_first_not_of(" \t");

@@ -5,16 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <random>
+#include <set>
 
+#include "flashlab/core/parallel.hpp"
 #include "flashlab/core/storage.hpp"
 #include "flashlab/harness/memory.hpp"
 #include "flashlab/harness/registry.hpp"
-#include "flashlab/reference/attention_data.hpp"
+#include "flashlab/reference/group_check.hpp"
 
 namespace flashlab::harness {
 namespace {
-
-constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
 bool has_backward(Pass pass) { return pass != Pass::fwd; }
 
@@ -35,57 +36,77 @@ Problem group_problem(const Problem& p, std::int64_t b) {
   return sub;
 }
 
-// Reference cost of verifying a problem: the fp64 reference and the baseline, forward and (if any) backward.
+// Cost of verifying every entry of a problem: the fp64 reference, the fp32 upcast and the bounds of two data paths
+// (each about one reference pass), forward and (if any) backward.
 double verification_flops(const Problem& p, Pass pass) {
-  return 2 * attention_flops(p, has_backward(pass) ? Pass::fwdbwd : Pass::fwd);
+  return 4 * attention_flops(p, has_backward(pass) ? Pass::fwdbwd : Pass::fwd);
 }
 
-// Inputs of group (b, g) as the full problem's generator gives them (global linear indices).
-void fill_group(const Problem& p, const Group& grp, const InputSpec& in, reference::AttentionData<double>& data) {
+// Inputs of group (b, g) as the full problem's generator gives them (global linear indices, the tensors' layouts).
+reference::GroupInputs group_inputs(const Problem& p, const Group& grp, const InputSpec& in) {
   const AttentionShapes full = attention_shapes(p);
   const Sequence s = p.sequence(grp.b);
-  const std::int64_t group = p.group_size();
+  const std::int64_t group = p.group_size(), d = p.head_dim, dv = p.dv();
+  reference::GroupInputs g;
+  g.problem = group_problem(p, grp.b);
+  g.q.resize(static_cast<std::size_t>(group * s.seqlen_q * d));
+  g.d_out.resize(static_cast<std::size_t>(group * s.seqlen_q * dv));
+  g.k.resize(static_cast<std::size_t>(s.seqlen_k * d));
+  g.v.resize(static_cast<std::size_t>(s.seqlen_k * dv));
   auto value = [&](TensorId t, const Shape<4>& shape, std::int64_t token, std::int64_t head, std::int64_t c) {
     const std::int64_t linear = ((s.slot * shape[1] + token) * shape[2] + head) * shape[3] + c;
     return input_value(in.seed, static_cast<std::uint32_t>(t), static_cast<std::uint64_t>(linear), in.distribution,
-                       in.dtype);
+                       in.dtype, InputLayout{shape[2], shape[3]});
   };
-  for (std::int64_t n = 0; n < s.seqlen_q; ++n) {
-    for (std::int64_t j = 0; j < group; ++j) {
+  // generated on all cores (the generator costs about as much per element as a few hundred flops)
+  constexpr std::int64_t kTokens = 256;
+  const std::int64_t q_items = group * ((s.seqlen_q + kTokens - 1) / kTokens);
+  const std::int64_t k_items = (s.seqlen_k + kTokens - 1) / kTokens;
+  parallel_for(q_items + k_items, default_worker_count(), [&](std::int64_t item, int) {
+    if (item < q_items) {
+      const std::int64_t blocks = q_items / group, j = item / blocks, n0 = (item % blocks) * kTokens;
       const std::int64_t h = grp.g * group + j;
-      for (std::int64_t c = 0; c < p.head_dim; ++c) data.q(0, n, j, c) = value(TensorId::q, full.q, s.q_offset + n, h, c);
-      for (std::int64_t c = 0; c < p.dv(); ++c) {
-        data.d_out(0, n, j, c) = value(TensorId::d_out, full.o, s.q_offset + n, h, c);
+      for (std::int64_t n = n0; n < std::min(s.seqlen_q, n0 + kTokens); ++n) {
+        for (std::int64_t c = 0; c < d; ++c) {
+          g.q[static_cast<std::size_t>((j * s.seqlen_q + n) * d + c)] = value(TensorId::q, full.q, s.q_offset + n, h, c);
+        }
+        for (std::int64_t c = 0; c < dv; ++c) {
+          g.d_out[static_cast<std::size_t>((j * s.seqlen_q + n) * dv + c)] =
+              value(TensorId::d_out, full.o, s.q_offset + n, h, c);
+        }
       }
+      return;
     }
-  }
-  for (std::int64_t n = 0; n < s.seqlen_k; ++n) {
-    for (std::int64_t c = 0; c < p.head_dim; ++c) data.k(0, n, 0, c) = value(TensorId::k, full.k, s.k_offset + n, grp.g, c);
-    for (std::int64_t c = 0; c < p.dv(); ++c) data.v(0, n, 0, c) = value(TensorId::v, full.v, s.k_offset + n, grp.g, c);
-  }
+    const std::int64_t n0 = (item - q_items) * kTokens;
+    for (std::int64_t n = n0; n < std::min(s.seqlen_k, n0 + kTokens); ++n) {
+      for (std::int64_t c = 0; c < d; ++c) g.k[static_cast<std::size_t>(n * d + c)] = value(TensorId::k, full.k, s.k_offset + n, grp.g, c);
+      for (std::int64_t c = 0; c < dv; ++c) g.v[static_cast<std::size_t>(n * dv + c)] = value(TensorId::v, full.v, s.k_offset + n, grp.g, c);
+    }
+  });
+  return g;
 }
 
-// The baseline: cpu-standard in the run's dtype on the group's inputs, outputs widened to double.
-struct Outputs {
-  std::vector<double> o, lse, dq, dk, dv;  // contiguous [1, N, heads, dim] / [1, heads, N_q]
-};
-Outputs run_baseline(const Problem& sub, DType dtype, Pass pass, const reference::AttentionData<double>& in) {
+// cpu-standard in the run's dtype on the group's inputs: its outputs by (tensor, local head), full heads.
+using HeadOutputs = std::map<std::pair<std::string, std::int64_t>, std::vector<double>>;
+HeadOutputs run_cpu_baseline(const reference::GroupInputs& in, DType dtype, Pass pass) {
   const kernels::Variant* standard = find_variant("cpu-standard");
+  const Problem& sub = in.problem;
   const AttentionShapes s = attention_shapes(sub);
   const std::size_t es = static_cast<std::size_t>(size_bytes(dtype));
+  const std::int64_t group = sub.heads, nq = sub.seqlen_q, nk = sub.seqlen_k, d = sub.head_dim, dv = sub.dv();
   auto buffer = [&](const Shape<4>& shape) { return std::vector<unsigned char>(element_count<4>(shape) * es); };
-  auto encode = [&](const Tensor<double, 4>& t) {
-    std::vector<unsigned char> bytes = buffer(t.shape());
-    for (std::int64_t i = 0; i < t.numel(); ++i) store(bytes.data(), i, dtype, t.values()[static_cast<std::size_t>(i)]);
+  // group inputs are [G][N][dim]; the params tensors are BSHD [1, N, G, dim]
+  auto encode = [&](const std::vector<double>& values, std::int64_t heads, std::int64_t rows, std::int64_t dim) {
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(heads * rows * dim) * es);
+    for (std::int64_t h = 0; h < heads; ++h)
+      for (std::int64_t n = 0; n < rows; ++n)
+        for (std::int64_t c = 0; c < dim; ++c)
+          store(bytes.data(), (n * heads + h) * dim + c, dtype, values[static_cast<std::size_t>((h * rows + n) * dim + c)]);
     return bytes;
   };
-  auto decode = [&](const std::vector<unsigned char>& bytes) {
-    std::vector<double> out(bytes.size() / es);
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] = load(bytes.data(), static_cast<std::int64_t>(i), dtype);
-    return out;
-  };
-  std::vector<unsigned char> q = encode(in.q), k = encode(in.k), v = encode(in.v), d_out = encode(in.d_out);
-  std::vector<unsigned char> o = buffer(s.o), dq = buffer(s.q), dk = buffer(s.k), dv = buffer(s.v);
+  std::vector<unsigned char> q = encode(in.q, group, nq, d), k = encode(in.k, 1, nk, d), v = encode(in.v, 1, nk, dv),
+                             d_out = encode(in.d_out, group, nq, dv);
+  std::vector<unsigned char> o = buffer(s.o), dq = buffer(s.q), dk = buffer(s.k), dvb = buffer(s.v);
   std::vector<float> lse(static_cast<std::size_t>(element_count<3>(s.lse)));
   kernels::AttentionParams params;
   params.problem = sub;
@@ -98,7 +119,7 @@ Outputs run_baseline(const Problem& sub, DType dtype, Pass pass, const reference
   params.d_out = d_out.data();
   params.dq = dq.data();
   params.dk = dk.data();
-  params.dv = dv.data();
+  params.dv = dvb.data();
   params.q_strides = params.dq_strides = kernels::contiguous_bshd(s.q[1], s.q[2], s.q[3]);
   params.k_strides = params.dk_strides = kernels::contiguous_bshd(s.k[1], s.k[2], s.k[3]);
   params.v_strides = params.dv_strides = kernels::contiguous_bshd(s.v[1], s.v[2], s.v[3]);
@@ -106,145 +127,125 @@ Outputs run_baseline(const Problem& sub, DType dtype, Pass pass, const reference
   HostAllocator allocator;
   const kernels::LaunchContext ctx{allocator};
   standard->forward(params, ctx);
-  Outputs out;
-  out.o = decode(o);
-  out.lse.assign(lse.begin(), lse.end());
+  auto head = [&](const std::vector<unsigned char>& bytes, std::int64_t heads, std::int64_t h, std::int64_t rows,
+                  std::int64_t dim) {
+    std::vector<double> out(static_cast<std::size_t>(rows * dim));
+    for (std::int64_t n = 0; n < rows; ++n)
+      for (std::int64_t c = 0; c < dim; ++c) out[static_cast<std::size_t>(n * dim + c)] = load(bytes.data(), (n * heads + h) * dim + c, dtype);
+    return out;
+  };
+  HeadOutputs out;
+  for (std::int64_t h = 0; h < group; ++h) {
+    out[{"o", h}] = head(o, group, h, nq, dv);
+    out[{"lse", h}] = std::vector<double>(lse.begin() + h * nq, lse.begin() + (h + 1) * nq);
+  }
   if (has_backward(pass)) {
     standard->backward(params, ctx);
-    out.dq = decode(dq);
-    out.dk = decode(dk);
-    out.dv = decode(dv);
+    for (std::int64_t h = 0; h < group; ++h) out[{"dq", h}] = head(dq, group, h, nq, d);
+    out[{"dk", 0}] = head(dk, 1, 0, nk, d);
+    out[{"dv", 0}] = head(dvb, 1, 0, nk, dv);
   }
   return out;
 }
 
-// Running error of one tensor over all verified groups.
-struct Accumulator {
-  double max_abs = 0, diff_sq = 0, ref_sq = 0, baseline = 0, floor = 0;
-  std::string worst;
-  bool any = false;
+// `count` distinct rows of [0, n) drawn at random with the first and the last, sorted; all rows when count >= n.
+std::vector<std::int64_t> sample_rows(std::int64_t n, std::int64_t count, std::mt19937_64& rng) {
+  std::vector<std::int64_t> rows;
+  if (count + 2 >= n) {
+    for (std::int64_t i = 0; i < n; ++i) rows.push_back(i);
+    return rows;
+  }
+  std::set<std::int64_t> chosen{0, n - 1};
+  std::uniform_int_distribution<std::int64_t> draw(0, n - 1);
+  while (static_cast<std::int64_t>(chosen.size()) < count + 2) chosen.insert(draw(rng));
+  return {chosen.begin(), chosen.end()};
+}
 
-  static double difference(double out, double ref) {
-    if (std::isinf(ref) && out == ref) return 0;
-    if (!std::isfinite(out) || !std::isfinite(ref)) return kInfinity;
-    return std::abs(out - ref);
-  }
-  void add(double out, double ref, double base, DType stored, const std::string& where) {
-    any = true;
-    const double diff = difference(out, ref);
-    if (diff > max_abs || (std::isnan(out) && worst.empty())) {
-      max_abs = std::max(max_abs, diff);
-      worst = where;
-    }
-    if (std::isfinite(ref)) {
-      diff_sq += diff * diff;
-      ref_sq += ref * ref;
-      floor = std::max(floor, 2 * std::abs(ref - round_to(ref, stored)));
-    }
-    baseline = std::max(baseline, difference(base, ref));
-  }
-  [[nodiscard]] TensorError result(double k) const {
-    TensorError e;
-    e.max_abs = max_abs;
-    e.rel_fro = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
-    e.worst_index = worst;
-    e.baseline = baseline;
-    e.floor = floor;
-    e.pass = std::isfinite(max_abs) && max_abs <= k * baseline + floor;
-    return e;
-  }
+// Running statistics of one tensor over all verified groups.
+struct TensorAccumulator {
+  numerics::ErrorAccumulator error, baseline, upcast;
+  bool has_baseline = false, has_upcast = false;
+  double floor = 0, bound = 0, bound_prob = 0;
+  std::int64_t count = 0, above = 0, above_prob = 0, baseline_above = 0;
+  std::string above_index, baseline_above_index;
+  double above_error = 0, above_limit = 0, baseline_above_error = 0, baseline_above_limit = 0;
+  std::map<std::int64_t, std::string> where;  // entry -> problem coordinates (only for the worst entries)
+  std::int64_t next_entry = 0;
 };
 
 }  // namespace
 
-GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& settings) {
+GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& settings, std::uint64_t row_seed) {
   GroupChoice choice;
   const std::int64_t groups = p.batch * p.heads_kv;
-  auto all = [&] {
-    for (std::int64_t b = 0; b < p.batch; ++b)
-      for (std::int64_t g = 0; g < p.heads_kv; ++g) choice.groups.push_back({b, g});
-    choice.description = "all";
-  };
+  choice.seed = settings.seed ^ (row_seed * 0x9E3779B97F4A7C15ULL);
   if (settings.verify == "none") {
     choice.description = "none: verify = \"none\"";
     return choice;
   }
   if (settings.verify == "all" || verification_flops(p, pass) <= settings.verify_max_flops) {
-    all();
+    for (std::int64_t b = 0; b < p.batch; ++b)
+      for (std::int64_t g = 0; g < p.heads_kv; ++g) choice.groups.push_back({b, g});
+    choice.description = "all";
+    choice.rows_description = "all";
     return choice;
   }
-  // Evenly spaced groups (the first and the last among them) while their cost fits the budget.
+  // Groups drawn at random (sequences with no query or no key rows are drawn like the others), rows sampled in each.
+  std::mt19937_64 rng(choice.seed);
   const std::int64_t wanted = std::clamp<std::int64_t>(settings.verify_heads, 1, groups);
-  double cost = 0;
-  for (std::int64_t i = 0; i < wanted; ++i) {
-    const std::int64_t index = wanted == 1 ? 0 : i * (groups - 1) / (wanted - 1);
-    const Group grp{index / p.heads_kv, index % p.heads_kv};
-    const double group_cost = verification_flops(group_problem(p, grp.b), pass);
-    if (cost + group_cost > settings.verify_max_flops) break;
-    cost += group_cost;
-    choice.groups.push_back(grp);
-  }
-  if (choice.groups.empty()) {
-    choice.description = fmt::format("none: one kv-head group costs {:.3g} reference flops > verify_max_flops {:.3g}",
-                                     verification_flops(group_problem(p, 0), pass), settings.verify_max_flops);
-    return choice;
-  }
+  std::set<std::int64_t> picked;
+  std::uniform_int_distribution<std::int64_t> draw(0, groups - 1);
+  while (static_cast<std::int64_t>(picked.size()) < wanted) picked.insert(draw(rng));
   std::string list;
-  for (const Group& grp : choice.groups) list += fmt::format("{}b{}:g{}", list.empty() ? "" : " ", grp.b, grp.g);
-  choice.description = fmt::format("{} ({} of {} kv-head groups)", list, choice.groups.size(), groups);
+  for (const std::int64_t index : picked) {
+    const Group grp{index / p.heads_kv, index % p.heads_kv};
+    choice.groups.push_back(grp);
+    list += fmt::format("{}b{}:g{}", list.empty() ? "" : " ", grp.b, grp.g);
+  }
+  choice.all_rows = false;
+  choice.sample_rows = settings.verify_rows;
+  choice.description = fmt::format("{} ({} of {} kv-head groups, drawn)", list, choice.groups.size(), groups);
+  choice.rows_description =
+      fmt::format("{} query rows (of N_q = {}) and {} key rows (of N_k = {}) per group: first, last and drawn",
+                  std::min<std::int64_t>(p.seqlen_q, settings.verify_rows + 2), p.seqlen_q,
+                  has_backward(pass) ? std::min<std::int64_t>(p.seqlen_k, settings.verify_rows + 2) : 0, p.seqlen_k);
   return choice;
 }
 
 struct GroupExpectation {
   Group group;
-  reference::AttentionData<double> reference;
-  Outputs baseline;
+  reference::RowChoice rows;
+  reference::GroupCheck check;  // bounds[0]: the variant's path; bounds[1]: the baseline's, when it has one
+  HeadOutputs cpu_baseline;     // when the baseline is cpu-standard
 };
 
-// The baseline outputs of a group read from another variant's run, in the group problem's layout.
-Outputs fetched_baseline(const Problem& p, const Group& grp, Pass pass, const FetchOutput& fetch) {
-  const Problem sub = group_problem(p, grp.b);
-  const AttentionShapes s = attention_shapes(sub);
-  const std::int64_t group = p.group_size();
-  Outputs out;
-  auto place = [&](std::vector<double>& target, const Shape<4>& shape, const std::string& tensor, std::int64_t local,
-                   std::int64_t global) {
-    target.resize(static_cast<std::size_t>(element_count<4>(shape)));
-    const std::vector<double> values = fetch(tensor, grp.b, global);
-    const TensorView<double, 4> view(target.data(), shape);
-    for (std::int64_t n = 0; n < shape[1]; ++n)
-      for (std::int64_t c = 0; c < shape[3]; ++c) view(0, n, local, c) = values[static_cast<std::size_t>(n * shape[3] + c)];
-  };
-  out.lse.resize(static_cast<std::size_t>(element_count<3>(s.lse)));
-  for (std::int64_t j = 0; j < group; ++j) {
-    const std::int64_t h = grp.g * group + j;
-    place(out.o, s.o, "o", j, h);
-    const std::vector<double> lse = fetch("lse", grp.b, h);
-    std::copy(lse.begin(), lse.end(), out.lse.begin() + j * sub.seqlen_q);
-    if (has_backward(pass)) place(out.dq, s.q, "dq", j, h);
-  }
-  if (has_backward(pass)) {
-    place(out.dk, s.k, "dk", 0, grp.g);
-    place(out.dv, s.v, "dv", 0, grp.g);
-  }
-  return out;
-}
-
 Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const InputSpec& inputs, GroupChoice choice,
-                         const FetchOutput* baseline)
-    : problem_(problem), dtype_(dtype), pass_(pass), choice_(std::move(choice)) {
+                         const CheckSubject& subject)
+    : problem_(problem), dtype_(dtype), pass_(pass), choice_(std::move(choice)), subject_(subject) {
+  std::mt19937_64 rng(choice_.seed);
   for (const Group& grp : choice_.groups) {
-    const Problem sub = group_problem(problem_, grp.b);
-    reference::AttentionData<double> ref(sub);
-    fill_group(problem_, grp, inputs, ref);
-    ref.run_forward();
-    if (has_backward(pass_)) ref.run_backward();
-    Outputs base = baseline ? fetched_baseline(problem_, grp, pass_, *baseline) : run_baseline(sub, dtype_, pass_, ref);
-    groups_.push_back({grp, std::move(ref), std::move(base)});
+    const reference::GroupInputs in = group_inputs(problem_, grp, inputs);
+    GroupExpectation ge{grp, {}, {}, {}};
+    const Sequence s = problem_.sequence(grp.b);
+    const std::int64_t count = choice_.all_rows ? std::max(s.seqlen_q, s.seqlen_k) : choice_.sample_rows;
+    ge.rows.query = sample_rows(s.seqlen_q, count, rng);
+    if (has_backward(pass_)) ge.rows.key = sample_rows(s.seqlen_k, count, rng);
+    reference::GroupCheckOptions options;
+    options.backward = has_backward(pass_);
+    // the fp32 upcast where it is cheap: it needs a second forward over every query row when a sampled check has a
+    // backward, so it is left out there
+    if (choice_.all_rows || !has_backward(pass_)) options.upcast = dtype_;
+    options.paths.push_back(subject_.path);
+    if (!subject_.materializing && subject_.baseline_path) options.paths.push_back(*subject_.baseline_path);
+    options.lambda = kBoundLambda;
+    ge.check = reference::check_group(in, ge.rows, options);
+    if (!subject_.materializing && !subject_.baseline) ge.cpu_baseline = run_cpu_baseline(in, dtype_, pass_);
+    groups_.push_back(std::move(ge));
   }
-  if (!choice_.groups.empty()) {
-    choice_.description += baseline ? "; baseline: standard on the GPU" : "; baseline: cpu-standard";
+  if (!choice_.groups.empty() && !subject_.materializing) {
+    choice_.description += subject_.baseline ? "; baseline: standard on the GPU" : "; baseline: cpu-standard";
   }
+  if (!choice_.groups.empty() && subject_.materializing) choice_.description += "; no baseline (materializing): the bound judges";
 }
 
 Expectation::~Expectation() = default;
@@ -252,47 +253,173 @@ Expectation::~Expectation() = default;
 Verification Expectation::check(const FetchOutput& fetch) const {
   Verification result;
   result.verified_heads = choice_.description;
+  result.verified_rows = choice_.rows_description;
+  result.data_path = subject_.path.summary;
   if (groups_.empty()) return result;
-  std::map<std::string, Accumulator> acc;
   const Problem& p = problem_;
   const std::int64_t group = p.group_size();
+  const bool with_baseline = !subject_.materializing;
+
+  // the largest reference magnitude of each tensor (the guard of max_rel)
+  std::map<std::string, double> ref_max;
+  auto note_max = [&](const std::string& t, const std::vector<double>& values) {
+    double& m = ref_max[t];
+    for (double x : values) {
+      if (std::isfinite(x)) m = std::max(m, std::abs(x));
+    }
+  };
+  for (const GroupExpectation& ge : groups_) {
+    note_max("o", ge.check.exact.o);
+    note_max("lse", ge.check.exact.lse);
+    if (has_backward(pass_)) {
+      note_max("dq", ge.check.exact.dq);
+      note_max("dk", ge.check.exact.dk);
+      note_max("dv", ge.check.exact.dv);
+    }
+  }
+  std::map<std::string, TensorAccumulator> acc;
+  for (const auto& [t, m] : ref_max) {
+    TensorAccumulator& a = acc[t];
+    a.error = a.baseline = a.upcast = numerics::ErrorAccumulator(m);
+  }
+
   for (const GroupExpectation& ge : groups_) {
     const Group& grp = ge.group;
-    const reference::AttentionData<double>& ref = ge.reference;
-    const Outputs& base = ge.baseline;
-    const Sequence s = p.sequence(grp.b);
-    auto compare_rows = [&](const std::string& name, const Tensor<double, 4>& r, const std::vector<double>& b,
-                            std::int64_t local_head, std::int64_t global_head) {
-      const std::int64_t rows = r.shape()[1], dim = r.shape()[3];
-      const std::vector<double> out = fetch(name, grp.b, global_head);
-      for (std::int64_t n = 0; n < rows; ++n) {
-        for (std::int64_t c = 0; c < dim; ++c) {
-          const auto local = static_cast<std::size_t>(r.view().offset(0, n, local_head, c));
-          acc[name].add(out[static_cast<std::size_t>(n * dim + c)], r.values()[local], b[local], dtype_,
-                        fmt::format("{},{},{},{}", grp.b, n, global_head, c));
+    const reference::GroupCheck& c = ge.check;
+    const reference::PathBounds& own = c.bounds.at(0);
+    const reference::PathBounds* base_bounds = c.bounds.size() > 1 ? &c.bounds[1] : nullptr;
+    auto baseline_head = [&](const std::string& t, std::int64_t local, std::int64_t global) -> std::vector<double> {
+      if (subject_.baseline) return (*subject_.baseline)(t, grp.b, global);
+      return ge.cpu_baseline.at({t, local});
+    };
+    // One tensor of one head at the chosen rows: `rows` chosen row indices, `at(r, col)` the index into the check's
+    // arrays, `out` the variant's full head.
+    auto compare = [&](const std::string& t, const std::vector<std::int64_t>& rows, std::int64_t dim, std::int64_t local,
+                       std::int64_t global, const std::vector<double>& exact, const std::vector<double>& det,
+                       const std::vector<double>& prob, const std::vector<double>* base_det, std::int64_t offset,
+                       DType stored) {
+      TensorAccumulator& a = acc[t];
+      const std::vector<double> out = fetch(t, grp.b, global);
+      std::vector<double> base;
+      if (with_baseline) base = baseline_head(t, local, global);
+      const std::vector<double>* upcast = nullptr;
+      if (c.upcast) {
+        upcast = t == "o" ? &c.upcast->o : t == "lse" ? &c.upcast->lse : t == "dq" ? &c.upcast->dq : t == "dk" ? &c.upcast->dk : &c.upcast->dv;
+      }
+      for (std::size_t r = 0; r < rows.size(); ++r) {
+        const std::int64_t n = rows[r];
+        for (std::int64_t col = 0; col < dim; ++col) {
+          const auto i = static_cast<std::size_t>(offset + static_cast<std::int64_t>(r) * dim + col);
+          const double ref = exact[i];
+          const double x = out[static_cast<std::size_t>(n * dim + col)];
+          const std::int64_t entry = a.next_entry++;
+          a.count++;
+          auto coordinates = [&] {
+            return t == "lse" ? fmt::format("{},{},{}", grp.b, n, global) : fmt::format("{},{},{},{}", grp.b, n, global, col);
+          };
+          const double before = a.error.finish().max_abs;
+          a.error.add(x, ref, entry);
+          if (a.error.finish().worst == entry && (a.error.finish().max_abs > before || a.where.empty())) a.where[entry] = coordinates();
+          a.floor = std::max(a.floor, 2 * numerics::one_step_noise(ref, stored));
+          a.bound = std::max(a.bound, det[i]);
+          a.bound_prob = std::max(a.bound_prob, prob[i]);
+          const double diff = std::isinf(ref) && x == ref ? 0.0 : std::abs(x - ref);
+          if (!(diff <= det[i])) {
+            if (a.above++ == 0) {
+              a.above_index = coordinates();
+              a.above_error = diff;
+              a.above_limit = det[i];
+            }
+          }
+          if (!(diff <= prob[i])) a.above_prob++;
+          if (upcast) {
+            a.has_upcast = true;
+            a.upcast.add((*upcast)[i], ref, entry);
+          }
+          if (with_baseline) {
+            a.has_baseline = true;
+            const double b = base[static_cast<std::size_t>(n * dim + col)];
+            a.baseline.add(b, ref, entry);
+            const double bdiff = std::isinf(ref) && b == ref ? 0.0 : std::abs(b - ref);
+            if (base_det && !(bdiff <= (*base_det)[i]) && a.baseline_above++ == 0) {
+              a.baseline_above_index = coordinates();
+              a.baseline_above_error = bdiff;
+              a.baseline_above_limit = (*base_det)[i];
+            }
+          }
         }
       }
     };
+    const auto nsel = static_cast<std::int64_t>(ge.rows.query.size()), ksel = static_cast<std::int64_t>(ge.rows.key.size());
+    const std::int64_t d = p.head_dim, dv = p.dv();
     for (std::int64_t j = 0; j < group; ++j) {
       const std::int64_t h = grp.g * group + j;
-      compare_rows("o", ref.o, base.o, j, h);
-      const std::vector<double> lse = fetch("lse", grp.b, h);
-      for (std::int64_t n = 0; n < s.seqlen_q; ++n) {
-        const auto local = static_cast<std::size_t>(ref.lse.view().offset(0, j, n));
-        acc["lse"].add(lse[static_cast<std::size_t>(n)], ref.lse.values()[local], base.lse[local], DType::fp32,
-                       fmt::format("{},{},{}", grp.b, n, h));
+      compare("o", ge.rows.query, dv, j, h, c.exact.o, own.deterministic.o, own.probabilistic.o,
+              base_bounds ? &base_bounds->deterministic.o : nullptr, j * nsel * dv, dtype_);
+      compare("lse", ge.rows.query, 1, j, h, c.exact.lse, own.deterministic.lse, own.probabilistic.lse,
+              base_bounds ? &base_bounds->deterministic.lse : nullptr, j * nsel, DType::fp32);
+      if (has_backward(pass_)) {
+        compare("dq", ge.rows.query, d, j, h, c.exact.dq, own.deterministic.dq, own.probabilistic.dq,
+                base_bounds ? &base_bounds->deterministic.dq : nullptr, j * nsel * d, dtype_);
       }
-      if (has_backward(pass_)) compare_rows("dq", ref.dq, base.dq, j, h);
     }
     if (has_backward(pass_)) {
-      compare_rows("dk", ref.dk, base.dk, 0, grp.g);
-      compare_rows("dv", ref.dv, base.dv, 0, grp.g);
+      compare("dk", ge.rows.key, d, 0, grp.g, c.exact.dk, own.deterministic.dk, own.probabilistic.dk,
+              base_bounds ? &base_bounds->deterministic.dk : nullptr, 0, dtype_);
+      compare("dv", ge.rows.key, dv, 0, grp.g, c.exact.dv, own.deterministic.dv, own.probabilistic.dv,
+              base_bounds ? &base_bounds->deterministic.dv : nullptr, 0, dtype_);
+      (void)ksel;
     }
   }
-  for (const auto& [name, a] : acc) {
-    const double k = (name == "o" || name == "lse") ? 2.0 : 3.0;
-    result.errors[name] = a.result(k);
-    result.pass = result.pass && result.errors[name].pass;
+
+  auto fail = [&](std::string why) {
+    if (result.pass) result.failure = std::move(why);
+    result.pass = false;
+  };
+  for (const char* name : kOutputTensors) {
+    const auto it = acc.find(name);
+    if (it == acc.end() || it->second.count == 0) continue;
+    const TensorAccumulator& a = it->second;
+    TensorVerdict v;
+    v.error = a.error.finish();
+    const auto where = a.where.find(v.error.worst);
+    v.worst_index = where != a.where.end() ? where->second : "";
+    if (a.has_baseline) v.baseline = a.baseline.finish();
+    if (a.has_upcast) v.upcast = a.upcast.finish();
+    v.floor = a.floor;
+    v.bound = a.bound;
+    v.bound_prob = a.bound_prob;
+    v.above_bound = a.above;
+    v.above_bound_index = a.above_index;
+    v.above_bound_error = a.above_error;
+    v.above_bound_limit = a.above_limit;
+    v.prob_exceed = static_cast<double>(a.above_prob) / static_cast<double>(a.count);
+    const double k = numerics::rule_factor(name);
+    if (!std::isfinite(v.error.max_abs)) {
+      v.pass = false;
+      fail(fmt::format("{} is not finite at {}", name, v.worst_index));
+    }
+    if (v.baseline && !std::isfinite(v.baseline->max_abs)) {
+      v.pass = false;
+      fail(fmt::format("the baseline's {} is not finite: the rule has no baseline to compare with", name));
+    } else if (v.baseline && a.baseline_above > 0) {
+      v.pass = false;
+      fail(fmt::format("the baseline's {} error {:.3g} at {} exceeds its own deterministic bound {:.3g} ({} entries)",
+                       name, a.baseline_above_error, a.baseline_above_index, a.baseline_above_limit, a.baseline_above));
+    } else if (v.baseline) {
+      v.rule_pass = numerics::rule_holds(v.error.max_abs, v.baseline->max_abs, v.floor, k);
+      if (!*v.rule_pass && numerics::rule_judges(dtype_)) {
+        v.pass = false;
+        fail(fmt::format("{} max abs error {:.3g} at {} > {} x baseline {:.3g} + floor {:.3g}", name, v.error.max_abs,
+                         v.worst_index, k, v.baseline->max_abs, v.floor));
+      }
+    }
+    if (a.above > 0 && std::isfinite(v.error.max_abs)) {
+      v.pass = false;
+      fail(fmt::format("{} error {:.3g} at {} exceeds its deterministic bound {:.3g} ({} of {} entries above)", name,
+                       a.above_error, a.above_index, a.above_limit, a.above, a.count));
+    }
+    result.tensors[name] = v;
   }
   return result;
 }
@@ -300,11 +427,12 @@ Verification Expectation::check(const FetchOutput& fetch) const {
 Verification worse(const Verification& a, const Verification& b) {
   Verification w = a;
   w.pass = a.pass && b.pass;
-  for (const auto& [name, e] : b.errors) {
-    const auto it = a.errors.find(name);
-    const bool both_pass = (it == a.errors.end() || it->second.pass) && e.pass;
-    if (it == a.errors.end() || e.max_abs > it->second.max_abs) w.errors[name] = e;
-    w.errors[name].pass = both_pass;
+  if (a.pass && !b.pass) w.failure = b.failure;
+  for (const auto& [name, e] : b.tensors) {
+    const auto it = a.tensors.find(name);
+    const bool both_pass = (it == a.tensors.end() || it->second.pass) && e.pass;
+    if (it == a.tensors.end() || e.error.max_abs > it->second.error.max_abs) w.tensors[name] = e;
+    w.tensors[name].pass = both_pass;
   }
   return w;
 }

@@ -556,6 +556,46 @@ Support supports(const Problem& p, DType dtype, Pass) {
   return Support::yes();
 }
 
+// Where flash2 rounds (reference/NUMERICS.md). Forward: S = Q K^T by mma.sync (products exact, fp32 accumulation
+// truncating) kept in fp32 registers; P = exp2(S c - m) by one FMA and ex2.approx.ftz (2 ulp, flush below 2^-126)
+// against a lazy running max, one rescale of l and acc per key tile at most; P rounded to the dtype as the A operand
+// of P V (fp32 accumulation, truncating); l summed in fp32 from the unrounded P; O = acc * (1 / l) rounded to the
+// dtype; LSE in fp32. Backward: P recomputed from S and the stored LSE, rounded to the dtype for dV; dP by mma;
+// D = rowsum(dO o O) in fp32 from the stored O; dS = P (dP - D) in fp32 from the unrounded P, rounded to the dtype for
+// dQ and dK; dQ's key-block partials added by fp32 atomics; dK, dV accumulated over the query rows by mma, GQA
+// partials summed in fp32.
+numerics::DataPath data_path(const Problem& p, DType dtype, const AttentionParams& params) {
+  const double u32 = unit_roundoff(DType::fp32), u = unit_roundoff(dtype);
+  int block_n = params.block_n;
+  for (const ForwardConfig& c : kForwardConfigs) {
+    if (block_n == 0 && c.head_dim == p.head_dim) block_n = c.block_n;  // the default: the head dim's first entry
+  }
+  numerics::DataPath path;
+  path.summary = "S fp32 (mma, truncating); online softmax, lazy max, " + std::to_string(block_n) + "-key tiles; P " +
+                 std::string(name(dtype)) + " before PV; O = acc/l; bwd: P, dS " + std::string(name(dtype)) +
+                 ", dQ fp32 atomics";
+  path.u_arith = u32;
+  path.qk = {u32, true};
+  path.u_exp = 3 * u32;  // ex2.approx: 2 ulp of the correctly rounded result, plus its rounding
+  path.u_p = u;
+  path.p_dtype = dtype;
+  path.p_normalized = false;
+  path.pv = {u32, true};
+  path.row_sum = {u32, false};
+  path.row_sum_chains = 4;  // the 4 threads of an mma row each sum their columns, then two shuffle additions
+  path.key_tile = block_n;
+  path.u_out = u;
+  path.out_dtype = dtype;
+  path.u_p_bwd = u;
+  path.ds_from_rounded_p = false;
+  path.dp = {u32, true};
+  path.delta = {u32, false};
+  path.u_ds = u;
+  path.dq = path.dk = path.dv = {u32, true};
+  path.dq_block = backward_block_n(p.head_dim);
+  return path;
+}
+
 }  // namespace flash2
 
 Variant flash2_variant() {
@@ -580,6 +620,7 @@ Variant flash2_variant() {
   v.forward = flash2::forward;
   v.backward = flash2::backward;
   v.kernels = flash2::kernels;
+  v.data_path = flash2::data_path;
   return v;
 }
 

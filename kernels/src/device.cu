@@ -34,10 +34,10 @@ unsigned grid_for(std::int64_t count) {
 
 __global__ void __launch_bounds__(kThreads)
     generate_kernel(void* data, DType dtype, std::int64_t count, std::uint64_t seed, std::uint32_t tensor,
-                    Distribution distribution) {
+                    Distribution distribution, InputLayout layout) {
   const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
   for (std::int64_t i = std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count; i += stride) {
-    store(data, i, dtype, input_value(seed, tensor, static_cast<std::uint64_t>(i), distribution, dtype));
+    store(data, i, dtype, input_value(seed, tensor, static_cast<std::uint64_t>(i), distribution, dtype, layout));
   }
 }
 
@@ -51,13 +51,13 @@ __global__ void __launch_bounds__(kThreads) fill_value_kernel(float* data, std::
 }  // namespace
 
 void generate(void* data, DType dtype, std::int64_t count, std::uint64_t seed, TensorId tensor,
-              Distribution distribution, void* stream) {
+              Distribution distribution, InputLayout layout, void* stream) {
   if (dtype == DType::fp8_e4m3) {
     throw Unsupported("generate: fp8_e4m3 has no storage format in flashlab yet (fp64, fp32, fp16, bf16 do)");
   }
   if (count <= 0) return;
   generate_kernel<<<grid_for(count), kThreads, 0, as_stream(stream)>>>(
-      data, dtype, count, seed, static_cast<std::uint32_t>(tensor), distribution);
+      data, dtype, count, seed, static_cast<std::uint32_t>(tensor), distribution, layout);
   FL_CUDA_CHECK_LAUNCH("generate_kernel");
 }
 

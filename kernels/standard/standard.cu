@@ -1102,6 +1102,15 @@ Variant standard_variant() {
   v.workspace_model = workspace_bytes;
   v.forward = forward;
   v.backward = backward;
+  // Where it rounds (reference/NUMERICS.md): the cuBLAS GEMMs accumulate in fp32 (truncating on tensor cores; fp32
+  // runs take FFMA, which the same model bounds, a factor 2 loose) and store S, P, dP, dS, O in the dtype; the
+  // softmax runs in fp32 (exp2 of one FMA on ex2.approx for fp16/bf16, expf for fp32: 2 ulp either way),
+  // P = e * (1 / l).
+  v.data_path = [](const Problem&, DType dtype, const AttentionParams&) {
+    return numerics::materializing_path(dtype, DType::fp32, true, 3 * unit_roundoff(DType::fp32),
+                                        "S, P, dP, dS stored in " + std::string(name(dtype)) +
+                                            " (cuBLAS, fp32 accumulation); softmax fp32");
+  };
   return v;
 }
 

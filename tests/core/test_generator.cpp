@@ -1,7 +1,9 @@
 // The input generator and the deterministic math under it: detmath::log and sincos_turns against the
 // C library, Philox4x32-10 known answers, determinism and stream separation, fill() on strided views,
-// rounding to the dtype, and the statistics of the three distributions.
+// rounding to the dtype, the statistics of the iid distributions, and the score structure of the structured
+// ones measured on generated Q and K.
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -11,6 +13,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "catch.hpp"
@@ -24,6 +27,8 @@ namespace {
 
 constexpr std::uint32_t kQ = static_cast<std::uint32_t>(TensorId::q);
 constexpr std::uint32_t kK = static_cast<std::uint32_t>(TensorId::k);
+// The iid distributions (normal, uniform, outliers) give the same value under any layout.
+constexpr InputLayout kAnyLayout{1, 1};
 
 // Unit in the last place of a finite nonzero double.
 double ulp(double x) {
@@ -63,7 +68,7 @@ double normal_cdf(double x) {
 std::vector<double> draw(std::uint64_t seed, Distribution distribution, std::int64_t n) {
   std::vector<double> x(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) {
-    x[static_cast<std::size_t>(i)] = sample(seed, kQ, static_cast<std::uint64_t>(i), distribution);
+    x[static_cast<std::size_t>(i)] = sample(seed, kQ, static_cast<std::uint64_t>(i), distribution, kAnyLayout);
   }
   return x;
 }
@@ -196,13 +201,13 @@ TEST_CASE("samples are a pure function of (seed, tensor, index)", "[generator]")
     std::int64_t repeated_differs = 0;
     std::int64_t seed_equal = 0, seed_high_equal = 0, tensor_equal = 0, index_equal = 0, index_high_equal = 0;
     for (std::uint64_t i = 0; i < 2000; ++i) {
-      const double x = sample(seed, kQ, i, distribution);
-      if (sample(seed, kQ, i, distribution) != x) ++repeated_differs;
-      if (sample(seed + 1, kQ, i, distribution) == x) ++seed_equal;
-      if (sample(seed + (1ULL << 32), kQ, i, distribution) == x) ++seed_high_equal;  // key word 1
-      if (sample(seed, kK, i, distribution) == x) ++tensor_equal;
-      if (sample(seed, kQ, i + 1, distribution) == x) ++index_equal;
-      if (sample(seed, kQ, i + (1ULL << 32), distribution) == x) ++index_high_equal;  // counter word 1
+      const double x = sample(seed, kQ, i, distribution, kAnyLayout);
+      if (sample(seed, kQ, i, distribution, kAnyLayout) != x) ++repeated_differs;
+      if (sample(seed + 1, kQ, i, distribution, kAnyLayout) == x) ++seed_equal;
+      if (sample(seed + (1ULL << 32), kQ, i, distribution, kAnyLayout) == x) ++seed_high_equal;  // key word 1
+      if (sample(seed, kK, i, distribution, kAnyLayout) == x) ++tensor_equal;
+      if (sample(seed, kQ, i + 1, distribution, kAnyLayout) == x) ++index_equal;
+      if (sample(seed, kQ, i + (1ULL << 32), distribution, kAnyLayout) == x) ++index_high_equal;  // counter word 1
     }
     CHECK(repeated_differs == 0);
     // Two independent 53-bit draws coincide with probability ~2^-50; any equality means shared streams.
@@ -218,8 +223,8 @@ TEST_CASE("streams of different tensors are uncorrelated", "[generator]") {
   constexpr std::int64_t n = 200000;
   double sxy = 0, sxx = 0, syy = 0;
   for (std::int64_t i = 0; i < n; ++i) {
-    const double x = sample(7, kQ, static_cast<std::uint64_t>(i), Distribution::normal);
-    const double y = sample(7, kK, static_cast<std::uint64_t>(i), Distribution::normal);
+    const double x = sample(7, kQ, static_cast<std::uint64_t>(i), Distribution::normal, kAnyLayout);
+    const double y = sample(7, kK, static_cast<std::uint64_t>(i), Distribution::normal, kAnyLayout);
     sxy += x * y;
     sxx += x * x;
     syy += y * y;
@@ -230,17 +235,17 @@ TEST_CASE("streams of different tensors are uncorrelated", "[generator]") {
 
 TEST_CASE("input_value is the sample rounded to the nearest dtype value", "[generator]") {
   for (std::uint64_t i = 0; i < 20000; ++i) {
-    const double exact = sample(3, kQ, i, Distribution::outliers);
-    const double half = input_value(3, kQ, i, Distribution::outliers, DType::fp16);
-    const double bf = input_value(3, kQ, i, Distribution::outliers, DType::bf16);
-    const double single = input_value(3, kQ, i, Distribution::outliers, DType::fp32);
+    const double exact = sample(3, kQ, i, Distribution::outliers, kAnyLayout);
+    const double half = input_value(3, kQ, i, Distribution::outliers, DType::fp16, kAnyLayout);
+    const double bf = input_value(3, kQ, i, Distribution::outliers, DType::bf16, kAnyLayout);
+    const double single = input_value(3, kQ, i, Distribution::outliers, DType::fp32, kAnyLayout);
     CHECK(is_fp16_value(half));
     CHECK(is_bf16_value(bf));
     CHECK(single == static_cast<double>(static_cast<float>(exact)));
     // Nearest: within half a spacing, i.e. relative u (or half the subnormal spacing 2^-25 for fp16).
     CHECK(std::abs(half - exact) <= std::max(std::abs(exact) * unit_roundoff(DType::fp16), std::ldexp(1.0, -25)));
     CHECK(std::abs(bf - exact) <= std::abs(exact) * unit_roundoff(DType::bf16));
-    CHECK(input_value(3, kQ, i, Distribution::outliers, DType::fp64) == exact);
+    CHECK(input_value(3, kQ, i, Distribution::outliers, DType::fp64, kAnyLayout) == exact);
   }
 }
 
@@ -261,7 +266,7 @@ TEST_CASE("fill puts the sample of each logical linear index at its logical posi
         for (std::int64_t c = 0; c < shape[2]; ++c) {
           for (std::int64_t d = 0; d < shape[3]; ++d, ++linear) {
             const double expected =
-                sample(spec.seed, static_cast<std::uint32_t>(TensorId::v), linear, spec.distribution);
+                sample(spec.seed, static_cast<std::uint32_t>(TensorId::v), linear, spec.distribution, {4, 17});
             if (!(view(a, b, c, d) == expected)) ++wrong;
           }
         }
@@ -285,7 +290,7 @@ TEST_CASE("fill puts the sample of each logical linear index at its logical posi
         for (std::int64_t c = 0; c < 3; ++c, ++linear) {
           covered.insert(view.offset(a, b, c));
           const double expected =
-              sample(spec.seed, static_cast<std::uint32_t>(TensorId::d_out), linear, spec.distribution);
+              sample(spec.seed, static_cast<std::uint32_t>(TensorId::d_out), linear, spec.distribution, {1, 3});
           if (view(a, b, c) != static_cast<float>(expected)) ++wrong;
         }
       }
@@ -299,7 +304,7 @@ TEST_CASE("fill puts the sample of each logical linear index at its logical posi
     Tensor<double, 3> dense({5, 17, 33});
     fill(dense.view(), TensorId::k, spec);
     for (std::int64_t i = 0; i < dense.numel(); ++i) {
-      const double expected = sample(spec.seed, kK, static_cast<std::uint64_t>(i), spec.distribution);
+      const double expected = sample(spec.seed, kK, static_cast<std::uint64_t>(i), spec.distribution, {1, 33});
       if (dense.values()[static_cast<std::size_t>(i)] != expected) FAIL("element " << i);
     }
   }
@@ -320,7 +325,8 @@ TEST_CASE("fill rounds to the dtype", "[generator]") {
   CHECK(not_bf16 == 0);
   CHECK(not_single == 0);
   // The values are the rounded samples, not merely representable ones.
-  CHECK(half.values()[123] == static_cast<float>(round_to(sample(9, kQ, 123, Distribution::outliers), DType::fp16)));
+  CHECK(half.values()[123] ==
+        static_cast<float>(round_to(sample(9, kQ, 123, Distribution::outliers, {3, 40}), DType::fp16)));
 }
 
 // --- statistics (fixed seeds, so each check either always passes or always fails) ---------------------------
@@ -381,9 +387,19 @@ TEST_CASE("outlier samples: N(0, 1) plus N(0, 100) with probability 0.001", "[ge
 }
 
 TEST_CASE("distribution names parse back, unknown names list the allowed set", "[generator]") {
-  for (const Distribution d : {Distribution::normal, Distribution::uniform, Distribution::outliers}) {
+  // kDistributions lists every enumerator once, in declaration order (so a new one cannot be left out).
+  for (std::size_t i = 0; i < kDistributions.size(); ++i) CHECK(static_cast<std::size_t>(kDistributions[i]) == i);
+  std::set<std::string_view> names;
+  for (const Distribution d : kDistributions) {
+    INFO(static_cast<int>(d));
+    CHECK(name(d) != "?");
     CHECK(parse_distribution(name(d)) == d);
+    names.insert(name(d));
   }
+  CHECK(names.size() == kDistributions.size());
+  const std::vector<std::string> expected = {"normal", "uniform", "outliers", "peaked",
+                                             "flat",   "ramp",    "ties",     "large_logits"};
+  for (const std::string& n : expected) CHECK(names.contains(n));
   CHECK_THROWS_AS(parse_distribution("gaussian"), std::invalid_argument);
   std::string message;
   try {
@@ -392,7 +408,268 @@ TEST_CASE("distribution names parse back, unknown names list the allowed set", "
     message = error.what();
   }
   INFO(message);
-  for (const char* allowed : {"normal", "uniform", "outliers"}) CHECK(message.find(allowed) != std::string::npos);
+  CHECK(message.find("'Normal'") != std::string::npos);
+  for (const std::string& allowed : expected) CHECK(message.find(allowed) != std::string::npos);
+}
+
+// --- structured distributions ------------------------------------------------------------------------------
+
+namespace {
+
+constexpr std::array<Distribution, 5> kStructured = {Distribution::peaked, Distribution::flat, Distribution::ramp,
+                                                     Distribution::ties, Distribution::large_logits};
+
+// Q and K of a [1, N, H, d] problem (N_q = N_k = N) as fill() generates them.
+struct QueryKey {
+  Tensor<double, 4> q, k;
+};
+QueryKey query_key(Distribution distribution, DType dtype, std::int64_t n, std::int64_t heads, std::int64_t d,
+                   std::uint64_t seed) {
+  QueryKey qk{Tensor<double, 4>({1, n, heads, d}), Tensor<double, 4>({1, n, heads, d})};
+  fill(qk.q.view(), TensorId::q, {seed, distribution, dtype});
+  fill(qk.k.view(), TensorId::k, {seed, distribution, dtype});
+  return qk;
+}
+
+// Scores q_i . k_j / sqrt(d) of query row i and head h against keys [0, keys), summed in channel order.
+std::vector<double> scores(const QueryKey& qk, std::int64_t i, std::int64_t h, std::int64_t keys) {
+  const std::int64_t d = qk.q.shape()[3];
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  std::vector<double> s(static_cast<std::size_t>(keys));
+  for (std::int64_t j = 0; j < keys; ++j) {
+    double dot = 0;
+    for (std::int64_t c = 0; c < d; ++c) dot += qk.q(0, i, h, c) * qk.k(0, j, h, c);
+    s[static_cast<std::size_t>(j)] = dot * scale;
+  }
+  return s;
+}
+
+constexpr std::array<DType, 3> kStructureDTypes = {DType::fp64, DType::fp16, DType::bf16};
+
+}  // namespace
+
+TEST_CASE("coordinates_of decodes token, head and channel", "[generator]") {
+  const InputLayout layout{3, 40};
+  for (const std::uint64_t token : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{97}, std::uint64_t{1} << 33}) {
+    for (std::uint64_t head = 0; head < 3; ++head) {
+      for (const std::uint64_t channel : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{39}}) {
+        const InputCoordinates at = coordinates_of((token * 3 + head) * 40 + channel, layout);
+        CHECK((at.token == token && at.head == head && at.channel == channel));
+      }
+    }
+  }
+}
+
+TEST_CASE("structured distributions: V and dO are the normal draw, Q and K built from it as documented",
+          "[generator]") {
+  // The element-wise constructions, checked exactly against the normal draw of the same element.
+  constexpr std::uint64_t seed = 31;
+  const InputLayout layout{2, 24};
+  const auto q_of = [&](Distribution d, std::uint64_t i) { return sample(seed, kQ, i, d, layout); };
+  const auto k_of = [&](Distribution d, std::uint64_t i) { return sample(seed, kK, i, d, layout); };
+  std::int64_t wrong = 0;
+  for (std::uint64_t i = 0; i < 20000; ++i) {
+    const InputCoordinates at = coordinates_of(i, layout);
+    const double nq = q_of(Distribution::normal, i), nk = k_of(Distribution::normal, i);
+    for (const Distribution d : kStructured) {
+      for (const TensorId t : {TensorId::v, TensorId::d_out}) {
+        const auto id = static_cast<std::uint32_t>(t);
+        wrong += sample(seed, id, i, d, layout) != sample(seed, id, i, Distribution::normal, layout);
+      }
+    }
+    wrong += q_of(Distribution::flat, i) != 1e-3 * nq;
+    wrong += k_of(Distribution::flat, i) != nk;
+    wrong += q_of(Distribution::large_logits, i) != 32 * nq;
+    wrong += k_of(Distribution::large_logits, i) != 32 * nk;
+    wrong += q_of(Distribution::ties, i) != std::abs(nq);
+    wrong += k_of(Distribution::ties, i) != (at.token % 2 == 0 ? 1.0 : nk);
+    wrong += q_of(Distribution::ramp, i) != (at.channel == 0 ? 1.0 : nq);
+    wrong += k_of(Distribution::ramp, i) != (at.channel == 0 ? 0.5 * static_cast<double>(at.token % 8192) : nk);
+    // peaked: q = 0.5 nq + 1.5 w and k = 0.5 nk + 1.5 w with one code w = +-1 (the generator's operations, so
+    // the comparison is exact).
+    const auto code_of = [](double value, double normal) {
+      if (value == 0.5 * normal + 1.5) return 1;
+      if (value == 0.5 * normal - 1.5) return -1;
+      return 0;
+    };
+    const int wq = code_of(q_of(Distribution::peaked, i), nq), wk = code_of(k_of(Distribution::peaked, i), nk);
+    wrong += wq == 0 || wq != wk;
+  }
+  CHECK(wrong == 0);
+  // The ramp restarts after kRampPeriod tokens.
+  CHECK(k_of(Distribution::ramp, 8191 * 48) == 0.5 * 8191);
+  CHECK(k_of(Distribution::ramp, 8192 * 48) == 0.0);
+  CHECK(k_of(Distribution::ramp, 8193 * 48) == 0.5);
+}
+
+TEST_CASE("peaked: each query row's own key scores highest, by more than 5", "[generator][statistics]") {
+  // At d = 64 the own key scores ~18 and the other 255 ~N(0, 6.25): the gap to the next averages 11
+  // (standard deviation 1.3); its smallest value over these 512 rows is 6.2, over 20 seeds' 10240 rows 5.1.
+  // A code not shared between Q and K, or shared at the wrong token, leaves no gap at all.
+  constexpr std::int64_t n = 256, heads = 2, d = 64;
+  for (const DType dtype : kStructureDTypes) {
+    INFO(name(dtype));
+    const QueryKey qk = query_key(Distribution::peaked, dtype, n, heads, d, 5);
+    std::int64_t not_own = 0;
+    double smallest_gap = std::numeric_limits<double>::infinity();
+    for (std::int64_t h = 0; h < heads; ++h) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::vector<double> s = scores(qk, i, h, n);
+        const auto top = std::max_element(s.begin(), s.end());
+        not_own += top - s.begin() != i;
+        double second = -std::numeric_limits<double>::infinity();
+        for (std::int64_t j = 0; j < n; ++j) {
+          if (j != i) second = std::max(second, s[static_cast<std::size_t>(j)]);
+        }
+        smallest_gap = std::min(smallest_gap, s[static_cast<std::size_t>(i)] - second);
+      }
+    }
+    INFO("smallest gap between the own key and the next " << smallest_gap);
+    CHECK(not_own == 0);
+    CHECK(smallest_gap > 5.0);
+  }
+}
+
+TEST_CASE("flat: every score is below 0.05 in magnitude", "[generator][statistics]") {
+  // Scores are ~N(0, 1e-6): the largest of 131072 is ~5e-3, a tenth of the bound; an unscaled q gives ~4.
+  constexpr std::int64_t n = 256, heads = 2, d = 64;
+  for (const DType dtype : kStructureDTypes) {
+    INFO(name(dtype));
+    const QueryKey qk = query_key(Distribution::flat, dtype, n, heads, d, 6);
+    double largest = 0;
+    for (std::int64_t h = 0; h < heads; ++h) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        for (const double s : scores(qk, i, h, n)) largest = std::max(largest, std::abs(s));
+      }
+    }
+    INFO("largest |score| " << largest);
+    CHECK(largest < 0.05);
+    CHECK(largest > 0.0);  // not degenerate: q rounds to nonzero values in every dtype here
+  }
+}
+
+TEST_CASE("ramp: the running row max grows on every key tile", "[generator][statistics]") {
+  // At d = 64 the ramp adds 0.5/8 per key to the score, on a noise of standard deviation ~1 from the other
+  // 63 channels. A 128-key tile rises by 8: the running max grows on every one (smallest rise measured over
+  // 6 seeds and 184320 tile steps: 3.5). A 64-key tile rises by 4, about 4 standard deviations of the
+  // difference of two tile maxima, so the running max stalls in ~4 of 10^6 tile steps (3 of 761856
+  // measured): those are allowed up to 1 in 10^4, far below the half of all steps a ramp in the wrong
+  // channel, direction or tensor gives.
+  constexpr std::int64_t n = 2048, heads = 2, d = 64;
+  for (const DType dtype : kStructureDTypes) {
+    INFO(name(dtype));
+    const QueryKey qk = query_key(Distribution::ramp, dtype, n, heads, d, 7);
+    for (const std::int64_t tile : {128, 64}) {
+      std::int64_t stalls = 0, steps = 0;
+      for (std::int64_t h = 0; h < heads; ++h) {
+        for (std::int64_t i = 0; i < n; i += 3) {  // 683 rows per head, spread over the sequence
+          const std::vector<double> s = scores(qk, i, h, n);
+          double running = -std::numeric_limits<double>::infinity();
+          for (std::int64_t start = 0; start < n; start += tile) {
+            const double tile_max = *std::max_element(s.begin() + start, s.begin() + start + tile);
+            if (start > 0) {
+              ++steps;
+              stalls += !(tile_max > running);
+            }
+            running = std::max(running, tile_max);
+          }
+        }
+      }
+      INFO(tile << "-key tiles: the running max stalls in " << stalls << " of " << steps << " tile steps");
+      if (tile == 128) CHECK(stalls == 0);
+      else CHECK(stalls * 10000 <= steps);
+    }
+  }
+}
+
+TEST_CASE("ties: every even key attains the row max exactly, no odd key does", "[generator][statistics]") {
+  // Even keys score sum|q|/8 ~ 6.4 exactly alike (the same products 1 * q_c summed in the same order); odd
+  // keys ~N(0, 1) reach ~4 at most among 256.
+  constexpr std::int64_t n = 256, heads = 2, d = 64;
+  for (const DType dtype : kStructureDTypes) {
+    INFO(name(dtype));
+    const QueryKey qk = query_key(Distribution::ties, dtype, n, heads, d, 8);
+    std::int64_t wrong_rows = 0;
+    for (std::int64_t h = 0; h < heads; ++h) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::vector<double> s = scores(qk, i, h, n);
+        const double top = *std::max_element(s.begin(), s.end());
+        std::int64_t at_max = 0, even_at_max = 0;
+        for (std::int64_t j = 0; j < n; ++j) {
+          if (s[static_cast<std::size_t>(j)] == top) {
+            ++at_max;
+            even_at_max += j % 2 == 0;
+          }
+        }
+        wrong_rows += at_max != n / 2 || even_at_max != n / 2;
+      }
+    }
+    CHECK(wrong_rows == 0);
+  }
+}
+
+TEST_CASE("large_logits: scores have a standard deviation of about 1e3", "[generator][statistics]") {
+  constexpr std::int64_t n = 256, heads = 2, d = 64;
+  for (const DType dtype : kStructureDTypes) {
+    INFO(name(dtype));
+    const QueryKey qk = query_key(Distribution::large_logits, dtype, n, heads, d, 9);
+    std::vector<double> all;
+    for (std::int64_t h = 0; h < heads; ++h) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::vector<double> s = scores(qk, i, h, n);
+        all.insert(all.end(), s.begin(), s.end());
+      }
+    }
+    const double deviation = std::sqrt(moments(all).variance);
+    INFO("standard deviation " << deviation);
+    CHECK(deviation >= 500.0);
+    CHECK(deviation <= 2000.0);
+  }
+}
+
+TEST_CASE("fill of a structured distribution decodes the logical shape, not the strides", "[generator]") {
+  for (const Distribution distribution : kStructured) {
+    INFO(name(distribution));
+    const InputSpec spec{17, distribution, DType::fp16};
+    // Rank 4, column-major: layout {heads = shape[2], dim = shape[3]}.
+    const Shape<4> shape{2, 33, 3, 40};
+    const Shape<4> column_major{1, 2, 2 * 33, 2 * 33 * 3};
+    for (const TensorId tensor : {TensorId::q, TensorId::k}) {
+      std::vector<double> buffer(static_cast<std::size_t>(element_count<4>(shape)));
+      const TensorView<double, 4> view(buffer.data(), shape, column_major);
+      fill(view, tensor, spec);
+      std::int64_t wrong = 0;
+      std::uint64_t linear = 0;
+      for (std::int64_t a = 0; a < shape[0]; ++a) {
+        for (std::int64_t b = 0; b < shape[1]; ++b) {
+          for (std::int64_t c = 0; c < shape[2]; ++c) {
+            for (std::int64_t e = 0; e < shape[3]; ++e, ++linear) {
+              wrong += view(a, b, c, e) != input_value(spec.seed, static_cast<std::uint32_t>(tensor), linear,
+                                                       distribution, spec.dtype, {3, 40});
+            }
+          }
+        }
+      }
+      CHECK(wrong == 0);
+    }
+    // Rank 3, padded: layout {1, last dimension}.
+    const Shape<3> shape3{4, 9, 24};
+    const Shape<3> padded{9 * 30, 30, 1};
+    std::vector<float> buffer3(4 * 9 * 30);
+    const TensorView<float, 3> view3(buffer3.data(), shape3, padded);
+    fill(view3, TensorId::k, spec);
+    std::int64_t wrong = 0;
+    std::uint64_t linear = 0;
+    for (std::int64_t a = 0; a < shape3[0]; ++a) {
+      for (std::int64_t b = 0; b < shape3[1]; ++b) {
+        for (std::int64_t c = 0; c < shape3[2]; ++c, ++linear) {
+          wrong += view3(a, b, c) != static_cast<float>(input_value(spec.seed, kK, linear, distribution, spec.dtype,
+                                                                    {1, 24}));
+        }
+      }
+    }
+    CHECK(wrong == 0);
+  }
 }
 
 }  // namespace flashlab

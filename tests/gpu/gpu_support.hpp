@@ -21,6 +21,9 @@
 #include "flashlab/core/tensor.hpp"
 #include "flashlab/kernels/attention.hpp"
 #include "flashlab/kernels/device.hpp"
+#include "flashlab/harness/io_tensors.hpp"
+#include "flashlab/harness/registry.hpp"
+#include "flashlab/harness/verify.hpp"
 
 namespace flashlab::gpu_test {
 
@@ -130,7 +133,9 @@ struct DeviceTensors {
   }
   static std::size_t cu_bytes(const Problem& p) { return p.is_varlen() ? (p.batch + 1) * sizeof(std::int32_t) : 0; }
 
-  DeviceTensors(const Problem& p, DType t, std::uint64_t seed, void* stream)
+  // Inputs Q, K, V, dO of `distribution`; the layouts come from the [slots, tokens, heads, dim] shapes.
+  DeviceTensors(const Problem& p, DType t, std::uint64_t seed, void* stream,
+                Distribution distribution = Distribution::normal)
       : problem(p),
         dtype(t),
         shapes(attention_shapes(p)),
@@ -145,10 +150,14 @@ struct DeviceTensors {
         dv(bytes(shapes.v, t)),
         cu_q(cu_bytes(p)),
         cu_k(cu_bytes(p)) {
-    kernels::generate(q.get(), t, element_count<4>(shapes.q), seed, TensorId::q, Distribution::normal, stream);
-    kernels::generate(k.get(), t, element_count<4>(shapes.k), seed, TensorId::k, Distribution::normal, stream);
-    kernels::generate(v.get(), t, element_count<4>(shapes.v), seed, TensorId::v, Distribution::normal, stream);
-    kernels::generate(d_out.get(), t, element_count<4>(shapes.o), seed, TensorId::d_out, Distribution::normal, stream);
+    const auto generate = [&](const DeviceBuffer& buffer, const Shape<4>& shape, TensorId id) {
+      kernels::generate(buffer.get(), t, element_count<4>(shape), seed, id, distribution,
+                        InputLayout{shape[2], shape[3]}, stream);
+    };
+    generate(q, shapes.q, TensorId::q);
+    generate(k, shapes.k, TensorId::k);
+    generate(v, shapes.v, TensorId::v);
+    generate(d_out, shapes.o, TensorId::d_out);
     poison(stream);
     if (p.is_varlen()) {
       const std::vector<std::int32_t> cq(p.cu_seqlens_q.begin(), p.cu_seqlens_q.end());
@@ -212,48 +221,6 @@ inline std::int64_t bit_mismatches(const std::vector<double>& got, const std::ve
   return n;
 }
 
-// Relative Frobenius error ||got - want|| / ||want|| and max abs error over the entries where `want` is finite; entries where it is
-// -inf (LSE of fully masked rows) must be -inf in `got` too, counted in `inf_mismatches`.
-struct Error {
-  double rel_fro = 0;
-  double want_norm = 0;
-  double max_abs = 0;
-  double want_max = 0;  // max |want| over the finite entries
-  std::int64_t inf_mismatches = 0;
-};
-
-inline Error compare(const std::vector<double>& got, const std::vector<double>& want) {
-  Error e;
-  double diff2 = 0, want2 = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    if (std::isinf(want[i])) {
-      e.inf_mismatches += got[i] != want[i];
-      continue;
-    }
-    const double d = got[i] - want[i];
-    diff2 += d * d;
-    want2 += want[i] * want[i];
-    e.max_abs = std::max(e.max_abs, std::abs(d));
-    e.want_max = std::max(e.want_max, std::abs(want[i]));
-  }
-  e.want_norm = std::sqrt(want2);
-  e.rel_fro = want2 > 0 ? std::sqrt(diff2 / want2) : (diff2 > 0 ? std::numeric_limits<double>::infinity() : 0.0);
-  return e;
-}
-
-inline double max_abs(const std::vector<double>& x) {
-  double m = 0;
-  for (double value : x) m = std::max(m, std::abs(value));
-  return m;
-}
-
-// The reference rounded to the output dtype: its rel. Frobenius error is the rounding term of the baseline rule.
-inline std::vector<double> rounded(const std::vector<double>& x, DType dtype) {
-  std::vector<double> r(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) r[i] = std::isinf(x[i]) ? x[i] : round_to(x[i], dtype);
-  return r;
-}
-
 // Fully masked rows the problem has (Problem::key_range empty), over sequences and heads.
 inline std::int64_t fully_masked_rows(const Problem& p) {
   std::int64_t rows = 0;
@@ -290,5 +257,83 @@ inline Problem windowed(Problem p, std::int64_t left, std::int64_t right) {
   p.window = {left, right};
   return p;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The one verification rule (harness/verify.hpp), as the harness applies it, on the outputs of a test's run
+
+// The outputs of one run on DeviceTensors, copied to the host and read one head at a time as the harness's
+// backends read theirs.
+struct HostOutputs {
+  Problem problem;
+  DType dtype = DType::fp16;
+  std::map<std::string, std::vector<double>> tensors;  // o, lse (and dq, dk, dv after a backward)
+  [[nodiscard]] harness::FetchOutput fetch() const {
+    return [this](const std::string& tensor, std::int64_t b, std::int64_t head) {
+      const harness::HeadSlice slice = harness::head_slice(problem, tensor, b, head);
+      const std::vector<double>& all = tensors.at(tensor);
+      std::vector<double> out(static_cast<std::size_t>(slice.rows * slice.dim));
+      for (std::int64_t r = 0; r < slice.rows; ++r) {
+        for (std::int64_t c = 0; c < slice.dim; ++c) {
+          out[static_cast<std::size_t>(r * slice.dim + c)] = all[static_cast<std::size_t>(slice.offset + r * slice.pitch + c)];
+        }
+      }
+      return out;
+    };
+  }
+};
+
+inline HostOutputs host_outputs(const DeviceTensors& t, bool backward) {
+  HostOutputs h{t.problem, t.dtype, {}};
+  h.tensors["o"] = decode(t.o, t.dtype);
+  h.tensors["lse"] = decode(t.lse, DType::fp32);
+  if (backward) {
+    h.tensors["dq"] = decode(t.dq, t.dtype);
+    h.tensors["dk"] = decode(t.dk, t.dtype);
+    h.tensors["dv"] = decode(t.dv, t.dtype);
+  }
+  return h;
+}
+
+// Every entry of every group of `out` (a run of variant `v` with `params` on inputs of `seed` and `distribution`)
+// against the fp64 reference: the deterministic bound of v's data path and, unless v materializes, the
+// FlashAttention rule with `baseline` (the standard variant's outputs on the same inputs) as the baseline.
+inline harness::Verification verify_outputs(const kernels::Variant& v, const AttentionParams& params, Pass pass,
+                                            Distribution distribution, std::uint64_t seed, const HostOutputs& out,
+                                            const HostOutputs* baseline) {
+  harness::SuiteSettings every_entry;
+  every_entry.verify = "all";
+  harness::CheckSubject subject;
+  subject.path = v.data_path(params.problem, params.dtype, params);
+  subject.materializing = v.materializes;
+  harness::FetchOutput baseline_fetch;
+  if (!v.materializes) {
+    REQUIRE(baseline != nullptr);
+    subject.baseline_path = variant("standard").data_path(params.problem, params.dtype, params);
+    baseline_fetch = baseline->fetch();
+    subject.baseline = &baseline_fetch;
+  }
+  const harness::Expectation expected(params.problem, params.dtype, pass, {seed, distribution, params.dtype},
+                                      harness::choose_groups(params.problem, pass, every_entry), subject);
+  return expected.check(out.fetch());
+}
+
+// A verification that must pass: every tensor within its deterministic bound (and the rule, with a baseline).
+inline void check_verified(const harness::Verification& v) {
+  INFO("verification: " << v.failure);
+  CHECK(v.verified());
+  CHECK(v.pass);
+  for (const auto& [tensor, e] : v.tensors) {
+    INFO(tensor << ": max abs error " << e.error.max_abs << " at " << e.worst_index << ", deterministic bound "
+                << e.bound << ", probabilistic " << e.bound_prob << ", baseline "
+                << (e.baseline ? e.baseline->max_abs : -1.0) << ", floor " << e.floor);
+    CHECK(e.above_bound == 0);
+    CHECK(e.pass);
+  }
+}
+
+// The input distributions the numerics tests run (core/generator.hpp): the FlashAttention-3 outlier inputs and the
+// structured ones that stress the softmax.
+inline constexpr Distribution kStressDistributions[] = {Distribution::outliers, Distribution::peaked, Distribution::flat,
+                                                       Distribution::ramp, Distribution::ties, Distribution::large_logits};
 
 }  // namespace flashlab::gpu_test

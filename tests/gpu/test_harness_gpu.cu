@@ -50,6 +50,10 @@ TEST_CASE("the device allocator counts live and peak bytes and reuses freed bloc
   allocator.release(d);
 }
 
+static bool ends_with(const std::string& text, const std::string& tail) {
+  return text.size() >= tail.size() && text.compare(text.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 TEST_CASE("a GPU suite runs through the harness: verified, measured, OOM recorded", "[gpu][harness]") {
   const fs::path dir = fs::temp_directory_path() / ("flashlab-gpu-suite-" + std::to_string(getpid()));
   fs::remove_all(dir);
@@ -63,6 +67,9 @@ repetitions = 3
 fixed = { variant = "standard", batch = 2, heads = 4, heads_kv = 2, head_dim = 64 }
 axes = { pass = ["fwd", "fwdbwd"], dtype = ["fp32", "fp16", "bf16"], seqlen = [97, 1024], causal = [false, true] }
 [[sweep]]
+fixed = { variant = "flash2", batch = 2, heads = 4, heads_kv = 2, head_dim = 64 }
+axes = { pass = ["fwd", "fwdbwd"], dtype = ["fp16", "bf16"], seqlen = [97, 1024] }
+[[sweep]]
 fixed = { variant = "standard", pass = "fwdbwd", dtype = "bf16", batch = 1, heads = 64, head_dim = 128, seqlen = 262144 }
 )";
   RunOptions options;
@@ -71,7 +78,7 @@ fixed = { variant = "standard", pass = "fwdbwd", dtype = "bf16", batch = 1, head
   options.run_id = "r";
   const int code = run_suite(options);
   const auto rows = read_results(options.out / "gpu_suite" / "r" / "results.csv");
-  REQUIRE(rows.size() == 2 * 3 * 2 * 2 + 1);
+  REQUIRE(rows.size() == 2 * 3 * 2 * 2 + 2 * 2 * 2 + 1);
   for (const ResultRow& r : rows) {
     INFO(r.at("key") << ": " << r.at("status") << " " << r.at("reason"));
     if (r.at("seqlen_q") == "262144") {
@@ -80,7 +87,21 @@ fixed = { variant = "standard", pass = "fwdbwd", dtype = "bf16", batch = 1, head
     }
     CHECK(r.at("status") == "ok");
     CHECK(r.at("verify_pass") == "1");
-    CHECK(r.at("verified_heads") == "all; baseline: standard on the GPU");
+    CHECK(r.at("err_o_bound_pass") == "1");
+    CHECK(std::stod(r.at("err_o_bound")) >= std::stod(r.at("err_o_max_abs")));
+    CHECK_FALSE(r.at("data_path").empty());
+    if (r.at("variant") == "flash2") {
+      // the FlashAttention rule against standard on the GPU, on the same inputs
+      CHECK(ends_with(r.at("verified_heads"), "; baseline: standard on the GPU"));
+      CHECK(r.at("err_o_rule_pass") == "1");
+      CHECK_FALSE(r.at("err_o_baseline").empty());
+      continue;
+    }
+    // standard materializes: no row is its own baseline, the bound judges it
+    CHECK(ends_with(r.at("verified_heads"), "; no baseline (materializing): the bound judges"));
+    CHECK_FALSE(r.at("verified_rows").empty());
+    CHECK(r.at("err_o_baseline").empty());
+    CHECK(r.at("err_o_rule_pass").empty());
     CHECK(r.at("workspace_peak_bytes") == r.at("workspace_model_bytes"));
     // cudaMemGetInfo sees the row's tensors and every block the workspace allocator holds, up to the driver's
     // allocation granularity (2 MiB pages, a few blocks)

@@ -111,42 +111,108 @@ TEST_CASE("CPU variants take exactly their modelled workspace", "[harness][memor
   }
 }
 
-TEST_CASE("verification passes real outputs and fails wrong ones", "[harness][verify]") {
+// The check's view of a CPU variant: its data path, and cpu-standard as the baseline of a non-materializing one.
+CheckSubject subject_of(const kernels::Variant& v, const Problem& p, DType dtype) {
+  CheckSubject subject;
+  subject.path = v.data_path(p, dtype, {});
+  subject.materializing = v.materializes;
+  if (!v.materializes) subject.baseline_path = find_variant("cpu-standard")->data_path(p, dtype, {});
+  return subject;
+}
+
+TEST_CASE("verification passes real outputs within their bounds and fails wrong ones", "[harness][verify]") {
   auto backend = make_cpu_backend();
   SuiteSettings settings;
-  for (const Problem& p : awkward_problems()) {
+  std::vector<Problem> problems = awkward_problems();
+  Problem single_key;  // window (0, 0): every row sees one key, O = V exactly
+  single_key.heads = single_key.heads_kv = 2;
+  single_key.seqlen_q = single_key.seqlen_k = 33;
+  single_key.head_dim = 16;
+  single_key.window = {0, 0};
+  problems.push_back(single_key);
+  problems.push_back(Problem::varlen(2, 1, 16, {9, 4, 0}, {0, 12, 5}));  // a sequence without keys, one without queries
+  for (const Problem& p : problems) {
     for (const char* id : {"cpu-reference", "cpu-standard"}) {
-      const DType dtype = DType::bf16;
-      INFO(id << " " << p.describe());
-      const kernels::Variant* v = find_variant(id);
-      backend->prepare(row_of(id, Pass::fwdbwd, dtype, p), 9);
-      v->forward(backend->params(), backend->context());
-      v->backward(backend->params(), backend->context());
-      const Expectation expected(p, dtype, Pass::fwdbwd, {9, Distribution::normal, dtype},
-                                 choose_groups(p, Pass::fwdbwd, settings));
-      const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) {
-        return backend->fetch(t, b, h);
-      };
-      const Verification good = expected.check(fetch);
-      CHECK(good.verified_heads == "all; baseline: cpu-standard");
-      CHECK(good.pass);
-      REQUIRE(good.errors.size() == 5);
-      for (const auto& [tensor, e] : good.errors) {
-        INFO(tensor);
-        CHECK(std::isfinite(e.max_abs));
-        CHECK(e.rel_fro < 2e-2);  // bf16: u = 2^-8 ~ 4e-3 per rounding, a few roundings deep
+      for (const DType dtype : {DType::bf16, DType::fp32}) {
+        INFO(id << " " << name(dtype) << " " << p.describe());
+        const kernels::Variant* v = find_variant(id);
+        backend->prepare(row_of(id, Pass::fwdbwd, dtype, p), 9);
+        v->forward(backend->params(), backend->context());
+        v->backward(backend->params(), backend->context());
+        const Expectation expected(p, dtype, Pass::fwdbwd, {9, Distribution::normal, dtype},
+                                   choose_groups(p, Pass::fwdbwd, settings), subject_of(*v, p, dtype));
+        const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) {
+          return backend->fetch(t, b, h);
+        };
+        const Verification good = expected.check(fetch);
+        CHECK(good.verified_heads == (v->materializes ? "all; no baseline (materializing): the bound judges"
+                                                      : "all; baseline: cpu-standard"));
+        INFO(good.failure);
+        CHECK(good.pass);
+        REQUIRE(good.tensors.size() == 5);
+        for (const auto& [tensor, e] : good.tensors) {
+          INFO(tensor << " error " << e.error.max_abs << " bound " << e.bound);
+          CHECK(std::isfinite(e.error.max_abs));
+          CHECK(e.above_bound == 0);
+          CHECK(e.bound >= e.error.max_abs);
+          CHECK(e.bound_prob <= e.bound);
+          CHECK(e.baseline.has_value() == !v->materializes);
+          CHECK(e.upcast.has_value());
+        }
+        // one element of dV off by half the tensor's scale must exceed its bound (and the k = 3 rule)
+        const FetchOutput wrong = [&](const std::string& t, std::int64_t b, std::int64_t h) {
+          std::vector<double> values = backend->fetch(t, b, h);
+          if (t == "dv" && h == 0 && !values.empty()) values[0] += 0.5;  // each sequence that has keys
+          return values;
+        };
+        const Verification bad = expected.check(wrong);
+        CHECK_FALSE(bad.pass);
+        CHECK_FALSE(bad.tensors.at("dv").pass);
+        CHECK(bad.tensors.at("dv").above_bound >= 1);
+        CHECK(bad.failure.find("dv") != std::string::npos);
+        CHECK(bad.tensors.at("o").pass);
+        backend->release();
       }
-      // one element of dV off by 10% of the tensor's scale must fail the k = 3 rule
-      const FetchOutput wrong = [&](const std::string& t, std::int64_t b, std::int64_t h) {
-        std::vector<double> values = backend->fetch(t, b, h);
-        if (t == "dv" && b == 0 && h == 0 && !values.empty()) values[0] += 0.5;
-        return values;
-      };
-      const Verification bad = expected.check(wrong);
-      CHECK_FALSE(bad.pass);
-      CHECK_FALSE(bad.errors.at("dv").pass);
-      CHECK(bad.errors.at("o").pass);
-      backend->release();
+    }
+  }
+}
+
+TEST_CASE("the bounds hold on inputs that stress the numerics, and stay finite", "[harness][verify]") {
+  auto backend = make_cpu_backend();
+  SuiteSettings settings;
+  Problem p;
+  p.heads = 2;
+  p.heads_kv = 1;
+  p.seqlen_q = 70;
+  p.seqlen_k = 300;
+  p.head_dim = 32;
+  p.causal = true;
+  for (const Distribution distribution : kDistributions) {
+    for (const char* id : {"cpu-reference", "cpu-standard"}) {
+      for (const DType dtype : {DType::bf16, DType::fp16}) {
+        INFO(id << " " << name(dtype) << " " << name(distribution));
+        const kernels::Variant* v = find_variant(id);
+        RowSpec row = row_of(id, Pass::fwdbwd, dtype, p);
+        row.distribution = distribution;
+        backend->prepare(row, 11);
+        v->forward(backend->params(), backend->context());
+        v->backward(backend->params(), backend->context());
+        const Expectation expected(p, dtype, Pass::fwdbwd, {11, distribution, dtype},
+                                   choose_groups(p, Pass::fwdbwd, settings), subject_of(*v, p, dtype));
+        const Verification result = expected.check([&](const std::string& t, std::int64_t b, std::int64_t h) {
+          return backend->fetch(t, b, h);
+        });
+        INFO(result.failure);
+        CHECK(result.pass);
+        for (const auto& [tensor, e] : result.tensors) {
+          INFO(tensor << " error " << e.error.max_abs << " bound " << e.bound);
+          CHECK(e.above_bound == 0);
+          CHECK(e.bound >= 0);
+          CHECK(e.bound_prob >= 0);
+          CHECK(e.bound_prob <= e.bound);
+        }
+        backend->release();
+      }
     }
   }
 }

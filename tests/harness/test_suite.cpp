@@ -161,7 +161,8 @@ TEST_CASE("suite: defaults of settings and of unset keys") {
   CHECK(suite.settings.profile);
   CHECK(suite.settings.verify == "auto");
   CHECK(suite.settings.verify_max_flops == 2e10);
-  CHECK(suite.settings.verify_heads == 2);
+  CHECK(suite.settings.verify_heads == 3);
+  CHECK(suite.settings.verify_rows == 64);
   REQUIRE(suite.rows.size() == 1);
   const RowSpec& row = suite.rows[0];
   CHECK(row.index == 0);

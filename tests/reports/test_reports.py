@@ -3,7 +3,8 @@
 The fixture run fixtures/memory_scaling/ is written by fixtures/make_fixture.py: standard attention with a
 workspace exactly proportional to N^2 that runs out of memory from N = 32768, flash2 with a workspace exactly
 proportional to N, CPU rows without memory or traffic, and one unsupported row. figure2 (the FlashAttention
-paper's Figure 2) is tested on a run of fa_figure2 that the tests write themselves (fig2_rows).
+paper's Figure 2) is tested on a run of fa_figure2 that the tests write themselves (fig2_rows). The error figure
+and tables are tested in test_numerics.py, which uses the helpers here.
 """
 
 import contextlib
@@ -34,11 +35,29 @@ from reports.cli import main  # noqa: E402
 from reports.fit import fit_power_law, fit_window, loglog_slope  # noqa: E402
 
 
-def run_module(args, hash_seed):
-    """python3 -m reports in its own process (its own string-hash seed)."""
-    env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
-    return subprocess.run([sys.executable, "-m", "reports", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+def harness_columns(text):
+    """The column names harness/src/columns.cpp writes: its string literals, and the verification columns it
+    builds as "err_" + tensor + "_" + metric from lists of literals."""
+    literals = set(re.findall(r'"([a-z0-9_]+)"', text))
+    written = set(literals)
+    if re.search(r'"err_"\s*\)?\s*\+', text):
+        written |= {f"err_{t}_{m}" for t in literals & set(data.TENSORS) for m in literals}
+    return written
+
+
+def run_modules(runs):
+    """python3 -m reports for each (args, hash seed), each in its own process (its own string-hash seed), the
+    processes side by side; their CompletedProcess."""
+    processes = []
+    for args, hash_seed in runs:
+        env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
+        processes.append(subprocess.Popen([sys.executable, "-m", "reports", *map(str, args)], cwd=ROOT, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    done = []
+    for process in processes:
+        out, err = process.communicate(timeout=180)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done
 
 
 def run_main(args):
@@ -73,6 +92,11 @@ def markdown_table(text, heading):
     return rows[2:]  # without the header and the rule
 
 
+def output_files(folder):
+    """The files under an output folder, as relative paths, sorted."""
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+
+
 def png_chunks(path):
     data_ = Path(path).read_bytes()
     assert data_[:8] == b"\x89PNG\r\n\x1a\n", path
@@ -91,8 +115,7 @@ class ReportOfFixture(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="reports-test-")
         cls.out = [os.path.join(cls.tmp, "first"), os.path.join(cls.tmp, "second", "nested")]
-        cls.runs = [run_module([str(RUN_DIR), "--out", out], hash_seed=seed)
-                    for out, seed in zip(cls.out, (1, 2))]
+        cls.runs = run_modules([([RUN_DIR, "--out", out], seed) for out, seed in zip(cls.out, (1, 2))])
         report = os.path.join(cls.out[0], "report.md")
         cls.report = Path(report).read_text(encoding="utf-8") if os.path.exists(report) else ""
 
@@ -116,11 +139,20 @@ class ReportOfFixture(unittest.TestCase):
     def test_two_runs_are_byte_identical(self):
         first, second = (sorted(os.listdir(d)) for d in self.out)
         self.assertEqual(first, second)
-        self.assertEqual(first, sorted([f"{n}.{e}" for n in FIGURE_NAMES for e in ("png", "svg")] + ["report.md"]))
-        for name in first:
+        self.assertEqual(first, sorted([f"{n}.{e}" for n in FIGURE_NAMES for e in ("png", "svg")]
+                                       + ["report.md", "tables"]))
+        self.assertEqual(output_files(self.out[0]), output_files(self.out[1]))
+        for name in output_files(self.out[0]):
             a = Path(self.out[0], name).read_bytes()
             b = Path(self.out[1], name).read_bytes()
             self.assertTrue(a == b, f"{name} differs between two runs")
+
+    def test_no_error_figure_nor_tables_without_errors(self):
+        # The fixture's verification columns are those of an older harness, and empty: no error figure, no line.
+        self.assertFalse(os.path.exists(os.path.join(self.out[0], "error.png")))
+        self.assertNotIn("Error vs N", self.report)
+        self.assertNotIn("## Numerical error", self.report)
+        self.assertNotIn("`error`", self.report)
 
     def test_files_carry_no_date_and_no_path(self):
         for name in FIGURE_NAMES:
@@ -135,6 +167,11 @@ class ReportOfFixture(unittest.TestCase):
             self.assertNotIn(self.tmp, svg)
         self.assertNotIn(self.tmp, self.report)
         self.assertNotIn(str(ROOT), self.report)
+        for name in output_files(self.out[0]):
+            if name.endswith(".tex"):
+                text = Path(self.out[0], name).read_text(encoding="utf-8")
+                self.assertNotIn(self.tmp, text)
+                self.assertNotIn(str(ROOT), text)
 
     def test_provenance(self):
         run = json.loads((RUN_DIR / "run.json").read_text(encoding="utf-8"))
@@ -280,7 +317,7 @@ class Tolerant(unittest.TestCase):
         rc, _, err = run_main([self.dir])
         self.assertEqual(rc, 0, err)
         # the CPU rows were timed: only the speed figure is drawn
-        self.assertEqual(sorted(os.listdir(out)), ["report.md", "speed.png", "speed.svg"])
+        self.assertEqual(sorted(os.listdir(out)), ["report.md", "speed.png", "speed.svg", "tables"])
         report = Path(out, "report.md").read_text(encoding="utf-8")
         for name in SCALING_FIGURES:
             notes = [line for line in report.splitlines() if f"(`{name}`): skipped" in line]
@@ -355,23 +392,28 @@ class Contract(unittest.TestCase):
         source = ROOT / "harness" / "src" / "columns.cpp"
         if not source.exists():
             self.skipTest("harness/src/columns.cpp not present")
-        written = set(re.findall(r'"([a-z0-9_]+)"', source.read_text(encoding="utf-8")))
+        written = harness_columns(source.read_text(encoding="utf-8"))
         read = set(data.REQUIRED_COLUMNS) | set(data.INT_COLUMNS) | set(data.NUMBER_COLUMNS)
-        read |= set(data.SETTING_COLUMNS) | {"key", "reason"}
+        read |= set(data.SETTING_COLUMNS) | set(data.ERROR_COLUMNS) | set(data.VERIFY_COLUMNS) | {"key", "reason"}
         for spec in figures.FIGURES:
             read |= set(spec.columns) | set(spec.measured)
         self.assertEqual(sorted(read - written), [])
         fixture_columns = list(read_csv(RUN_DIR / "results.csv")[0].keys())
         self.assertEqual(sorted(c for c in fixture_columns if not c.startswith("err_") and c not in written), [])
+        numerics_columns = list(read_csv(FIXTURES / "numerics" / "results.csv")[0].keys())
+        self.assertEqual(sorted(c for c in numerics_columns if c not in written), [])
 
     def test_fixture_is_what_the_generator_writes(self):
         spec = importlib.util.spec_from_file_location("make_fixture", FIXTURES / "make_fixture.py")
         generator = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(generator)
         with tempfile.TemporaryDirectory(prefix="reports-test-") as tmp:
-            generator.write(tmp)
-            for name in ("results.csv", "run.json"):
-                self.assertEqual(Path(tmp, name).read_bytes(), (RUN_DIR / name).read_bytes(), name)
+            generator.write(os.path.join(tmp, "memory_scaling"))
+            generator.write_numerics(os.path.join(tmp, "numerics"))
+            for run in ("memory_scaling", "numerics"):
+                for name in ("results.csv", "run.json"):
+                    self.assertEqual(Path(tmp, run, name).read_bytes(), (FIXTURES / run / name).read_bytes(),
+                                     f"{run}/{name}")
 
 
 
@@ -468,7 +510,7 @@ class Figure2(unittest.TestCase):
         columns = fixture_columns()
         write_csv(os.path.join(cls.run_dir, "results.csv"), columns, fig2_rows(columns))
         cls.out = [os.path.join(cls.tmp, "first"), os.path.join(cls.tmp, "second")]
-        cls.runs = [run_module([cls.run_dir, "--out", out], hash_seed=seed) for out, seed in zip(cls.out, (3, 4))]
+        cls.runs = run_modules([([cls.run_dir, "--out", out], seed) for out, seed in zip(cls.out, (3, 4))])
         cls.report = Path(cls.out[0], "report.md").read_text(encoding="utf-8")
 
     @classmethod

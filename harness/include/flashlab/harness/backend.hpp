@@ -38,6 +38,10 @@ class Backend {
                                                  int repetitions) = 0;
   // One head of an output, widened to double: rows x dim, row-major (see verify.hpp).
   [[nodiscard]] virtual std::vector<double> fetch(const std::string& tensor, std::int64_t b, std::int64_t head) = 0;
+  // FNV-1a 64 (hash.hpp) of a whole output tensor's bytes as the variant left them, in its storage dtype (LSE
+  // float32): o, lse, dq, dk or dv. Empty for a gradient of a forward-only row (o and lse are the row's outputs in
+  // every pass: the runner's verification run computes them before a backward).
+  [[nodiscard]] virtual std::string output_hash(const std::string& tensor) = 0;
   // HBM traffic of `region` after a cache flush; nullopt with `why` set when the backend cannot measure it.
   [[nodiscard]] virtual std::optional<Traffic> traffic(const std::function<void()>& region, std::string& why) = 0;
   // Device memory in use by this row as cudaMemGetInfo sees it (free before the row minus free now);

@@ -25,6 +25,7 @@ struct RunOptions {
   std::string filter;  // "key=value,..."
   bool dry_run = false;
   std::optional<std::int64_t> save_tensors;  // row index
+  std::optional<std::uint64_t> seed;         // overrides the suite's seed
   std::string command_line;
   bool progress = false;  // progress line on stderr
 };

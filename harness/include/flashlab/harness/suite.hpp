@@ -29,11 +29,13 @@ struct SuiteSettings {
   int warmup = 3;           // untimed repetitions before timing
   int repetitions = 10;     // timed cold repetitions
   bool profile = true;      // HBM traffic pass (CUPTI) for GPU rows
-  // Verification: "all" heads, "none", or "auto": all heads while the fp64 reference of the row stays under
-  // verify_max_flops, else `verify_heads` sampled (sequence, kv head) groups.
+  // Verification (verify.hpp): "all" entries, "none", or "auto": all entries while the check's cost (the fp64
+  // reference, the fp32 upcast and the bounds) stays under verify_max_flops, else `verify_heads` (sequence, kv head)
+  // groups drawn at random and, in each, `verify_rows` query and key rows drawn at random (plus the first and last).
   std::string verify = "auto";
   double verify_max_flops = 2e10;
-  int verify_heads = 2;
+  int verify_heads = 3;
+  int verify_rows = 64;
 };
 
 // One expanded row: what to run. Its key() identifies it in results.csv (resume) and is stable across runs.

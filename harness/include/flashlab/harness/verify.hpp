@@ -1,43 +1,69 @@
-// Verification against the fp64 reference (DESIGN.md §5): per output tensor the max abs error, the relative
-// Frobenius error and the worst index, judged by the baseline rule
-//     max_abs(kernel) <= k * max_abs(baseline) + floor,   k = 2 for O and LSE, 3 for dQ, dK, dV,
-// where the baseline is standard (materializing) attention computed in the same dtype: for GPU rows the GPU
-// `standard` variant on the same inputs (its cuBLAS sums run in another order than any CPU emulation, and
-// their error grows with N), for CPU rows, or where the GPU one cannot run, cpu-standard (fp32 arithmetic,
-// rounding where `standard` rounds); floor = 2 max |ref - round(ref, output dtype)|.
-// Large problems verify a stated sample of (sequence, kv head) groups.
+// Verification of a row against the fp64 reference (DESIGN.md §5): the one rule of core/numerics.hpp applied to the
+// outputs of a variant at chosen entries of chosen (sequence, kv head) groups.
+//
+// Per output tensor (O, LSE, dQ, dK, dV) a row is judged by
+//  - the a-priori deterministic bound of the variant's data path (reference/NUMERICS.md), entry by entry: an entry
+//    above its bound fails the row, naming the tensor and the entry;
+//  - the FlashAttention rule max_abs <= k max_abs(baseline) + floor (k = 2 for O and LSE, 3 for gradients), where the
+//    baseline is standard (materializing) attention in the same dtype on the same inputs: the GPU `standard` variant
+//    for GPU rows, cpu-standard for CPU rows (or where the GPU one cannot run); it fails rows in fp16 and bf16 and is
+//    reported for fp32 and fp64 (numerics::rule_judges). A materializing row has no baseline
+//    (no row is its own baseline): the bound alone judges it. A baseline that is non-finite or above its own bound
+//    is an error of the row.
+// Reported beside: the probabilistic bound (Higham-Mary, lambda stated) and both bounds' tightness, the fp32-upcast
+// reference's error, and the metrics of core/numerics.hpp for the variant and the baseline.
+//
+// Which entries: every query and key row of every group while the check's cost stays within the suite's budget,
+// else `verify_heads` groups drawn at random (seeded) and, in each, `verify_rows` query rows and key rows drawn at
+// random plus the first and the last, each compared exactly (group_check.hpp).
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "flashlab/core/dtype.hpp"
 #include "flashlab/core/flops.hpp"
 #include "flashlab/core/generator.hpp"
+#include "flashlab/core/numerics.hpp"
 #include "flashlab/core/problem.hpp"
 #include "flashlab/harness/suite.hpp"
 
 namespace flashlab::harness {
 
 inline constexpr const char* kOutputTensors[] = {"o", "lse", "dq", "dk", "dv"};
+// The lambda of the probabilistic bounds: each entry's bound holds with probability >= 1 - 2 exp(-8) = 0.9993
+// under the Higham-Mary model.
+inline constexpr double kBoundLambda = 4.0;
 
-struct TensorError {
-  double max_abs = 0;
-  double rel_fro = 0;
-  std::string worst_index;  // "b,n,h,c" (LSE: "b,n,h") in the full problem's coordinates
-  double baseline = 0;      // max abs error of the baseline
-  double floor = 0;
+struct TensorVerdict {
+  numerics::ErrorStats error;                     // the variant against fp64
+  std::string worst_index;                        // of error.max_abs: "b,n,h,c" (LSE "b,n,h"), problem coordinates
+  std::optional<numerics::ErrorStats> baseline;   // the baseline against fp64 (none for materializing rows)
+  std::optional<numerics::ErrorStats> upcast;     // the fp32-upcast reference against fp64
+  double floor = 0;                               // of the FlashAttention rule
+  std::optional<bool> rule_pass;                  // the FlashAttention rule (with a baseline)
+  double bound = 0, bound_prob = 0;               // max over the entries
+  std::int64_t above_bound = 0;                   // entries above their deterministic bound
+  std::string above_bound_index;                  // the first of them
+  double above_bound_error = 0, above_bound_limit = 0;
+  double prob_exceed = 0;                         // fraction of entries above their probabilistic bound
   bool pass = true;
+  [[nodiscard]] double tightness() const { return error.max_abs > 0 ? bound / error.max_abs : 0; }
+  [[nodiscard]] double tightness_prob() const { return error.max_abs > 0 ? bound_prob / error.max_abs : 0; }
 };
 
 struct Verification {
-  std::string verified_heads;  // "all", "sequence:kv-head list (k of n groups)", or "none: why"
-  std::map<std::string, TensorError> errors;  // by tensor name; absent when not verified
+  std::string verified_heads;  // "all", "b0:g3 b2:g1 (2 of 16 groups, drawn with seed S)", or "none: why"
+  std::string verified_rows;   // "all", or "66 of 4096 query rows and 66 of 4096 key rows per group"
+  std::string data_path;       // the variant's
+  std::map<std::string, TensorVerdict> tensors;  // by tensor name; absent when not verified
   bool pass = true;
-  [[nodiscard]] bool verified() const { return !errors.empty(); }
+  std::string failure;  // the first reason when !pass
+  [[nodiscard]] bool verified() const { return !tensors.empty(); }
 };
 
 // A (sequence, kv head) group: the query heads g*G .. g*G+G-1 and kv head g of sequence b.
@@ -45,31 +71,40 @@ struct Group {
   std::int64_t b, g;
 };
 
-// Which groups to verify under the suite's settings (all, none, or a sample within verify_max_flops).
+// Which groups and rows to verify under the suite's settings.
 struct GroupChoice {
   std::vector<Group> groups;
+  bool all_rows = true;
+  std::int64_t sample_rows = 0;  // query (and key) rows drawn per group when !all_rows
+  std::uint64_t seed = 0;        // of the draws
   std::string description;
+  std::string rows_description;
 };
-[[nodiscard]] GroupChoice choose_groups(const Problem& problem, Pass pass, const SuiteSettings& settings);
+[[nodiscard]] GroupChoice choose_groups(const Problem& problem, Pass pass, const SuiteSettings& settings,
+                                        std::uint64_t row_seed = 0);
 
-// Reads one head of a variant's output for sequence b: rows x dim values in row-major order (for "lse" dim 1).
+// Reads one head of an output for sequence b: rows x dim values in row-major order (for "lse" dim 1).
 // `head` is a query head for o, lse, dq and a kv head for dk, dv.
 using FetchOutput = std::function<std::vector<double>(const std::string& tensor, std::int64_t b, std::int64_t head)>;
 
-// The fp64 reference and the baseline of the chosen groups, computed once per row and used to check the
-// outputs before timing and again after the last timed repetition.
+// What the check needs to know about the variant and its baseline.
+struct CheckSubject {
+  numerics::DataPath path;                       // the variant's data path
+  bool materializing = false;                    // judged by its bound alone
+  std::optional<numerics::DataPath> baseline_path;  // the baseline's (standard's) data path when it has a baseline
+  const FetchOutput* baseline = nullptr;         // the baseline's outputs (GPU standard); null: cpu-standard here
+};
+
+// The fp64 reference, the fp32-upcast values and the bounds at the chosen entries, computed once per row and used to
+// check the outputs before timing and again after the last timed repetition.
 struct GroupExpectation;
 class Expectation {
  public:
-  // Computes the references of `pass` (fwd: O, LSE; bwd and fwdbwd: also dQ, dK, dV) for the chosen groups.
-  // The baseline's outputs come from `baseline` (a run of the GPU `standard` variant on the same inputs) when
-  // given, else from cpu-standard on the CPU.
   Expectation(const Problem& problem, DType dtype, Pass pass, const InputSpec& inputs, GroupChoice choice,
-              const FetchOutput* baseline = nullptr);
+              const CheckSubject& subject);
   ~Expectation();
   Expectation(const Expectation&) = delete;
   Expectation& operator=(const Expectation&) = delete;
-  // Compares a variant's outputs with the references.
   [[nodiscard]] Verification check(const FetchOutput& fetch) const;
 
  private:
@@ -77,6 +112,7 @@ class Expectation {
   DType dtype_;
   Pass pass_;
   GroupChoice choice_;
+  CheckSubject subject_;
   std::vector<GroupExpectation> groups_;
 };
 

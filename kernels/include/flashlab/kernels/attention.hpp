@@ -14,6 +14,7 @@
 #include "flashlab/core/allocator.hpp"
 #include "flashlab/core/dtype.hpp"
 #include "flashlab/core/flops.hpp"
+#include "flashlab/core/numerics.hpp"
 #include "flashlab/core/problem.hpp"
 
 namespace flashlab::kernels {
@@ -114,6 +115,9 @@ struct Variant {
   // "deterministic" (0 or 1) sets AttentionParams::deterministic; "br" and "bc" (positive integers) set
   // AttentionParams::block_m and block_n.
   std::vector<std::pair<std::string, std::string>> options;
+  // Where the variant's arithmetic rounds for (problem, dtype) under launch params (its tile options): the a-priori
+  // error bound of every verified row follows it (reference/NUMERICS.md). Stated beside the kernels it describes.
+  std::function<numerics::DataPath(const Problem&, DType, const AttentionParams&)> data_path;
 };
 
 // The GPU variants of this build (empty when built without CUDA).

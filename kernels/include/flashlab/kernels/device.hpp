@@ -14,11 +14,12 @@
 namespace flashlab::kernels {
 
 // Writes element i (0 <= i < count) of a contiguous device buffer of `dtype` with
-// input_value(seed, tensor, i, distribution, dtype), stored exactly (storage.hpp): the same bits as core's fill()
-// of a contiguous tensor of `count` elements (which numbers elements by their row-major linear index).
+// input_value(seed, tensor, i, distribution, dtype, layout), stored exactly (storage.hpp): the same bits as
+// core's fill() of a contiguous tensor of `count` elements (which numbers elements by their row-major linear
+// index) when `layout` is that tensor's {heads, dim} (of a [.., tokens, heads, dim] buffer).
 // dtype: fp64, fp32, fp16 or bf16; fp8_e4m3 throws flashlab::Unsupported.
 void generate(void* data, DType dtype, std::int64_t count, std::uint64_t seed, TensorId tensor,
-              Distribution distribution, void* stream);
+              Distribution distribution, InputLayout layout, void* stream);
 
 // Sets every bit of `count` elements of `dtype` (any dtype): all-ones is a NaN in fp64, fp32, fp16, bf16 and
 // fp8_e4m3 alike, so an output element a kernel does not write stays NaN.
