@@ -2,6 +2,9 @@
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 #include <limits>
 
 #include "flashlab/core/errors.hpp"
@@ -206,6 +209,7 @@ struct Scratch {
 
 template <class C>
 void standard_forward_impl(const AttentionParams& p, const LaunchContext& ctx) {
+  const bool row_sum_in_dtype = injected_fault() == "row_sum_in_dtype";
   const Problem& pr = p.problem;
   const DType dt = p.dtype;
   const ScoreLayout layout = score_layout(pr);
@@ -252,7 +256,10 @@ void standard_forward_impl(const AttentionParams& p, const LaunchContext& ctx) {
       for (std::int64_t j = 0; j < nk; ++j) row_max = std::max(row_max, static_cast<C>(load(sp, base + i * nk + j, dt)));
       const C shift = row_max == minus_inf ? C(0) : row_max;
       C row_sum = 0;
-      for (std::int64_t j = 0; j < nk; ++j) row_sum += std::exp(static_cast<C>(load(sp, base + i * nk + j, dt)) - shift);
+      for (std::int64_t j = 0; j < nk; ++j) {
+        row_sum += std::exp(static_cast<C>(load(sp, base + i * nk + j, dt)) - shift);
+        if (row_sum_in_dtype) row_sum = rounded<C>(static_cast<double>(row_sum), dt);  // injected fault
+      }
       for (std::int64_t j = 0; j < nk; ++j) {
         const C e = std::exp(static_cast<C>(load(sp, base + i * nk + j, dt)) - shift);
         store(sp, base + i * nk + j, dt, row_sum == 0 ? 0.0 : static_cast<double>(e / row_sum));
@@ -369,6 +376,16 @@ void standard_backward(const AttentionParams& p, const LaunchContext& ctx) {
 }
 
 }  // namespace
+
+std::string injected_fault() {
+  const char* value = std::getenv("FLASHLAB_FAULT");
+  const std::string fault = value ? value : "";
+  if (!fault.empty() && fault != "row_sum_in_dtype") {
+    throw std::invalid_argument("FLASHLAB_FAULT = '" + fault +
+                                "' is not a known fault (test-only; allowed: row_sum_in_dtype, or empty for none)");
+  }
+  return fault;
+}
 
 std::vector<kernels::Variant> cpu_variants() {
   std::vector<kernels::Variant> v;

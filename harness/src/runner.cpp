@@ -100,8 +100,10 @@ void record_verification(const Verification& v, ResultRow& r) {
     if (e.rule_pass) r[prefix + "rule_pass"] = *e.rule_pass ? "1" : "0";
     r[prefix + "bound"] = number(e.bound);
     r[prefix + "bound_prob"] = number(e.bound_prob);
-    r[prefix + "tightness"] = number(e.tightness());
-    r[prefix + "tightness_prob"] = number(e.tightness_prob());
+    if (e.error.max_abs > 0) {  // an exact tensor has no tightness
+      r[prefix + "tightness"] = number(e.tightness());
+      r[prefix + "tightness_prob"] = number(e.tightness_prob());
+    }
     r[prefix + "prob_exceed"] = number(e.prob_exceed);
     r[prefix + "bound_pass"] = e.above_bound == 0 ? "1" : "0";
     r[prefix + "pass"] = e.pass ? "1" : "0";
@@ -306,6 +308,14 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 int run_suite(const RunOptions& options) {
+  std::string fault;
+  try {
+    fault = injected_fault();
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "flashlab: %s\n", e.what());
+    return kExitUsage;
+  }
+  if (!fault.empty()) std::fprintf(stderr, "flashlab: warning: FLASHLAB_FAULT=%s injects a fault (test-only)\n", fault.c_str());
   Suite suite = load_suite(options.suite);
   if (options.seed) suite.settings.seed = *options.seed;
   std::vector<RowSpec> rows = suite.rows;

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cmath>
@@ -163,12 +164,20 @@ class Parser {
         }
         continue;
       }
-      if (name != "suite" && name != "fixed" && name != "axes") {
-        fail(name, "unknown table or key (a suite has the tables [suite], [fixed], [axes] and [[sweep]])", &node);
+      if (name != "suite" && name != "fixed" && name != "axes" && name != "random") {
+        fail(name, "unknown table or key (a suite has the tables [suite], [fixed], [axes], [[sweep]] and [random])",
+             &node);
       }
       if (!node.is_table()) fail(name, fmt::format("must be a table, found {}", type_name(node)), &node);
     }
     if (const toml::table* table = root["suite"].as_table()) parse_settings(*table, suite.settings);
+    if (const toml::table* random = root["random"].as_table()) {
+      for (const char* other : {"fixed", "axes", "sweep"}) {
+        if (root.contains(other)) fail(other, "cannot be combined with [random] (its rows are drawn, not listed)", root.get(other));
+      }
+      suite.rows = draw_rows(*random);
+      return suite;
+    }
     std::array<Values, kFieldCount> fields;
     if (const toml::table* table = root["fixed"].as_table()) parse_keys(*table, "fixed", false, fields);
     if (const toml::table* table = root["axes"].as_table()) parse_keys(*table, "axes", true, fields);
@@ -487,6 +496,128 @@ class Parser {
         rest /= size;
       }
       rows.push_back(make_row(fields, pick, index));
+    }
+    return rows;
+  }
+
+  // ---- [random]: problems drawn with a seed (experiments/README.md)
+  struct IntegerRange {
+    std::int64_t from, to;
+  };
+  IntegerRange integer_range(const std::string& path, const toml::node& node, std::int64_t minimum) const {
+    const toml::table* range = node.as_table();
+    if (range == nullptr) fail(path, fmt::format("must be a range {{from = A, to = B}}, found {}", type_name(node)), &node);
+    for (auto&& [key, value] : *range) {
+      if (key.str() != "from" && key.str() != "to") {
+        fail(fmt::format("{}.{}", path, key.str()), "unknown key in a range (a range is {from = A, to = B})", &value);
+      }
+    }
+    for (const char* end : {"from", "to"}) {
+      if (!range->contains(end)) fail(fmt::format("{}.{}", path, end), "missing (a range is {from = A, to = B})", &node);
+    }
+    const IntegerRange r{integer(path + ".from", *range->get("from"), minimum), integer(path + ".to", *range->get("to"), minimum)};
+    if (r.from > r.to) fail(path, fmt::format("range is reversed: from = {} > to = {}", r.from, r.to), &node);
+    return r;
+  }
+
+  std::vector<RowSpec> draw_rows(const toml::table& table) const {
+    static constexpr std::array<std::string_view, 14> kKeys = {
+        "rows", "seed", "variant", "pass", "dtype", "distribution", "head_dim", "seqlen_q", "seqlen_k", "batch",
+        "heads_kv", "group", "mask", "window"};
+    for (auto&& [key, node] : table) {
+      if (std::find(kKeys.begin(), kKeys.end(), key.str()) == kKeys.end()) {
+        fail(fmt::format("random.{}", key.str()),
+             "unknown key in [random] (expected rows, seed, variant, pass, dtype, distribution, head_dim, seqlen_q, "
+             "seqlen_k, batch, heads_kv, group, mask, window)",
+             &node);
+      }
+    }
+    auto required = [&](const char* key) -> const toml::node& {
+      const toml::node* node = table.get(key);
+      if (node == nullptr) fail(fmt::format("random.{}", key), "missing: [random] needs rows, variant, head_dim, seqlen_q and seqlen_k");
+      return *node;
+    };
+    const std::int64_t count = integer("random.rows", required("rows"), 1);
+    if (count > kMaxRows) fail("random.rows", fmt::format("is {}, at most {}", count, kMaxRows), &required("rows"));
+    const std::uint64_t seed = table.contains("seed") ? static_cast<std::uint64_t>(integer("random.seed", *table.get("seed"), 0)) : 0;
+    auto list = [&](const char* key, Kind kind, std::vector<Value> fallback) {
+      const toml::node* node = table.get(key);
+      return node ? axis_values(kind, fmt::format("random.{}", key), *node) : fallback;
+    };
+    const std::vector<Value> variants = list("variant", Kind::text, {});
+    if (variants.empty()) required("variant");
+    const std::vector<Value> passes = list("pass", Kind::pass, {Value{Pass::fwd}});
+    const std::vector<Value> dtypes = list("dtype", Kind::dtype, {Value{DType::fp16}});
+    const std::vector<Value> distributions = list("distribution", Kind::distribution, {Value{Distribution::normal}});
+    const std::vector<Value> head_dims = list("head_dim", Kind::count, {});
+    if (head_dims.empty()) required("head_dim");
+    const std::vector<Value> batches = list("batch", Kind::count, {Value{std::int64_t{1}}});
+    const std::vector<Value> heads_kv = list("heads_kv", Kind::count, {Value{std::int64_t{1}}});
+    const std::vector<Value> groups = list("group", Kind::count, {Value{std::int64_t{1}}});
+    const std::vector<Value> masks = list("mask", Kind::text, {Value{std::string("none")}});
+    for (std::size_t i = 0; i < masks.size(); ++i) {
+      const std::string& m = std::get<std::string>(masks[i]);
+      if (m != "none" && m != "causal" && m != "window" && m != "causal_window") {
+        fail(fmt::format("random.mask[{}]", i), fmt::format("is \"{}\", must be one of none, causal, window, causal_window", m),
+             table.get("mask"));
+      }
+    }
+    const IntegerRange seqlen_q = integer_range("random.seqlen_q", required("seqlen_q"), 1);
+    const IntegerRange seqlen_k = integer_range("random.seqlen_k", required("seqlen_k"), 1);
+    const IntegerRange window = table.contains("window") ? integer_range("random.window", *table.get("window"), 0)
+                                                         : IntegerRange{0, 256};
+
+    // Draws: Philox words of counter (row, attempt, draw), so a row's problem depends only on the seed and its index.
+    std::vector<RowSpec> rows;
+    std::set<std::string> keys;
+    for (std::int64_t index = 0; index < count; ++index) {
+      for (std::uint32_t attempt = 0;; ++attempt) {
+        std::uint32_t draw = 0;
+        auto word = [&]() {
+          const Philox4x32 r = philox4x32_10({{static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(index >> 32),
+                                                attempt, draw++}},
+                                               static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32));
+          return (static_cast<std::uint64_t>(r.x[0]) << 32) | r.x[1];
+        };
+        auto pick = [&](const std::vector<Value>& values) { return values[word() % values.size()]; };
+        // an integer of [from, to] with its binary exponent uniform, then uniform within: awkward sizes at every scale
+        auto spread = [&](const IntegerRange& r) {
+          if (r.from == r.to) return r.from;
+          const std::int64_t low = std::max<std::int64_t>(r.from, 1);
+          int e_low = 0, e_high = 0;
+          while ((std::int64_t{2} << e_low) <= low) ++e_low;
+          while ((std::int64_t{2} << e_high) <= r.to) ++e_high;
+          const int e = e_low + static_cast<int>(word() % static_cast<std::uint64_t>(e_high - e_low + 1));
+          const std::int64_t lo = std::max(low, std::int64_t{1} << e);
+          const std::int64_t hi = std::min(r.to, (std::int64_t{2} << e) - 1);
+          const std::int64_t value = lo + static_cast<std::int64_t>(word() % static_cast<std::uint64_t>(hi - lo + 1));
+          return r.from == 0 && word() % 8 == 0 ? std::int64_t{0} : value;
+        };
+        RowSpec row;
+        row.index = index;
+        row.variant = std::get<std::string>(pick(variants));
+        row.pass = std::get<Pass>(pick(passes));
+        row.dtype = std::get<DType>(pick(dtypes));
+        row.distribution = std::get<Distribution>(pick(distributions));
+        Problem& p = row.problem;
+        p.head_dim = std::get<std::int64_t>(pick(head_dims));
+        p.batch = std::get<std::int64_t>(pick(batches));
+        p.heads_kv = std::get<std::int64_t>(pick(heads_kv));
+        p.heads = p.heads_kv * std::get<std::int64_t>(pick(groups));
+        p.seqlen_q = spread(seqlen_q);
+        p.seqlen_k = spread(seqlen_k);
+        const std::string mask = std::get<std::string>(pick(masks));
+        p.causal = mask == "causal" || mask == "causal_window";
+        if (mask == "window" || mask == "causal_window") {
+          p.window.left = spread(window);
+          p.window.right = mask == "causal_window" ? 0 : spread(window);
+        }
+        if (keys.insert(row.key()).second) {
+          rows.push_back(std::move(row));
+          break;
+        }
+        if (attempt == 64) fail("random", fmt::format("row {}: 64 draws repeated earlier rows; widen the ranges", index));
+      }
     }
     return rows;
   }

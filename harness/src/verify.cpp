@@ -408,7 +408,7 @@ Verification Expectation::check(const FetchOutput& fetch) const {
                        name, a.baseline_above_error, a.baseline_above_index, a.baseline_above_limit, a.baseline_above));
     } else if (v.baseline) {
       v.rule_pass = numerics::rule_holds(v.error.max_abs, v.baseline->max_abs, v.floor, k);
-      if (!*v.rule_pass && numerics::rule_judges(dtype_)) {
+      if (!*v.rule_pass && numerics::rule_judges(dtype_, subject_.path)) {
         v.pass = false;
         fail(fmt::format("{} max abs error {:.3g} at {} > {} x baseline {:.3g} + floor {:.3g}", name, v.error.max_abs,
                          v.worst_index, k, v.baseline->max_abs, v.floor));

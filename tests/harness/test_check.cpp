@@ -599,3 +599,48 @@ TEST_CASE("a recorded seed reproduces the baseline's hashes bit for bit", "[chec
   CHECK(result.hashes_other_platform == 0);
   fs::remove_all(dir);
 }
+
+// A regression injected into a data path (test-only FLASHLAB_FAULT): cpu-standard's row sum accumulated in the run's
+// dtype. The deterministic bound fails the affected rows (the row sum's error is far outside gamma_n of fp32), and the
+// check against the stored baseline fails the run; the error growth over the same rows without the fault is stated.
+TEST_CASE("an injected fault in a data path is caught by the bound and by the check", "[check][numerics][fault]") {
+  const fs::path dir = fresh_directory("fault");
+  const std::string filter = " --filter variant=cpu-standard,dtype=bf16 --seed 1000";
+  const Outcome clean = run_flashlab("run " + kSuite.string() + " --out " + dir.string() + " --run-id clean" + filter);
+  INFO(clean.output);
+  REQUIRE(clean.code == kExitOk);
+  setenv("FLASHLAB_FAULT", "row_sum_in_dtype", 1);
+  const Outcome faulty = run_flashlab("run " + kSuite.string() + " --out " + dir.string() + " --run-id fault" + filter);
+  unsetenv("FLASHLAB_FAULT");
+  INFO(faulty.output);
+  CHECK(contains(faulty.output, "FLASHLAB_FAULT=row_sum_in_dtype"));
+  CHECK(faulty.code == kExitRowsFailed);  // rows above their deterministic bound are errors
+  const RunTable before = load_run(dir / "numerics_cpu" / "clean");
+  const RunTable after = load_run(dir / "numerics_cpu" / "fault");
+  REQUIRE(before.rows.size() == after.rows.size());
+  int above_bound = 0;
+  double growth = 0;  // the largest growth of the LSE error over rows that see more than one key
+  for (std::size_t i = 0; i < after.rows.size(); ++i) {
+    const ResultRow& a = after.rows[i];
+    REQUIRE(a.at("key") == before.rows[i].at("key"));
+    above_bound += a.at("status") == "error" && contains(a.at("reason"), "exceeds its deterministic bound");
+    if (a.at("err_lse_max_abs").empty() || before.rows[i].at("err_lse_max_abs").empty()) continue;
+    const double clean_error = std::stod(before.rows[i].at("err_lse_max_abs"));
+    if (clean_error > 0) growth = std::max(growth, std::stod(a.at("err_lse_max_abs")) / clean_error);
+  }
+  INFO("rows above their bound: " << above_bound << " of " << after.rows.size() << "; LSE error growth up to "
+                                  << growth << "x");
+  CHECK(above_bound > 0);
+  CHECK(growth > 10);
+  const Outcome check = run_flashlab("check " + (dir / "numerics_cpu" / "fault").string() + " --baseline " +
+                                     kBaseline.string());
+  INFO(check.output);
+  CHECK(check.code == kExitRowsFailed);
+  CHECK(contains(check.output, "FAIL:"));
+  setenv("FLASHLAB_FAULT", "no_such_fault", 1);
+  const Outcome refused = run_flashlab("run " + kSuite.string() + " --out " + dir.string() + " --run-id bad" + filter);
+  unsetenv("FLASHLAB_FAULT");
+  CHECK(refused.code == kExitUsage);
+  CHECK(contains(refused.output, "FLASHLAB_FAULT = 'no_such_fault' is not a known fault"));
+  fs::remove_all(dir);
+}

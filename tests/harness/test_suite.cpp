@@ -713,3 +713,99 @@ TEST_CASE("malformed sweeps are named", "[suite][sweep]") {
   REQUIRE_THROWS_WITH(parse_suite("[fixed]\nvariant = \"a\"\nseqlen = 4\n[sweep]\naxes = { seqlen = [8] }\n", "s.toml"),
                       Catch::Contains("s.toml: key 'sweep': must be an array of tables"));
 }
+
+TEST_CASE("suite: a random table draws distinct problems within its ranges, the same for the same seed") {
+  const std::string text = R"(
+[suite]
+name = "random"
+[random]
+rows = 400
+seed = 11
+variant = ["flash2", "standard"]
+pass = ["fwd", "fwdbwd"]
+dtype = ["fp16", "bf16"]
+distribution = ["normal", "peaked", "large_logits"]
+head_dim = [32, 64, 256]
+seqlen_q = { from = 1, to = 8192 }
+seqlen_k = { from = 3, to = 700 }
+batch = [1, 2]
+heads_kv = [1, 2]
+group = [1, 4]
+mask = ["none", "causal", "window", "causal_window"]
+window = { from = 0, to = 64 }
+)";
+  const Suite suite = parse_suite(text, "random.toml");
+  REQUIRE(suite.rows.size() == 400);
+  std::set<std::string> keys, masks;
+  std::set<std::int64_t> head_dims, groups;
+  int odd_lengths = 0, long_rows = 0, short_rows = 0;
+  for (std::size_t i = 0; i < suite.rows.size(); ++i) {
+    const RowSpec& row = suite.rows[i];
+    const flashlab::Problem& p = row.problem;
+    INFO(row.key());
+    CHECK(row.index == static_cast<std::int64_t>(i));
+    CHECK(keys.insert(row.key()).second);
+    CHECK((row.variant == "flash2" || row.variant == "standard"));
+    CHECK((row.pass == Pass::fwd || row.pass == Pass::fwdbwd));
+    CHECK((row.dtype == DType::fp16 || row.dtype == DType::bf16));
+    CHECK(p.seqlen_q >= 1);
+    CHECK(p.seqlen_q <= 8192);
+    CHECK(p.seqlen_k >= 3);
+    CHECK(p.seqlen_k <= 700);
+    CHECK(p.heads % p.heads_kv == 0);
+    groups.insert(p.heads / p.heads_kv);
+    head_dims.insert(p.head_dim);
+    CHECK(p.window.left <= 64);
+    CHECK(p.window.right <= 64);
+    masks.insert(p.causal ? (p.window.left >= 0 ? "causal_window" : "causal") : (p.window.left >= 0 ? "window" : "none"));
+    odd_lengths += p.seqlen_q % 2;
+    long_rows += p.seqlen_q >= 2048;
+    short_rows += p.seqlen_q <= 16;
+  }
+  CHECK(masks.size() == 4);
+  CHECK(head_dims.size() == 3);
+  CHECK(groups == std::set<std::int64_t>{1, 4});
+  // the binary exponent is uniform: every scale appears, and lengths are not tile multiples
+  CHECK(odd_lengths > 100);
+  CHECK(long_rows > 20);
+  CHECK(short_rows > 40);
+  // the same seed draws the same rows; another seed others
+  const Suite again = parse_suite(text, "random.toml");
+  for (std::size_t i = 0; i < suite.rows.size(); ++i) CHECK(again.rows[i].key() == suite.rows[i].key());
+  std::string reseeded = text;
+  reseeded.replace(reseeded.find("seed = 11"), 9, "seed = 12");
+  const Suite other = parse_suite(reseeded, "random.toml");
+  int same = 0;
+  for (std::size_t i = 0; i < suite.rows.size(); ++i) same += other.rows[i].key() == suite.rows[i].key();
+  CHECK(same < 10);
+}
+
+TEST_CASE("suite: a malformed random table is one line naming the key") {
+  const std::string ok = "rows = 3\nvariant = [\"v\"]\nhead_dim = [64]\nseqlen_q = { from = 1, to = 9 }\n"
+                         "seqlen_k = { from = 1, to = 9 }\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"[random]\n" + ok + "heads = [2]\n", "'random.heads'"},
+      {"[random]\nrows = 3\nvariant = [\"v\"]\nhead_dim = [64]\nseqlen_k = { from = 1, to = 9 }\n", "'random.seqlen_q'"},
+      {"[random]\n" + ok + "mask = [\"diagonal\"]\n", "'random.mask[0]'"},
+      {"[random]\nrows = 3\nvariant = [\"v\"]\nhead_dim = [64]\nseqlen_q = { from = 9, to = 1 }\n"
+       "seqlen_k = { from = 1, to = 9 }\n", "'random.seqlen_q'"},
+      {"[random]\n" + ok + "[axes]\nheads = [1]\n", "'axes'"},
+      {"[random]\nrows = 0\nvariant = [\"v\"]\nhead_dim = [64]\nseqlen_q = { from = 1, to = 9 }\n"
+       "seqlen_k = { from = 1, to = 9 }\n", "'random.rows'"},
+      // more rows than the ranges hold: the draws repeat earlier rows
+      {"[random]\nrows = 50\nvariant = [\"v\"]\nhead_dim = [64]\nseqlen_q = { from = 1, to = 2 }\n"
+       "seqlen_k = { from = 1, to = 2 }\n", "'random'"},
+  };
+  for (const auto& [text, key] : cases) {
+    INFO(text);
+    try {
+      (void)parse_suite(text, "bad.toml");
+      FAIL("no error");
+    } catch (const SuiteError& e) {
+      const std::string message = e.what();
+      CHECK(message.find(key) != std::string::npos);
+      CHECK(message.find("bad.toml") != std::string::npos);
+      CHECK(message.find('\n') == std::string::npos);
+    }
+  }
+}
