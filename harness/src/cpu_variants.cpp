@@ -209,7 +209,7 @@ struct Scratch {
 
 template <class C>
 void standard_forward_impl(const AttentionParams& p, const LaunchContext& ctx) {
-  const bool row_sum_in_dtype = injected_fault() == "row_sum_in_dtype";
+  const bool row_sum_in_dtype = p.fault == kernels::Fault::row_sum_in_dtype;  // test-only
   const Problem& pr = p.problem;
   const DType dt = p.dtype;
   const ScoreLayout layout = score_layout(pr);

@@ -87,7 +87,9 @@ __device__ inline bool moves_max(float m, float tile) {
   return m == kNegInf ? tile != kNegInf : tile - m > kLazyLog2;
 }
 
-template <class Traits, class T>
+// kRowSumInDtype: the test-only fault Fault::row_sum_in_dtype (l_i rounded to T after every tile's addition),
+// instantiated for one tile only (kFaultHeadDim's default); every real launch has it false.
+template <class Traits, class T, bool kRowSumInDtype = false>
 __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const ForwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -298,6 +300,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
           }
         }
         l_i[mt][r] += row_sum;
+        if constexpr (kRowSumInDtype) l_i[mt][r] = static_cast<float>(T(l_i[mt][r]));  // test-only fault
       }
     }
 
@@ -428,8 +431,11 @@ std::string forward_tiles_of(std::int64_t d) {
   return list;
 }
 
+// The head dim whose default tile also has the test-only fault kernel (Fault::row_sum_in_dtype).
+constexpr int kFaultHeadDim = 64;
+
 // grid: query blocks of the longest sequence x heads x batch entries
-template <class T, int kConfig>
+template <class T, int kConfig, bool kRowSumInDtype = false>
 void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
   constexpr ForwardConfig c = kForwardConfigs[kConfig];
   using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
@@ -437,7 +443,7 @@ void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stre
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
   require_shared_bytes(Traits::kSharedBytes, "forward tile " + std::to_string(c.block_m) + "x" +
                                                  std::to_string(c.block_n) + " at head_dim " + std::to_string(c.head_dim));
-  auto* kernel = forward_kernel<Traits, T>;
+  auto* kernel = forward_kernel<Traits, T, kRowSumInDtype>;
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSharedBytes));
   const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(args);
@@ -462,6 +468,16 @@ void forward_dispatch(const ForwardArgs& args, const Problem& p, int block_m, in
   }
 }
 
+// The index of the default tile of head dim d in kForwardConfigs (its first entry).
+constexpr int default_config(int d) {
+  for (int i = 0; i < kForwardConfigCount; ++i) {
+    if (kForwardConfigs[i].head_dim == d) return i;
+  }
+  return -1;
+}
+constexpr int kFaultConfig = default_config(kFaultHeadDim);
+static_assert(kFaultConfig >= 0, "the fault kernel's head dim has a forward tile");
+
 template <class T, std::size_t... kConfigs>
 void add_forward_kernels(std::vector<KernelInfo>& list, std::index_sequence<kConfigs...>) {
   auto add = [&list](auto config) {
@@ -473,6 +489,13 @@ void add_forward_kernels(std::vector<KernelInfo>& list, std::index_sequence<kCon
                                Traits::kSharedBytes));
   };
   (add(std::integral_constant<std::size_t, kConfigs>{}), ...);
+  constexpr ForwardConfig c = kForwardConfigs[kFaultConfig];
+  using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
+  list.push_back(kernel_info(forward_kernel<Traits, T, true>,
+                             "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
+                                 std::to_string(c.block_n) + " " + std::string(name(Elem<T>::kDType)) +
+                                 " fault row_sum_in_dtype (test-only)",
+                             Traits::kSharedBytes));
 }
 
 std::vector<KernelInfo> kernels() {
@@ -514,6 +537,17 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   require(params.block_m >= 0 && params.block_n >= 0 && (params.block_m > 0) == (params.block_n > 0), "block_m",
           "and block_n must be given together (br and bc), or both left 0 for the default tile");
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (params.fault == Fault::row_sum_in_dtype) {  // test-only: the default tile of kFaultHeadDim only
+    if (p.head_dim != kFaultHeadDim || params.block_m != 0 || params.block_n != 0) {
+      throw Unsupported("flash2: the test-only fault row_sum_in_dtype is compiled for the default tile at head_dim " +
+                        std::to_string(kFaultHeadDim) + " only");
+    }
+    switch (params.dtype) {
+      case DType::fp16: return launch_forward<__half, kFaultConfig, true>(args, p, stream);
+      case DType::bf16: return launch_forward<__nv_bfloat16, kFaultConfig, true>(args, p, stream);
+      default: break;
+    }
+  }
   switch (params.dtype) {
     case DType::fp16: return forward_dispatch<__half>(args, p, params.block_m, params.block_n, stream);
     case DType::bf16: return forward_dispatch<__nv_bfloat16>(args, p, params.block_m, params.block_n, stream);

@@ -186,18 +186,21 @@ TEST_CASE("no flash2 kernel uses local memory (no register spills)", "[gpu][flas
   const kernels::Variant& v = variant("flash2");
   REQUIRE(v.kernels);
   const std::vector<kernels::KernelInfo> list = v.kernels();
-  int forward = 0, backward_main = 0;
+  int forward = 0, backward_main = 0, fault = 0;
   for (const kernels::KernelInfo& k : list) {
     INFO(k.name << ": " << k.registers << " registers, " << k.local_bytes << " bytes of local memory");
     CHECK(k.local_bytes == 0);
     CHECK(k.registers > 0);
     CHECK(k.registers <= 255);
-    forward += k.name.rfind("forward d=", 0) == 0;
+    const bool test_only = k.name.find("(test-only)") != std::string::npos;
+    fault += test_only;
+    forward += !test_only && k.name.rfind("forward d=", 0) == 0;
     backward_main += k.name.rfind("backward d=", 0) == 0;
   }
   CHECK(forward == 2 * 17);                           // the forward tiles of kernels/README.md, fp16 and bf16
   CHECK(backward_main == 2 * 6);                      // d = 32, 64 (one and two dO buffers), 96, 128, 256
-  CHECK(list.size() == std::size_t(forward + backward_main + 2 * 3));  // + preprocess, dQ conversion, GQA sums
+  CHECK(fault == 2);                                  // the test-only fault kernel (d = 64 default tile), fp16, bf16
+  CHECK(list.size() == std::size_t(forward + backward_main + fault + 2 * 3));  // + preprocess, dQ conversion, GQA sums
 }
 
 TEST_CASE("flash2 forward matches the fp64 reference under the baseline rule", "[gpu][flash2]") {
@@ -291,4 +294,48 @@ TEST_CASE("flash2 rejects what it cannot run at launch", "[gpu][flash2]") {
   CHECK(allocator.calls() == 0);
   // nothing was launched: the outputs are still poisoned
   CHECK(count_nan(decode(t.o, DType::fp16)) == static_cast<std::int64_t>(t.o.bytes() / 2));
+}
+
+// The test-only fault Fault::row_sum_in_dtype (l_i accumulated in the input dtype) must be caught by the bound: the
+// same forward with and without it, the clean one within its bound, the faulty one above it in LSE and O, with the
+// error growth stated. Outside the compiled tile the fault is refused.
+TEST_CASE("an injected fault in flash2's data path exceeds its bound", "[gpu][flash2][numerics]") {
+  const kernels::Variant& flash = variant("flash2");
+  const kernels::Variant& standard = variant("standard");
+  const Problem p = dense(1, 2, 2, 1025, 1025, 64);
+  for (DType dtype : {DType::fp16, DType::bf16}) {
+    INFO(name(dtype));
+    Stream stream;
+    DeviceTensors t(p, dtype, kSeed, stream.get());
+    AttentionParams params = t.params();
+    CountingAllocator allocator;
+    standard.forward(params, {allocator, stream.get()});
+    stream.sync();
+    const HostOutputs standard_out = host_outputs(t, false);
+    flash.forward(params, {allocator, stream.get()});
+    stream.sync();
+    const harness::Verification clean =
+        verify_outputs(flash, params, Pass::fwd, Distribution::normal, kSeed, host_outputs(t, false), &standard_out);
+    check_verified(clean);
+    t.poison(stream.get());
+    params.fault = kernels::Fault::row_sum_in_dtype;
+    flash.forward(params, {allocator, stream.get()});
+    stream.sync();
+    const harness::Verification faulty =
+        verify_outputs(flash, params, Pass::fwd, Distribution::normal, kSeed, host_outputs(t, false), &standard_out);
+    const double lse_growth = faulty.tensors.at("lse").error.max_abs / clean.tensors.at("lse").error.max_abs;
+    const double o_growth = faulty.tensors.at("o").error.max_abs / clean.tensors.at("o").error.max_abs;
+    INFO("faulty: " << faulty.failure << "; error growth: LSE " << lse_growth << "x, O " << o_growth << "x");
+    CHECK_FALSE(faulty.pass);
+    CHECK(faulty.tensors.at("lse").above_bound > 0);
+    CHECK(lse_growth > 10);
+    WARN("flash2 " << name(dtype) << " with l_i in the dtype: LSE error x" << lse_growth << ", O error x" << o_growth
+                   << "; " << faulty.failure);
+    Problem other = p;
+    other.head_dim = 128;
+    DeviceTensors u(other, dtype, kSeed, stream.get());
+    AttentionParams refused = u.params();
+    refused.fault = kernels::Fault::row_sum_in_dtype;
+    CHECK_THROWS_AS(flash.forward(refused, {allocator, stream.get()}), Unsupported);
+  }
 }

@@ -31,11 +31,12 @@ void apply_options(const VariantChoice& choice, kernels::AttentionParams& params
 //                 fp32 arithmetic for fp32/fp16/bf16 (fp64 for fp64), rounding where the GPU `standard` rounds
 [[nodiscard]] std::vector<kernels::Variant> cpu_variants();
 
-// Test-only fault injection into a variant's data path, so that the numerics checks can be shown to catch a real
-// regression: the environment variable FLASHLAB_FAULT, empty or unset for none. "row_sum_in_dtype": cpu-standard
-// accumulates the softmax row sum l in the run's dtype instead of fp32 (as a kernel that kept l in registers of
-// the input type would). Throws std::invalid_argument naming the allowed values for any other value. run.json
-// records it.
+// Test-only fault injection into a variant's data path (kernels::Fault), so that the numerics checks can be shown to
+// catch a real regression: the environment variable FLASHLAB_FAULT, empty or unset for none. "row_sum_in_dtype":
+// the softmax row sum l accumulated in the run's dtype instead of fp32 (cpu-standard; flash2's forward at
+// head_dim 64), as a kernel that kept l in registers of the input type would. make_params sets
+// AttentionParams::fault from it. Throws std::invalid_argument naming the allowed values for any other value.
+// run.json records it.
 [[nodiscard]] std::string injected_fault();
 
 }  // namespace flashlab::harness

@@ -29,6 +29,11 @@ struct Strides {
 // Contiguous BSHD strides for `heads` heads of dimension `dim` and `tokens` tokens per batch entry.
 [[nodiscard]] Strides contiguous_bshd(std::int64_t tokens, std::int64_t heads, std::int64_t dim);
 
+// Test-only faults a variant can inject into its data path (the harness sets them from FLASHLAB_FAULT), so that the
+// tests can show that the numerics checks catch a real regression. `none` in every real run.
+//   row_sum_in_dtype: the softmax row sum l accumulated in the run's dtype instead of fp32.
+enum class Fault : std::uint8_t { none, row_sum_in_dtype };
+
 // Everything a forward or backward launch needs. Tensors are in `dtype` (fp32, fp16 or bf16 storage)
 // except LSE (float32, [B, H, N_q] or varlen [1, H, total_q], contiguous) and pointers live where the
 // variant runs (device memory for GPU variants, host memory for CPU variants). Filled once by the harness.
@@ -59,6 +64,9 @@ struct AttentionParams {
   // Forward tile (query rows x keys per tile) where a variant offers a choice; 0 and 0: the variant's default.
   int block_m = 0;
   int block_n = 0;
+  // Test-only (above). cpu-standard and flash2's forward (head_dim 64, where it is compiled; Unsupported elsewhere)
+  // inject it; the other variants run unchanged, so baselines stay clean.
+  Fault fault = Fault::none;
 };
 
 // Workspace memory (core/allocator.hpp): every buffer a variant needs beyond the params' tensors comes from
