@@ -24,6 +24,15 @@ int default_worker_count() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+std::string worker_count_problem() {
+  const char* env = std::getenv("FLASHLAB_THREADS");
+  if (env == nullptr) return {};
+  const std::string text = env;
+  const bool digits = !text.empty() && text.size() <= 6 && text.find_first_not_of("0123456789") == std::string::npos;
+  if (digits && std::stoi(text) >= 1) return {};
+  return "FLASHLAB_THREADS = '" + text + "': must be a whole number >= 1 (the worker threads of the CPU code)";
+}
+
 void parallel_for(std::int64_t items, int workers, const std::function<void(std::int64_t, int)>& fn) {
   if (items <= 0) return;
   workers = static_cast<int>(std::clamp<std::int64_t>(workers, 1, items));

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "flashlab/harness/check.hpp"
+#include "flashlab/core/parallel.hpp"
 #include "flashlab/harness/runner.hpp"
 #include "flashlab/harness/suite.hpp"
 
@@ -79,6 +80,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
+  if (const std::string problem = flashlab::worker_count_problem(); !problem.empty()) {
+    std::fprintf(stderr, "flashlab: %s\n", problem.c_str());
+    return kExitUsage;
   }
   try {
     if (app.got_subcommand("list")) return list_variants(list_kernels);

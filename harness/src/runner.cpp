@@ -319,7 +319,14 @@ int run_suite(const RunOptions& options) {
   Suite suite = load_suite(options.suite);
   if (options.seed) suite.settings.seed = *options.seed;
   std::vector<RowSpec> rows = suite.rows;
-  if (!options.filter.empty()) rows = filter_rows(rows, options.filter);
+  if (!options.filter.empty()) {
+    rows = filter_rows(rows, options.filter);
+    if (rows.empty()) {
+      std::fprintf(stderr, "flashlab: --filter '%s' matches none of the %zu rows of suite %s\n", options.filter.c_str(),
+                   suite.rows.size(), suite.settings.name.c_str());
+      return kExitUsage;
+    }
+  }
   if (!options.shard.empty()) rows = shard_rows(rows, options.shard);
 
   if (options.dry_run) {
@@ -343,16 +350,26 @@ int run_suite(const RunOptions& options) {
   }
 
   const std::filesystem::path suite_dir = options.out / suite.settings.name;
-  std::string run_id = options.run_id;
-  if (run_id.empty() && options.resume) run_id = latest_run(suite_dir);
-  if (run_id.empty()) {
-    run_id = utc_time("%Y%m%dT%H%M%SZ");
-    if (!options.shard.empty()) {
-      std::string shard = options.shard;
-      std::replace(shard.begin(), shard.end(), '/', '-');
-      run_id += "-shard-" + shard;
+  // The run id names one folder under the suite's: one plain path component, as the suite name.
+  if (!options.run_id.empty()) {
+    const bool plain = std::all_of(options.run_id.begin(), options.run_id.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+    });
+    if (!plain || options.run_id == "." || options.run_id == "..") {
+      std::fprintf(stderr, "flashlab: --run-id '%s': a run id is one name of letters, digits, '_', '-' and '.'\n",
+                   options.run_id.c_str());
+      return kExitUsage;
     }
   }
+  std::string shard_suffix;  // each shard writes its own folder, given run id or not
+  if (!options.shard.empty()) {
+    std::string shard = options.shard;
+    std::replace(shard.begin(), shard.end(), '/', '-');
+    shard_suffix = "-shard-" + shard;
+  }
+  std::string run_id = options.run_id.empty() ? std::string() : options.run_id + shard_suffix;
+  if (run_id.empty() && options.resume) run_id = latest_run(suite_dir);
+  if (run_id.empty()) run_id = utc_time("%Y%m%dT%H%M%SZ") + shard_suffix;
   const std::filesystem::path run_dir = suite_dir / run_id;
   const std::filesystem::path csv = run_dir / "results.csv";
   if (!options.resume && std::filesystem::exists(csv)) {

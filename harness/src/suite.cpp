@@ -13,6 +13,7 @@
 #include <functional>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <set>
 #include <optional>
 #include <string_view>
@@ -704,7 +705,8 @@ Suite load_suite(const std::filesystem::path& path) {
 
 std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::string& filter) {
   using Test = std::function<bool(const RowSpec&)>;
-  std::vector<Test> tests;
+  // terms of one key are alternatives (any may hold), different keys must all hold
+  std::map<std::string, std::vector<Test>> by_key;
   std::string_view rest = filter;
   while (!trim(rest).empty()) {
     const auto comma = rest.find(',');
@@ -720,6 +722,7 @@ std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::st
       return SuiteError(fmt::format("filter '{}': key '{}': {}", filter, key, problem));
     };
     if (value.empty()) throw bad("has no value");
+    std::vector<Test>& tests = by_key[key == "seqlen" ? "seqlen_q" : key];
     auto enum_test = [&]<class Enum>(Enum (*parse)(std::string_view), auto member) -> Test {
       try {
         const Enum wanted = parse(value);
@@ -768,7 +771,9 @@ std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::st
   std::vector<RowSpec> kept;
   for (const RowSpec& row : rows) {
     bool all = true;
-    for (const Test& test : tests) all = all && test(row);
+    for (const auto& [key, alternatives] : by_key) {
+      all = all && std::any_of(alternatives.begin(), alternatives.end(), [&](const Test& test) { return test(row); });
+    }
     if (all) kept.push_back(row);
   }
   return kept;

@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
   int repeats = 3;
   bool no_gemm = false;
   std::int64_t seqlen = 0;
-  app.add_option("--seqlen", seqlen, "N_q = N_k (default 4096)");
+  app.add_option("--seqlen", seqlen, "N_q = N_k (default 4096)")->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 40));
   app.add_option("--seqlen-q", problem.seqlen_q, "N_q");
   app.add_option("--seqlen-k", problem.seqlen_k, "N_k");
   app.add_option("--head-dim", problem.head_dim, "d")->capture_default_str();
@@ -116,7 +116,11 @@ int main(int argc, char** argv) {
   app.add_option("--repeat", repeats, "timed repetitions (median reported)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_flag("--no-gemm", no_gemm, "skip the Eigen GEMM rate measurement");
   CLI11_PARSE(app, argc, argv);
-  if (seqlen > 0) problem.seqlen_q = problem.seqlen_k = seqlen;
+  if (const std::string problem_text = flashlab::worker_count_problem(); !problem_text.empty()) {
+    std::fprintf(stderr, "flashlab_reference_bench: %s\n", problem_text.c_str());
+    return 2;
+  }
+  if (app.count("--seqlen") > 0) problem.seqlen_q = problem.seqlen_k = seqlen;
   if (app.count("--heads-kv") == 0) problem.heads_kv = problem.heads;
   try {
     return scalar == "double" ? run<double>(problem, options, repeats, !no_gemm)

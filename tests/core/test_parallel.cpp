@@ -116,7 +116,17 @@ TEST_CASE("default_worker_count honours FLASHLAB_THREADS", "[parallel]") {
     INFO("FLASHLAB_THREADS='" << garbage << "'");
     const ThreadsVariable bad{std::string(garbage)};
     CHECK(default_worker_count() == hardware);
+    // the programs refuse such a value with this line instead of running on another count
+    const std::string problem = worker_count_problem();
+    CHECK(problem.find("FLASHLAB_THREADS = '" + std::string(garbage) + "'") == 0);
+    CHECK(problem.find('\n') == std::string::npos);
   }
+  for (const char* fine : {"1", "3", "64"}) {
+    const ThreadsVariable good{std::string(fine)};
+    CHECK(worker_count_problem().empty());
+  }
+  const ThreadsVariable unset(std::nullopt);
+  CHECK(worker_count_problem().empty());
 }
 
 }  // namespace flashlab

@@ -264,13 +264,34 @@ TEST_CASE("shards are disjoint and together complete", "[harness][run]") {
     options.suite = suite;
     options.out = dir / "results";
     options.shard = std::to_string(i) + "/3";
-    options.run_id = "shard" + std::to_string(i);
     options.filter = "variant=no-such-variant";  // quick rows; the split is what is tested
-    run_suite(options);
-    for (const ResultRow& r : read_results(options.out / "small" / options.run_id / "results.csv")) keys.insert(r.at("key"));
+    options.run_id = "shards";  // one id for all shards: each writes its own folder, shards-shard-i-3
+    CHECK(run_suite(options) == kExitOk);
+    const fs::path folder = options.out / "small" / ("shards-shard-" + std::to_string(i) + "-3");
+    for (const ResultRow& r : read_results(folder / "results.csv")) keys.insert(r.at("key"));
   }
   CHECK(keys.size() == 3 * 2 * 2 * 2);
   CHECK(std::set<std::string>(keys.begin(), keys.end()).size() == keys.size());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a run id that is not one plain name, or a filter that matches nothing, is refused", "[harness][run]") {
+  const fs::path dir = fresh_directory("refusals");
+  RunOptions options;
+  options.suite = write_suite(dir, kSmallSuite);
+  options.out = dir / "results";
+  options.filter = "variant=no-such-variant";
+  for (const char* id : {"../escape", "a/b", "..", ".", "with space"}) {
+    INFO(id);
+    options.run_id = id;
+    CHECK(run_suite(options) == kExitUsage);
+  }
+  CHECK_FALSE(fs::exists(dir / "escape"));
+  CHECK_FALSE(fs::exists(options.out / "small" / "a"));
+  options.run_id = "ok";
+  options.filter = "variant=cpu-reference,dtype=fp32";  // the suite has no fp32 rows
+  CHECK(run_suite(options) == kExitUsage);
+  CHECK_FALSE(fs::exists(options.out / "small" / "ok" / "results.csv"));
   fs::remove_all(dir);
 }
 

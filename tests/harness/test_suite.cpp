@@ -612,7 +612,9 @@ TEST_CASE("suite: filter keeps the rows matching every term") {
       {"causal=0", 256},
       {"variant=standard,dtype=bf16,seqlen=256", 64},
       {" variant = flash , pass = fwd , causal = 1 ", 64},
-      {"dtype=fp16,dtype=bf16", 0},
+      {"dtype=fp16,dtype=bf16", 512},                 // terms of one key are alternatives
+      {"seqlen=128,seqlen_q=256,dtype=bf16", 256},   // seqlen and seqlen_q are one key
+      {"variant=none,variant=standard,pass=bwd", 128},
   };
   for (const Case& c : cases) {
     INFO(c.filter);

@@ -61,7 +61,8 @@ struct Suite {
 [[nodiscard]] Suite load_suite(const std::filesystem::path& path);
 [[nodiscard]] Suite parse_suite(const std::string& text, const std::string& file_name);
 
-// --filter: comma-separated key=value terms, all of which must hold, e.g. "variant=standard,dtype=bf16,seqlen=4096".
+// --filter: comma-separated key=value terms, e.g. "variant=standard,dtype=bf16,seqlen=4096": terms of different keys
+// must all hold, terms of one key are alternatives ("dtype=fp16,dtype=bf16": either dtype).
 // Keys: variant, pass, dtype, distribution, batch, heads, heads_kv, seqlen (= seqlen_q), seqlen_q, seqlen_k,
 // head_dim, causal. Throws SuiteError on an unknown key.
 [[nodiscard]] std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::string& filter);
