@@ -11,23 +11,22 @@ constexpr double kInfinity = std::numeric_limits<double>::infinity();
 constexpr double kNoiseShift = 0.3;
 }  // namespace
 
-void ErrorAccumulator::add(double value, double reference, std::int64_t entry) {
+double abs_difference(double value, double reference) {
+  if (std::isinf(reference) && value == reference) return 0;
+  if (!std::isfinite(value) || !std::isfinite(reference)) return kInfinity;
+  return std::abs(value - reference);
+}
+
+bool ErrorAccumulator::add(double value, double reference, std::int64_t entry) {
   ++s_.count;
-  double diff;
-  if (std::isinf(reference) && value == reference) {
-    diff = 0;
-  } else if (!std::isfinite(value) || !std::isfinite(reference)) {
-    diff = kInfinity;
-  } else {
-    diff = value - reference;
-  }
-  const double magnitude = std::abs(diff);
-  if (magnitude > s_.max_abs || s_.worst < 0) {  // the first of equal maxima (the first non-finite one)
+  const double magnitude = abs_difference(value, reference);
+  const bool worst = magnitude > s_.max_abs || s_.worst < 0;  // the first of equal maxima (the first non-finite one)
+  if (worst) {
     s_.max_abs = magnitude;
     s_.worst = entry;
   }
-  if (std::isinf(diff)) return;
-  if (std::isinf(reference)) return;  // an exact -inf LSE: no magnitude to average
+  if (std::isinf(magnitude) || std::isinf(reference)) return worst;  // an exact -inf LSE: no magnitude to average
+  const double diff = value - reference;
   ++finite_;
   diff_sq_ += diff * diff;
   ref_sq_ += reference * reference;
@@ -35,6 +34,7 @@ void ErrorAccumulator::add(double value, double reference, std::int64_t entry) {
   if (std::abs(reference) >= guard_ && reference != 0) {
     s_.max_rel = std::max(s_.max_rel, magnitude / std::abs(reference));
   }
+  return worst;
 }
 
 ErrorStats ErrorAccumulator::finish() const {

@@ -377,14 +377,13 @@ void standard_backward(const AttentionParams& p, const LaunchContext& ctx) {
 
 }  // namespace
 
-std::string injected_fault() {
+kernels::Fault injected_fault() {
   const char* value = std::getenv("FLASHLAB_FAULT");
-  const std::string fault = value ? value : "";
-  if (!fault.empty() && fault != "row_sum_in_dtype") {
-    throw std::invalid_argument("FLASHLAB_FAULT = '" + fault +
-                                "' is not a known fault (test-only; allowed: row_sum_in_dtype, or empty for none)");
+  try {
+    return kernels::parse_fault(value ? value : "");
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("FLASHLAB_FAULT = ") + e.what());
   }
-  return fault;
 }
 
 std::vector<kernels::Variant> cpu_variants() {

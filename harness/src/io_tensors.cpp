@@ -26,7 +26,7 @@ kernels::AttentionParams make_params(const Problem& p, DType dtype, const std::v
   kernels::AttentionParams params;
   params.problem = p;
   params.dtype = dtype;
-  params.fault = injected_fault() == "row_sum_in_dtype" ? kernels::Fault::row_sum_in_dtype : kernels::Fault::none;
+  params.fault = injected_fault();
   params.q = data[0];
   params.k = data[1];
   params.v = data[2];

@@ -95,7 +95,7 @@ RunInfo start_run_info(const std::filesystem::path& path, const Suite& suite, co
   j["shard"] = options.shard;
   j["flops_convention"] = std::string(kFlopsConvention);
   j["git_commit"] = git_commit();
-  if (const std::string fault = injected_fault(); !fault.empty()) j["fault"] = fault;  // test-only
+  if (const kernels::Fault fault = injected_fault(); fault != kernels::Fault::none) j["fault"] = name(fault);  // test-only
   j["host"] = {{"threads", default_worker_count()}};
   j["finished"] = nullptr;
   j["device"] = gpu ? nlohmann::json::parse(device_block_json()) : nlohmann::json(nullptr);

@@ -308,14 +308,17 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 int run_suite(const RunOptions& options) {
-  std::string fault;
+  kernels::Fault fault = kernels::Fault::none;
   try {
     fault = injected_fault();
   } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "flashlab: %s\n", e.what());
     return kExitUsage;
   }
-  if (!fault.empty()) std::fprintf(stderr, "flashlab: warning: FLASHLAB_FAULT=%s injects a fault (test-only)\n", fault.c_str());
+  if (fault != kernels::Fault::none) {
+    std::fprintf(stderr, "flashlab: warning: FLASHLAB_FAULT=%s injects a fault (test-only)\n",
+                 std::string(name(fault)).c_str());
+  }
   Suite suite = load_suite(options.suite);
   if (options.seed) suite.settings.seed = *options.seed;
   std::vector<RowSpec> rows = suite.rows;

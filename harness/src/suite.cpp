@@ -528,9 +528,7 @@ class Parser {
     for (auto&& [key, node] : table) {
       if (std::find(kKeys.begin(), kKeys.end(), key.str()) == kKeys.end()) {
         fail(fmt::format("random.{}", key.str()),
-             "unknown key in [random] (expected rows, seed, variant, pass, dtype, distribution, head_dim, seqlen_q, "
-             "seqlen_k, batch, heads_kv, group, mask, window)",
-             &node);
+             fmt::format("unknown key in [random] (expected {})", fmt::join(kKeys, ", ")), &node);
       }
     }
     auto required = [&](const char* key) -> const toml::node& {

@@ -167,9 +167,8 @@ struct TensorAccumulator {
   bool has_baseline = false, has_upcast = false;
   double floor = 0, bound = 0, bound_prob = 0;
   std::int64_t count = 0, above = 0, above_prob = 0, baseline_above = 0;
-  std::string above_index, baseline_above_index;
+  std::string above_index, baseline_above_index, worst_index;
   double above_error = 0, above_limit = 0, baseline_above_error = 0, baseline_above_limit = 0;
-  std::map<std::int64_t, std::string> where;  // entry -> problem coordinates (only for the worst entries)
   std::int64_t next_entry = 0;
 };
 
@@ -242,6 +241,21 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
     if (!subject_.materializing && !subject_.baseline) ge.cpu_baseline = run_cpu_baseline(in, dtype_, pass_);
     groups_.push_back(std::move(ge));
   }
+  // the largest reference magnitude of each tensor (the guard of max_rel), the same for every check
+  using reference::GroupOutputs;
+  std::vector<std::pair<std::string, std::vector<double> GroupOutputs::*>> tensors = {{"o", &GroupOutputs::o},
+                                                                                     {"lse", &GroupOutputs::lse}};
+  if (has_backward(pass_)) {
+    tensors.insert(tensors.end(), {{"dq", &GroupOutputs::dq}, {"dk", &GroupOutputs::dk}, {"dv", &GroupOutputs::dv}});
+  }
+  for (const auto& [name, tensor] : tensors) {
+    double& m = ref_max_[name];
+    for (const GroupExpectation& ge : groups_) {
+      for (double x : ge.check.exact.*tensor) {
+        if (std::isfinite(x)) m = std::max(m, std::abs(x));
+      }
+    }
+  }
   if (!choice_.groups.empty() && !subject_.materializing) {
     choice_.description += subject_.baseline ? "; baseline: standard on the GPU" : "; baseline: cpu-standard";
   }
@@ -260,25 +274,8 @@ Verification Expectation::check(const FetchOutput& fetch) const {
   const std::int64_t group = p.group_size();
   const bool with_baseline = !subject_.materializing;
 
-  // the largest reference magnitude of each tensor (the guard of max_rel)
-  std::map<std::string, double> ref_max;
-  auto note_max = [&](const std::string& t, const std::vector<double>& values) {
-    double& m = ref_max[t];
-    for (double x : values) {
-      if (std::isfinite(x)) m = std::max(m, std::abs(x));
-    }
-  };
-  for (const GroupExpectation& ge : groups_) {
-    note_max("o", ge.check.exact.o);
-    note_max("lse", ge.check.exact.lse);
-    if (has_backward(pass_)) {
-      note_max("dq", ge.check.exact.dq);
-      note_max("dk", ge.check.exact.dk);
-      note_max("dv", ge.check.exact.dv);
-    }
-  }
   std::map<std::string, TensorAccumulator> acc;
-  for (const auto& [t, m] : ref_max) {
+  for (const auto& [t, m] : ref_max_) {
     TensorAccumulator& a = acc[t];
     a.error = a.baseline = a.upcast = numerics::ErrorAccumulator(m);
   }
@@ -292,20 +289,19 @@ Verification Expectation::check(const FetchOutput& fetch) const {
       if (subject_.baseline) return (*subject_.baseline)(t, grp.b, global);
       return ge.cpu_baseline.at({t, local});
     };
-    // One tensor of one head at the chosen rows: `rows` chosen row indices, `at(r, col)` the index into the check's
-    // arrays, `out` the variant's full head.
-    auto compare = [&](const std::string& t, const std::vector<std::int64_t>& rows, std::int64_t dim, std::int64_t local,
-                       std::int64_t global, const std::vector<double>& exact, const std::vector<double>& det,
-                       const std::vector<double>& prob, const std::vector<double>* base_det, std::int64_t offset,
-                       DType stored) {
+    // One tensor of one head at the chosen rows: `rows` their indices in the head, `offset` where the head's first
+    // chosen row starts in the check's arrays (`tensor` of GroupOutputs: exact values, upcast, bounds).
+    using Member = std::vector<double> reference::GroupOutputs::*;
+    auto compare = [&](const std::string& t, Member tensor, const std::vector<std::int64_t>& rows, std::int64_t dim,
+                       std::int64_t local, std::int64_t global, std::int64_t offset, DType stored) {
       TensorAccumulator& a = acc[t];
       const std::vector<double> out = fetch(t, grp.b, global);
-      std::vector<double> base;
-      if (with_baseline) base = baseline_head(t, local, global);
-      const std::vector<double>* upcast = nullptr;
-      if (c.upcast) {
-        upcast = t == "o" ? &c.upcast->o : t == "lse" ? &c.upcast->lse : t == "dq" ? &c.upcast->dq : t == "dk" ? &c.upcast->dk : &c.upcast->dv;
-      }
+      const std::vector<double> base = with_baseline ? baseline_head(t, local, global) : std::vector<double>{};
+      const std::vector<double>& exact = c.exact.*tensor;
+      const std::vector<double>& det = own.deterministic.*tensor;
+      const std::vector<double>& prob = own.probabilistic.*tensor;
+      const std::vector<double>* upcast = c.upcast ? &(*c.upcast.*tensor) : nullptr;
+      const std::vector<double>* base_det = base_bounds ? &(base_bounds->deterministic.*tensor) : nullptr;
       for (std::size_t r = 0; r < rows.size(); ++r) {
         const std::int64_t n = rows[r];
         for (std::int64_t col = 0; col < dim; ++col) {
@@ -317,19 +313,15 @@ Verification Expectation::check(const FetchOutput& fetch) const {
           auto coordinates = [&] {
             return t == "lse" ? fmt::format("{},{},{}", grp.b, n, global) : fmt::format("{},{},{},{}", grp.b, n, global, col);
           };
-          const double before = a.error.finish().max_abs;
-          a.error.add(x, ref, entry);
-          if (a.error.finish().worst == entry && (a.error.finish().max_abs > before || a.where.empty())) a.where[entry] = coordinates();
+          if (a.error.add(x, ref, entry)) a.worst_index = coordinates();
           a.floor = std::max(a.floor, 2 * numerics::one_step_noise(ref, stored));
           a.bound = std::max(a.bound, det[i]);
           a.bound_prob = std::max(a.bound_prob, prob[i]);
-          const double diff = std::isinf(ref) && x == ref ? 0.0 : std::abs(x - ref);
-          if (!(diff <= det[i])) {
-            if (a.above++ == 0) {
-              a.above_index = coordinates();
-              a.above_error = diff;
-              a.above_limit = det[i];
-            }
+          const double diff = numerics::abs_difference(x, ref);
+          if (!(diff <= det[i]) && a.above++ == 0) {
+            a.above_index = coordinates();
+            a.above_error = diff;
+            a.above_limit = det[i];
           }
           if (!(diff <= prob[i])) a.above_prob++;
           if (upcast) {
@@ -340,7 +332,7 @@ Verification Expectation::check(const FetchOutput& fetch) const {
             a.has_baseline = true;
             const double b = base[static_cast<std::size_t>(n * dim + col)];
             a.baseline.add(b, ref, entry);
-            const double bdiff = std::isinf(ref) && b == ref ? 0.0 : std::abs(b - ref);
+            const double bdiff = numerics::abs_difference(b, ref);
             if (base_det && !(bdiff <= (*base_det)[i]) && a.baseline_above++ == 0) {
               a.baseline_above_index = coordinates();
               a.baseline_above_error = bdiff;
@@ -350,25 +342,18 @@ Verification Expectation::check(const FetchOutput& fetch) const {
         }
       }
     };
-    const auto nsel = static_cast<std::int64_t>(ge.rows.query.size()), ksel = static_cast<std::int64_t>(ge.rows.key.size());
+    using reference::GroupOutputs;
+    const auto nsel = static_cast<std::int64_t>(ge.rows.query.size());
     const std::int64_t d = p.head_dim, dv = p.dv();
     for (std::int64_t j = 0; j < group; ++j) {
       const std::int64_t h = grp.g * group + j;
-      compare("o", ge.rows.query, dv, j, h, c.exact.o, own.deterministic.o, own.probabilistic.o,
-              base_bounds ? &base_bounds->deterministic.o : nullptr, j * nsel * dv, dtype_);
-      compare("lse", ge.rows.query, 1, j, h, c.exact.lse, own.deterministic.lse, own.probabilistic.lse,
-              base_bounds ? &base_bounds->deterministic.lse : nullptr, j * nsel, DType::fp32);
-      if (has_backward(pass_)) {
-        compare("dq", ge.rows.query, d, j, h, c.exact.dq, own.deterministic.dq, own.probabilistic.dq,
-                base_bounds ? &base_bounds->deterministic.dq : nullptr, j * nsel * d, dtype_);
-      }
+      compare("o", &GroupOutputs::o, ge.rows.query, dv, j, h, j * nsel * dv, dtype_);
+      compare("lse", &GroupOutputs::lse, ge.rows.query, 1, j, h, j * nsel, DType::fp32);
+      if (has_backward(pass_)) compare("dq", &GroupOutputs::dq, ge.rows.query, d, j, h, j * nsel * d, dtype_);
     }
     if (has_backward(pass_)) {
-      compare("dk", ge.rows.key, d, 0, grp.g, c.exact.dk, own.deterministic.dk, own.probabilistic.dk,
-              base_bounds ? &base_bounds->deterministic.dk : nullptr, 0, dtype_);
-      compare("dv", ge.rows.key, dv, 0, grp.g, c.exact.dv, own.deterministic.dv, own.probabilistic.dv,
-              base_bounds ? &base_bounds->deterministic.dv : nullptr, 0, dtype_);
-      (void)ksel;
+      compare("dk", &GroupOutputs::dk, ge.rows.key, d, 0, grp.g, 0, dtype_);
+      compare("dv", &GroupOutputs::dv, ge.rows.key, dv, 0, grp.g, 0, dtype_);
     }
   }
 
@@ -382,8 +367,7 @@ Verification Expectation::check(const FetchOutput& fetch) const {
     const TensorAccumulator& a = it->second;
     TensorVerdict v;
     v.error = a.error.finish();
-    const auto where = a.where.find(v.error.worst);
-    v.worst_index = where != a.where.end() ? where->second : "";
+    v.worst_index = a.worst_index;
     if (a.has_baseline) v.baseline = a.baseline.finish();
     if (a.has_upcast) v.upcast = a.upcast.finish();
     v.floor = a.floor;

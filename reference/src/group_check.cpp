@@ -85,6 +85,7 @@ template <class S>
 struct Values {
   // forward over the rows asked for (all rows of every head when a backward follows)
   std::vector<S> o_all, lse_all;  // [G][N_q][d_v], [G][N_q] (rows not computed are left 0)
+  std::vector<S> delta_all;       // D = rowsum(dO o O) [G][N_q], with a backward
   GroupOutputs out;
 };
 
@@ -161,7 +162,8 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
   if (!backward) return out;
 
   // D = rowsum(dO o O) of every row
-  std::vector<S> delta(static_cast<std::size_t>(sh.g * sh.nq));
+  std::vector<S>& delta = out.delta_all;
+  delta.assign(static_cast<std::size_t>(sh.g * sh.nq), S(0));
   for (std::int64_t hi = 0; hi < sh.g * sh.nq; ++hi) {
     S sum = 0;
     for (std::int64_t c = 0; c < sh.dv; ++c) {
@@ -557,36 +559,39 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
   // Per-entry forward bounds at the chosen query rows (every row when all are chosen); a sampled backward check
   // bounds the other rows' LSE and O errors row by row (§9).
   const bool every_query_row = static_cast<std::int64_t>(rows.query.size()) == sh.nq;
-  const std::vector<std::int64_t>& forward_rows = rows.query;
   const auto nsel = static_cast<std::int64_t>(rows.query.size()), ksel = static_cast<std::int64_t>(rows.key.size());
-  std::vector<double> delta_all;
+  const std::vector<double>& delta_all = exact.delta_all;
+  // |K| and, per query head, |Q| and |dO|: the operands of the gradients' bound products, shared by every pass
+  const Mat<double> k_abs = Mat<double>(ConstRows(in.k.data(), sh.nk, sh.d)).cwiseAbs();
+  const Mat<double> v_abs = Mat<double>(ConstRows(in.v.data(), sh.nk, sh.dv)).cwiseAbs();
+  std::vector<Mat<double>> q_abs, d_out_abs;
   if (options.backward) {
-    delta_all.assign(static_cast<std::size_t>(sh.g * sh.nq), 0.0);
-    for (std::int64_t hi = 0; hi < sh.g * sh.nq; ++hi) {
-      for (std::int64_t c = 0; c < sh.dv; ++c) {
-        delta_all[static_cast<std::size_t>(hi)] +=
-            in.d_out[static_cast<std::size_t>(hi * sh.dv + c)] * exact.o_all[static_cast<std::size_t>(hi * sh.dv + c)];
-      }
+    for (std::int64_t h = 0; h < sh.g; ++h) {
+      q_abs.push_back(Mat<double>(ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d)).cwiseAbs());
+      d_out_abs.push_back(Mat<double>(ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv)).cwiseAbs());
     }
   }
   for (const DataPath& path : options.paths) {
     PathBounds pb;
+    // the row-level bounds of §9 are the same for both passes (deterministic)
+    ForwardRowBounds row_level{std::vector<double>(static_cast<std::size_t>(sh.g * sh.nq * sh.dv)),
+                               std::vector<double>(static_cast<std::size_t>(sh.g * sh.nq))};
+    if (options.backward && !every_query_row) {
+      const Vec<double> k_max = column_max_abs(k_abs), v_max = column_max_abs(v_abs);
+      parallel_for(sh.g, workers, [&](std::int64_t h, int) {
+        for (std::int64_t i = 0; i < sh.nq; ++i) {
+          row_level_bounds(in, sh, path, h, i, exact.o_all, exact.lse_all, k_max, v_max, row_level);
+        }
+      });
+    }
     for (bool probabilistic : {false, true}) {
       const PathConstants pc{path, options.lambda, probabilistic};
-      ForwardRowBounds fb{std::vector<double>(static_cast<std::size_t>(sh.g * sh.nq * sh.dv)),
-                          std::vector<double>(static_cast<std::size_t>(sh.g * sh.nq))};
-      if (options.backward && !every_query_row) {
-        const Mat<double> k = ConstRows(in.k.data(), sh.nk, sh.d), v = ConstRows(in.v.data(), sh.nk, sh.dv);
-        const Vec<double> k_max = column_max_abs(k), v_max = column_max_abs(v);
-        parallel_for(sh.g, workers, [&](std::int64_t h, int) {
-          for (std::int64_t i = 0; i < sh.nq; ++i) row_level_bounds(in, sh, path, h, i, exact.o_all, exact.lse_all, k_max, v_max, fb);
-        });
-      }
-      const std::int64_t blocks = block_count(forward_rows.size());
+      ForwardRowBounds fb = row_level;
+      const std::int64_t blocks = block_count(rows.query.size());
       parallel_for(sh.g * blocks, workers, [&](std::int64_t item, int) {
         const std::int64_t h = item / blocks, first = (item % blocks) * kBlock;
-        const std::int64_t count = std::min<std::int64_t>(kBlock, static_cast<std::int64_t>(forward_rows.size()) - first);
-        forward_block_bounds(in, sh, pc, h, forward_rows, first, count, exact.o_all, exact.lse_all, fb);
+        const std::int64_t count = std::min<std::int64_t>(kBlock, nsel - first);
+        forward_block_bounds(in, sh, pc, h, rows.query, first, count, exact.o_all, exact.lse_all, fb);
       });
       GroupOutputs out;
       out.o.resize(static_cast<std::size_t>(sh.g * nsel * sh.dv));
@@ -610,10 +615,9 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
           const std::int64_t count = std::min<std::int64_t>(kBlock, nsel - first);
           const std::vector<std::int64_t> block(rows.query.begin() + first, rows.query.begin() + first + count);
           const BackwardEntries e = backward_entries(in, sh, pc, h, block, every_key, exact.o_all, exact.lse_all, delta_all, fb);
-          const Mat<double> kabs = Mat<double>(ConstRows(in.k.data(), sh.nk, sh.d)).cwiseAbs();
-          const Mat<double> err = e.ds_err * kabs, mag = (e.ds.cwiseAbs() + e.ds_err) * kabs;
+          const Mat<double> err = e.ds_err * k_abs, mag = (e.ds.cwiseAbs() + e.ds_err) * k_abs;
           Mat<double> sq;
-          if (probabilistic) sq = (e.ds.cwiseAbs2() * kabs.cwiseAbs2()).cwiseSqrt();
+          if (probabilistic) sq = (e.ds.cwiseAbs2() * k_abs.cwiseAbs2()).cwiseSqrt();
           for (std::int64_t r = 0; r < count; ++r) {
             const std::int64_t n = keys_of(in.problem, block[static_cast<std::size_t>(r)]).size();
             const std::int64_t terms = n + (path.dq_block > 0 ? (n + path.dq_block - 1) / path.dq_block + 1 : 0);
@@ -636,9 +640,8 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
           Mat<double> dv_err = Mat<double>::Zero(count, sh.dv), dv_mag = dv_err, dv_sq = dv_err;
           for (std::int64_t h = 0; h < sh.g; ++h) {
             const BackwardEntries e = backward_entries(in, sh, pc, h, every_row, block, exact.o_all, exact.lse_all, delta_all, fb);
-            const Mat<double> q = ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d);
-            const Mat<double> d_out = ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv);
-            const Mat<double> qabs = q.cwiseAbs(), doabs = d_out.cwiseAbs();
+            const Mat<double>& qabs = q_abs[static_cast<std::size_t>(h)];
+            const Mat<double>& doabs = d_out_abs[static_cast<std::size_t>(h)];
             dk_err += e.ds_err.transpose() * qabs;
             dk_mag += (e.ds.cwiseAbs() + e.ds_err).transpose() * qabs;
             dv_err += e.p_err.transpose() * doabs;

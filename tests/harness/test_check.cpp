@@ -22,9 +22,6 @@
 
 using namespace flashlab::harness;
 namespace fs = std::filesystem;
-#if __has_include(<catch2/catch_all.hpp>)
-using Catch::Approx;  // Catch2 v3; v2 declares Approx globally
-#endif
 
 namespace {
 

@@ -7,7 +7,6 @@ inputs; flash2 fwdbwd bf16 N=1024 fails its check on dQ, flash2 fwdbwd fp16 N=20
 flash2 fwd fp16 N=4096 was not verified. Expected values are computed here from the CSV, not by reports/.
 """
 
-import csv
 import os
 import re
 import shutil
@@ -24,21 +23,9 @@ MEMORY_DIR = FIXTURES / "memory_scaling"
 
 sys.path.insert(0, str(ROOT))
 from reports import data, figures, numerics, style, tables  # noqa: E402
-from tests.reports.test_reports import run_main, run_modules  # noqa: E402
+from tests.reports.test_reports import read_csv, run_main, run_modules, write_csv  # noqa: E402
 
 TENSORS = ("o", "lse", "dq", "dk", "dv")
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def write_csv(path, columns, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 

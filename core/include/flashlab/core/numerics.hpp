@@ -34,12 +34,17 @@ struct ErrorStats {
   std::int64_t worst = -1;  // entry of max_abs (the first NaN or inf difference if any), -1 when count = 0
 };
 
+// |value - reference| as the rule measures it: 0 where both are the same infinity (the LSE of a fully masked row),
+// +inf where either is not finite otherwise (NaN included).
+[[nodiscard]] double abs_difference(double value, double reference);
+
 // Accumulates ErrorStats over entries added one at a time, in any order. `reference_max` is the largest finite
 // |reference| among the entries to come (it sets the guard of max_rel).
 class ErrorAccumulator {
  public:
   explicit ErrorAccumulator(double reference_max = 0) : guard_(kRelativeGuard * reference_max) {}
-  void add(double value, double reference, std::int64_t entry);
+  // Returns whether `entry` is now the worst (ErrorStats::worst).
+  bool add(double value, double reference, std::int64_t entry);
   [[nodiscard]] ErrorStats finish() const;
 
  private:

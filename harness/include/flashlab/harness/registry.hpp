@@ -37,6 +37,6 @@ void apply_options(const VariantChoice& choice, kernels::AttentionParams& params
 // head_dim 64), as a kernel that kept l in registers of the input type would. make_params sets
 // AttentionParams::fault from it. Throws std::invalid_argument naming the allowed values for any other value.
 // run.json records it.
-[[nodiscard]] std::string injected_fault();
+[[nodiscard]] kernels::Fault injected_fault();
 
 }  // namespace flashlab::harness

@@ -114,6 +114,7 @@ class Expectation {
   GroupChoice choice_;
   CheckSubject subject_;
   std::vector<GroupExpectation> groups_;
+  std::map<std::string, double> ref_max_;  // the largest finite |reference| of each tensor
 };
 
 // The worse of two verifications of the same row (before and after timing).

@@ -33,6 +33,9 @@ struct Strides {
 // tests can show that the numerics checks catch a real regression. `none` in every real run.
 //   row_sum_in_dtype: the softmax row sum l accumulated in the run's dtype instead of fp32.
 enum class Fault : std::uint8_t { none, row_sum_in_dtype };
+[[nodiscard]] std::string_view name(Fault fault);  // "none", "row_sum_in_dtype"
+// Parses a fault's name ("" is none); throws std::invalid_argument naming the known ones.
+[[nodiscard]] Fault parse_fault(std::string_view text);
 
 // Everything a forward or backward launch needs. Tensors are in `dtype` (fp32, fp16 or bf16 storage)
 // except LSE (float32, [B, H, N_q] or varlen [1, H, total_q], contiguous) and pointers live where the
