@@ -57,7 +57,7 @@ double one_step_noise(double reference, DType dtype) {
   const double r = round_to(reference, dtype);
   const double up = round_to(r + kNoiseShift, dtype);
   const double back = round_to(up - kNoiseShift, dtype);
-  return std::abs(back - r);
+  return std::max(std::abs(back - r), unit_roundoff(dtype) * std::abs(r));
 }
 
 double rule_factor(const std::string& tensor) { return (tensor == "o" || tensor == "lse") ? 2.0 : 3.0; }

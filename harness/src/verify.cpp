@@ -220,7 +220,8 @@ struct GroupExpectation {
 
 Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const InputSpec& inputs, GroupChoice choice,
                          const CheckSubject& subject)
-    : problem_(problem), dtype_(dtype), pass_(pass), choice_(std::move(choice)), subject_(subject) {
+    : problem_(problem), dtype_(dtype), pass_(pass), distribution_(inputs.distribution), choice_(std::move(choice)),
+      subject_(subject) {
   std::mt19937_64 rng(choice_.seed);
   for (const Group& grp : choice_.groups) {
     const reference::GroupInputs in = group_inputs(problem_, grp, inputs);
@@ -237,6 +238,7 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
     options.paths.push_back(subject_.path);
     if (!subject_.materializing && subject_.baseline_path) options.paths.push_back(*subject_.baseline_path);
     options.lambda = kBoundLambda;
+    options.probabilistic_paths = 1;  // the baseline is judged by its deterministic bound alone
     ge.check = reference::check_group(in, ge.rows, options);
     if (!subject_.materializing && !subject_.baseline) ge.cpu_baseline = run_cpu_baseline(in, dtype_, pass_);
     groups_.push_back(std::move(ge));
@@ -392,7 +394,7 @@ Verification Expectation::check(const FetchOutput& fetch) const {
                        name, a.baseline_above_error, a.baseline_above_index, a.baseline_above_limit, a.baseline_above));
     } else if (v.baseline) {
       v.rule_pass = numerics::rule_holds(v.error.max_abs, v.baseline->max_abs, v.floor, k);
-      if (!*v.rule_pass && numerics::rule_judges(dtype_, subject_.path)) {
+      if (!*v.rule_pass && numerics::rule_judges(dtype_, subject_.path, distribution_)) {
         v.pass = false;
         fail(fmt::format("{} max abs error {:.3g} at {} > {} x baseline {:.3g} + floor {:.3g}", name, v.error.max_abs,
                          v.worst_index, k, v.baseline->max_abs, v.floor));

@@ -78,6 +78,41 @@ std::int64_t block_count(std::size_t n) { return (static_cast<std::int64_t>(n) +
 // The mask of one query row: kept keys [lo, hi].
 KeyRange keys_of(const Problem& p, std::int64_t i) { return p.key_range(i, p.seqlen_q, p.seqlen_k); }
 
+// The masks keep a band whose ends move monotonically with the query row, so the work of a block of rows (or keys)
+// is confined to a span: the keys that rows which[first .. first + count) see, or the query rows that see a key of
+// [lo, hi]. Entries inside a span that the mask drops are still tested one by one; the spans only skip the columns
+// (rows) that no entry of the block keeps. An empty span (lo > hi) when nothing is kept.
+KeyRange key_span(const Problem& p, const std::vector<std::int64_t>& which, std::int64_t first, std::int64_t count) {
+  KeyRange span{p.seqlen_k, -1};
+  for (std::int64_t r = 0; r < count; ++r) {
+    const KeyRange keys = keys_of(p, which[static_cast<std::size_t>(first + r)]);
+    if (keys.empty()) continue;
+    span.lo = std::min(span.lo, keys.lo);
+    span.hi = std::max(span.hi, keys.hi);
+  }
+  return span;
+}
+
+KeyRange row_span(const Problem& p, std::int64_t key_lo, std::int64_t key_hi) {
+  KeyRange span{p.seqlen_q, -1};
+  for (std::int64_t i = 0; i < p.seqlen_q; ++i) {
+    const KeyRange keys = keys_of(p, i);
+    if (keys.empty() || keys.lo > key_hi || keys.hi < key_lo) continue;
+    span.lo = std::min(span.lo, i);
+    span.hi = std::max(span.hi, i);
+  }
+  return span;
+}
+
+// The rows [span.lo, span.hi] as a list (none for an empty span).
+std::vector<std::int64_t> span_rows(const KeyRange& span) {
+  std::vector<std::int64_t> r;
+  for (std::int64_t i = span.lo; i <= span.hi; ++i) r.push_back(i);
+  return r;
+}
+
+std::int64_t span_first(const KeyRange& span) { return span.empty() ? 0 : span.lo; }
+
 // ---------------------------------------------------------------------------------------------------------------
 // Values in Scalar arithmetic (double: exact; float: the upcast reference)
 
@@ -96,15 +131,18 @@ Mat<S> gather(const ConstRows& rows, const std::vector<std::int64_t>& which, std
   return m;
 }
 
-// Scores of the rows `which[first .. first + count)` against all keys, masked entries -inf.
-template <class S>
-Mat<S> masked_scores(const Problem& p, const Mat<S>& q, const Mat<S>& k, S scale, const std::vector<std::int64_t>& which,
-                     std::int64_t first) {
-  Mat<S> s = scale * (q * k.transpose());
+// Scores of the rows `which[first .. first + count)` against the keys of `span` (column c: key span.lo + c), masked
+// entries -inf.
+template <class S, class KeyRows>
+Mat<S> masked_scores(const Problem& p, const Mat<S>& q, const KeyRows& k, S scale, const std::vector<std::int64_t>& which,
+                     std::int64_t first, const KeyRange& span) {
+  const std::int64_t j0 = span_first(span);
+  Mat<S> s = scale * (q * k.middleRows(j0, span.size()).transpose());
   for (std::int64_t r = 0; r < s.rows(); ++r) {
     const KeyRange keys = keys_of(p, which[static_cast<std::size_t>(first + r)]);
-    for (std::int64_t j = 0; j < s.cols(); ++j) {
-      if (keys.empty() || j < keys.lo || j > keys.hi) s(r, j) = -std::numeric_limits<S>::infinity();
+    for (std::int64_t c = 0; c < s.cols(); ++c) {
+      const std::int64_t j = j0 + c;
+      if (keys.empty() || j < keys.lo || j > keys.hi) s(r, c) = -std::numeric_limits<S>::infinity();
     }
   }
   return s;
@@ -128,21 +166,25 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
     const std::int64_t count = std::min<std::int64_t>(kBlock, static_cast<std::int64_t>(forward_rows.size()) - first);
     const ConstRows q(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d);
     const Mat<S> qb = gather<S>(q, forward_rows, first, count);
-    Mat<S> e = masked_scores<S>(p, qb, k, scale, forward_rows, first);
+    const KeyRange span = key_span(p, forward_rows, first, count);
+    Mat<S> e = masked_scores<S>(p, qb, k, scale, forward_rows, first, span);
+    Vec<S> m(count), l(count);
+    for (std::int64_t r = 0; r < count; ++r) {
+      m(r) = e.cols() > 0 ? e.row(r).maxCoeff() : -std::numeric_limits<S>::infinity();
+      const S shift = m(r) == -std::numeric_limits<S>::infinity() ? S(0) : m(r);
+      e.row(r) = (e.row(r).array() - shift).exp().matrix();
+      l(r) = e.row(r).sum();
+    }
+    const Mat<S> pv = e * v.middleRows(span_first(span), span.size());
     for (std::int64_t r = 0; r < count; ++r) {
       const std::int64_t i = forward_rows[static_cast<std::size_t>(first + r)];
-      S m = e.cols() > 0 ? e.row(r).maxCoeff() : -std::numeric_limits<S>::infinity();
-      const bool empty = m == -std::numeric_limits<S>::infinity();
-      if (empty) m = 0;
-      e.row(r) = (e.row(r).array() - m).exp().matrix();
-      const S l = e.row(r).sum();
       auto o = Eigen::Map<Vec<S>>(out.o_all.data() + (h * sh.nq + i) * sh.dv, sh.dv);
-      if (empty || l == 0) {
+      if (m(r) == -std::numeric_limits<S>::infinity() || l(r) == 0) {
         o.setZero();
         out.lse_all[static_cast<std::size_t>(h * sh.nq + i)] = -std::numeric_limits<S>::infinity();
       } else {
-        o = (e.row(r) * v).transpose() / l;
-        out.lse_all[static_cast<std::size_t>(h * sh.nq + i)] = m + std::log(l);
+        o = pv.row(r).transpose() / l(r);
+        out.lse_all[static_cast<std::size_t>(h * sh.nq + i)] = m(r) + std::log(l(r));
       }
     }
   });
@@ -188,14 +230,16 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
     const ConstRows d_out(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv);
     const Mat<S> qb = gather<S>(q, rows.query, first, count);
     const Mat<S> dob = gather<S>(d_out, rows.query, first, count);
-    Mat<S> prob = masked_scores<S>(p, qb, k, scale, rows.query, first);
+    const KeyRange span = key_span(p, rows.query, first, count);
+    const std::int64_t j0 = span_first(span), n = span.size();
+    Mat<S> prob = masked_scores<S>(p, qb, k, scale, rows.query, first, span);
     probabilities(prob, h, rows.query, first);
-    Mat<S> ds = dob * v.transpose();
+    Mat<S> ds = dob * v.middleRows(j0, n).transpose();
     for (std::int64_t r = 0; r < count; ++r) {
       ds.row(r).array() -= delta[static_cast<std::size_t>(h * sh.nq + rows.query[static_cast<std::size_t>(first + r)])];
     }
     ds = ds.cwiseProduct(prob);
-    const Mat<S> dq = scale * (ds * k);
+    const Mat<S> dq = scale * (ds * k.middleRows(j0, n));
     for (std::int64_t r = 0; r < count; ++r) {
       for (std::int64_t c = 0; c < sh.d; ++c) out.out.dq[static_cast<std::size_t>((h * nsel + first + r) * sh.d + c)] = dq(r, c);
     }
@@ -212,21 +256,23 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
     const ConstRows kr(in.k.data(), sh.nk, sh.d), vr(in.v.data(), sh.nk, sh.dv);
     const Mat<S> kb = gather<S>(kr, rows.key, first, count), vb = gather<S>(vr, rows.key, first, count);
     Mat<S> dk = Mat<S>::Zero(count, sh.d), dv = Mat<S>::Zero(count, sh.dv);
+    const KeyRange span = row_span(p, rows.key[static_cast<std::size_t>(first)], rows.key[static_cast<std::size_t>(first + count - 1)]);
+    const std::int64_t i0 = span_first(span), nr = span.size();
     for (std::int64_t h = 0; h < sh.g; ++h) {
-      const Mat<S> q = ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d).template cast<S>();
-      const Mat<S> d_out = ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv).template cast<S>();
+      const Mat<S> q = ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d).middleRows(i0, nr).template cast<S>();
+      const Mat<S> d_out = ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv).middleRows(i0, nr).template cast<S>();
       Mat<S> prob = scale * (q * kb.transpose());
-      for (std::int64_t i = 0; i < sh.nq; ++i) {
-        const KeyRange keys = keys_of(p, i);
-        const S lse = out.lse_all[static_cast<std::size_t>(h * sh.nq + i)];
+      for (std::int64_t r = 0; r < nr; ++r) {
+        const KeyRange keys = keys_of(p, i0 + r);
+        const S lse = out.lse_all[static_cast<std::size_t>(h * sh.nq + i0 + r)];
         for (std::int64_t j = 0; j < count; ++j) {
           const std::int64_t key = rows.key[static_cast<std::size_t>(first + j)];
           const bool kept = !keys.empty() && key >= keys.lo && key <= keys.hi;
-          prob(i, j) = kept ? std::exp(prob(i, j) - lse) : S(0);
+          prob(r, j) = kept ? std::exp(prob(r, j) - lse) : S(0);
         }
       }
       Mat<S> ds = d_out * vb.transpose();
-      for (std::int64_t i = 0; i < sh.nq; ++i) ds.row(i).array() -= delta[static_cast<std::size_t>(h * sh.nq + i)];
+      for (std::int64_t r = 0; r < nr; ++r) ds.row(r).array() -= delta[static_cast<std::size_t>(h * sh.nq + i0 + r)];
       ds = ds.cwiseProduct(prob);
       dv += prob.transpose() * d_out;
       dk += scale * (ds.transpose() * q);
@@ -338,14 +384,17 @@ void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathCons
   const Problem& p = in.problem;
   const DataPath& path = pc.path;
   const ConstRows q(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d);
-  const Mat<double> k = ConstRows(in.k.data(), sh.nk, sh.d);
+  const KeyRange span = key_span(p, which, first, count);
+  const std::int64_t j0 = span_first(span), n_span = span.size();
+  const Mat<double> k = ConstRows(in.k.data(), sh.nk, sh.d).middleRows(j0, n_span);
   const Mat<double> v = ConstRows(in.v.data(), sh.nk, sh.dv);
   const Mat<double> qb = gather<double>(q, which, first, count);
-  const Mat<double> s = masked_scores<double>(p, qb, k, sh.scale, which, first);
+  const Mat<double> s = masked_scores<double>(p, qb, ConstRows(in.k.data(), sh.nk, sh.d), sh.scale, which, first,
+                                              span);  // column c: key j0 + c, as in every matrix below
   const Mat<double> a = sh.scale * (qb.cwiseAbs() * k.cwiseAbs().transpose());
-  const Mat<double> v_abs = v.cwiseAbs(), v_sq = v.cwiseAbs2();
+  const Mat<double> v_abs = v.middleRows(j0, n_span).cwiseAbs(), v_sq = v.middleRows(j0, n_span).cwiseAbs2();
   const double gamma_qk = pc.gamma(path.qk, sh.d);
-  Mat<double> prob = Mat<double>::Zero(count, sh.nk), weighted = prob, tiny = prob, prob_sq = prob, prob_sq_s_sq = prob;
+  Mat<double> prob = Mat<double>::Zero(count, n_span), weighted = prob, tiny = prob, prob_sq = prob, prob_sq_s_sq = prob;
   Vec<double> alpha_max = Vec<double>::Zero(count), weighted_sum = alpha_max, indep_lse = alpha_max;
   for (std::int64_t r = 0; r < count; ++r) {
     const std::int64_t i = which[static_cast<std::size_t>(first + r)];
@@ -356,24 +405,24 @@ void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathCons
     const std::int64_t n = keys.size();
     const double rho = static_cast<double>(rescales(path, n)) * (path.u_exp + 2 * path.u_arith);
     double s_abs_max = 0;
-    for (std::int64_t j = keys.lo; j <= keys.hi; ++j) s_abs_max = std::max(s_abs_max, std::abs(s(r, j)));
+    for (std::int64_t c = keys.lo - j0; c <= keys.hi - j0; ++c) s_abs_max = std::max(s_abs_max, std::abs(s(r, c)));
     const double rho_shift = rho + 4 * path.u_arith * s_abs_max;  // the running max's moves, §4
-    for (std::int64_t j = keys.lo; j <= keys.hi; ++j) {
-      const double pij = std::exp(s(r, j) - lse);
-      const double delta = argument_error(pc, gamma_qk, a(r, j), s(r, j), m, 0);
+    for (std::int64_t c = keys.lo - j0; c <= keys.hi - j0; ++c) {
+      const double pij = std::exp(s(r, c) - lse);
+      const double delta = argument_error(pc, gamma_qk, a(r, c), s(r, c), m, 0);
       const double alpha = (1 + weight_error(path, delta)) * (1 + rho_shift) - 1;
-      prob(r, j) = pij;
-      weighted(r, j) = pij * alpha;
+      prob(r, c) = pij;
+      weighted(r, c) = pij * alpha;
       alpha_max(r) = std::max(alpha_max(r), alpha);
       weighted_sum(r) += pij * alpha;
-      tiny(r, j) = tiny_error(path, pij, path.u_p > 0 || path.p_normalized);
-      prob_sq(r, j) = pij * pij;
-      prob_sq_s_sq(r, j) = pij * pij * s(r, j) * s(r, j);
-      indep_lse(r) += pij * pij * s(r, j) * s(r, j);
+      tiny(r, c) = tiny_error(path, pij, path.u_p > 0 || path.p_normalized);
+      prob_sq(r, c) = pij * pij;
+      prob_sq_s_sq(r, c) = pij * pij * s(r, c) * s(r, c);
+      indep_lse(r) += pij * pij * s(r, c) * s(r, c);
     }
   }
   const Mat<double> cons_num = weighted * v_abs, pv_abs = prob * v_abs, tiny_v = tiny * v_abs;
-  const Vec<double> v_max = column_max_abs(v);
+  const Vec<double> v_max = column_max_abs(v);  // over every key: o_bound's fallback (§3)
   Mat<double> p_round_sq, s_round_sq;
   if (pc.probabilistic) {
     p_round_sq = (prob_sq * v_sq).cwiseSqrt();
@@ -571,7 +620,9 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
       d_out_abs.push_back(Mat<double>(ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv)).cwiseAbs());
     }
   }
-  for (const DataPath& path : options.paths) {
+  for (std::size_t path_index = 0; path_index < options.paths.size(); ++path_index) {
+    const DataPath& path = options.paths[path_index];
+    const bool with_probabilistic = path_index < options.probabilistic_paths;
     PathBounds pb;
     // the row-level bounds of §9 are the same for both passes (deterministic)
     ForwardRowBounds row_level{std::vector<double>(static_cast<std::size_t>(sh.g * sh.nq * sh.dv)),
@@ -585,6 +636,7 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
       });
     }
     for (bool probabilistic : {false, true}) {
+      if (probabilistic && !with_probabilistic) break;
       const PathConstants pc{path, options.lambda, probabilistic};
       ForwardRowBounds fb = row_level;
       const std::int64_t blocks = block_count(rows.query.size());
@@ -606,7 +658,6 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
         }
       }
       if (options.backward) {
-        const std::vector<std::int64_t> every_key = all_rows(sh.nk), every_row = all_rows(sh.nq);
         // dQ at the chosen query rows, §8
         out.dq.assign(static_cast<std::size_t>(sh.g * nsel * sh.d), 0.0);
         const std::int64_t qblocks = block_count(rows.query.size());
@@ -614,10 +665,13 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
           const std::int64_t h = item / qblocks, first = (item % qblocks) * kBlock;
           const std::int64_t count = std::min<std::int64_t>(kBlock, nsel - first);
           const std::vector<std::int64_t> block(rows.query.begin() + first, rows.query.begin() + first + count);
-          const BackwardEntries e = backward_entries(in, sh, pc, h, block, every_key, exact.o_all, exact.lse_all, delta_all, fb);
-          const Mat<double> err = e.ds_err * k_abs, mag = (e.ds.cwiseAbs() + e.ds_err) * k_abs;
+          const KeyRange span = key_span(in.problem, block, 0, count);
+          const BackwardEntries e =
+              backward_entries(in, sh, pc, h, block, span_rows(span), exact.o_all, exact.lse_all, delta_all, fb);
+          const auto k_span = k_abs.middleRows(span_first(span), span.size());
+          const Mat<double> err = e.ds_err * k_span, mag = (e.ds.cwiseAbs() + e.ds_err) * k_span;
           Mat<double> sq;
-          if (probabilistic) sq = (e.ds.cwiseAbs2() * k_abs.cwiseAbs2()).cwiseSqrt();
+          if (probabilistic) sq = (e.ds.cwiseAbs2() * k_span.cwiseAbs2()).cwiseSqrt();
           for (std::int64_t r = 0; r < count; ++r) {
             const std::int64_t n = keys_of(in.problem, block[static_cast<std::size_t>(r)]).size();
             const std::int64_t terms = n + (path.dq_block > 0 ? (n + path.dq_block - 1) / path.dq_block + 1 : 0);
@@ -636,12 +690,14 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
           const std::int64_t first = item * kBlock;
           const std::int64_t count = std::min<std::int64_t>(kBlock, ksel - first);
           const std::vector<std::int64_t> block(rows.key.begin() + first, rows.key.begin() + first + count);
+          const KeyRange span = row_span(in.problem, block.front(), block.back());
+          const std::vector<std::int64_t> seeing = span_rows(span);  // the query rows that see a key of the block
           Mat<double> dk_err = Mat<double>::Zero(count, sh.d), dk_mag = dk_err, dk_sq = dk_err;
           Mat<double> dv_err = Mat<double>::Zero(count, sh.dv), dv_mag = dv_err, dv_sq = dv_err;
           for (std::int64_t h = 0; h < sh.g; ++h) {
-            const BackwardEntries e = backward_entries(in, sh, pc, h, every_row, block, exact.o_all, exact.lse_all, delta_all, fb);
-            const Mat<double>& qabs = q_abs[static_cast<std::size_t>(h)];
-            const Mat<double>& doabs = d_out_abs[static_cast<std::size_t>(h)];
+            const BackwardEntries e = backward_entries(in, sh, pc, h, seeing, block, exact.o_all, exact.lse_all, delta_all, fb);
+            const auto qabs = q_abs[static_cast<std::size_t>(h)].middleRows(span_first(span), span.size());
+            const auto doabs = d_out_abs[static_cast<std::size_t>(h)].middleRows(span_first(span), span.size());
             dk_err += e.ds_err.transpose() * qabs;
             dk_mag += (e.ds.cwiseAbs() + e.ds_err).transpose() * qabs;
             dv_err += e.p_err.transpose() * doabs;
@@ -673,6 +729,10 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
     auto smaller = [](std::vector<double>& prob, const std::vector<double>& det) {
       for (std::size_t i = 0; i < prob.size(); ++i) prob[i] = std::min(prob[i], det[i]);
     };
+    if (!with_probabilistic) {
+      result.bounds.push_back(std::move(pb));
+      continue;
+    }
     smaller(pb.probabilistic.o, pb.deterministic.o);
     smaller(pb.probabilistic.lse, pb.deterministic.lse);
     smaller(pb.probabilistic.dq, pb.deterministic.dq);

@@ -81,12 +81,22 @@ TEST_CASE("gamma constants: deterministic n u / (1 - n u), 2u when truncating, p
   CHECK(row_sum_depth(5, 3) == 2 + 2);
 }
 
-TEST_CASE("the rule judges low-precision variants in fp16 and bf16 only", "[numerics]") {
+TEST_CASE("the rule judges low-precision variants in fp16 and bf16 on the rule's own inputs only", "[numerics]") {
   const DataPath fp32_path = materializing_path(DType::bf16, DType::fp32, true, 0, "");
-  CHECK(rule_judges(DType::bf16, fp32_path));
-  CHECK(rule_judges(DType::fp16, fp32_path));
-  CHECK_FALSE(rule_judges(DType::fp32, fp32_path));
-  CHECK_FALSE(rule_judges(DType::bf16, reference_path(DType::bf16)));  // fp64 arithmetic, outputs rounded
+  CHECK(rule_judges(DType::bf16, fp32_path, Distribution::normal));
+  CHECK(rule_judges(DType::fp16, fp32_path, Distribution::uniform));
+  CHECK_FALSE(rule_judges(DType::fp32, fp32_path, Distribution::normal));
+  CHECK_FALSE(rule_judges(DType::bf16, reference_path(DType::bf16), Distribution::normal));  // fp64 arithmetic
+  for (Distribution stress : kDistributions) {
+    if (stress != Distribution::normal && stress != Distribution::uniform) CHECK_FALSE(rule_judges(DType::bf16, fp32_path, stress));
+  }
+}
+
+TEST_CASE("one_step_noise is at least the unit roundoff of the reference", "[numerics]") {
+  // these fp32 values survive + 0.3 - 0.3 exactly: FlashAttention-3's realized noise is 0, the floor keeps u |r|
+  for (double r : {8.5, -5.25, 0.375, 8.40000057220459}) {
+    CHECK(one_step_noise(r, DType::fp32) == unit_roundoff(DType::fp32) * std::abs(r));
+  }
 }
 
 }  // namespace

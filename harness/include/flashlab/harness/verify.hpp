@@ -7,7 +7,7 @@
 //  - the FlashAttention rule max_abs <= k max_abs(baseline) + floor (k = 2 for O and LSE, 3 for gradients), where the
 //    baseline is standard (materializing) attention in the same dtype on the same inputs: the GPU `standard` variant
 //    for GPU rows, cpu-standard for CPU rows (or where the GPU one cannot run); it fails low-precision variants' rows
-//    in fp16 and bf16 and is reported elsewhere (numerics::rule_judges). A materializing row has no baseline
+//    in fp16 and bf16 on normal and uniform inputs and is reported elsewhere (numerics::rule_judges). A materializing row has no baseline
 //    (no row is its own baseline): the bound alone judges it. A baseline that is non-finite or above its own bound
 //    is an error of the row.
 // Reported beside: the probabilistic bound (Higham-Mary, lambda stated) and both bounds' tightness, the fp32-upcast
@@ -111,6 +111,7 @@ class Expectation {
   Problem problem_;
   DType dtype_;
   Pass pass_;
+  Distribution distribution_;
   GroupChoice choice_;
   CheckSubject subject_;
   std::vector<GroupExpectation> groups_;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -55,6 +56,8 @@ struct GroupCheckOptions {
   std::optional<DType> upcast;               // compute the fp32-upcast values, rounded to this dtype
   std::vector<numerics::DataPath> paths;     // data paths whose bounds to evaluate
   double lambda = 4.0;                       // of the probabilistic bounds
+  // the first this many paths get the probabilistic bound too; the others' PathBounds::probabilistic stays empty
+  std::size_t probabilistic_paths = std::numeric_limits<std::size_t>::max();
   int workers = 0;                           // 0: default_worker_count()
 };
 
