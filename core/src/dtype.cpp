@@ -1,6 +1,22 @@
 #include "flashlab/core/dtype.hpp"
 
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__GNUC__)
+// Built for x86-64-v3 (FLASHLAB_HOST_ARCH): before any other code runs, refuse a CPU without AVX2 and FMA with a
+// one-line error instead of an illegal instruction. Compiled for the baseline so that it runs anywhere.
+__attribute__((constructor(101), target("arch=x86-64"))) static void flashlab_require_host_arch() {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+    std::fputs("flashlab: built for x86-64-v3 CPUs (AVX2, FMA) and this CPU lacks them; rebuild with "
+               "-DFLASHLAB_HOST_ARCH= (the compiler's default instruction set)\n",
+               stderr);
+    std::_Exit(2);
+  }
+}
+#endif
 
 namespace flashlab {
 
