@@ -161,15 +161,23 @@ std::vector<std::int64_t> sample_rows(std::int64_t n, std::int64_t count, std::m
   return {chosen.begin(), chosen.end()};
 }
 
-// Running statistics of one tensor over all verified groups.
-struct TensorAccumulator {
-  numerics::ErrorAccumulator error, baseline, upcast;
+// What one tensor's check holds that does not depend on the variant's outputs (the floor, the bounds' maxima, the
+// upcast and baseline statistics): computed once per row, in the constructor.
+struct TensorFixed {
+  numerics::ErrorAccumulator baseline, upcast;
   bool has_baseline = false, has_upcast = false;
   double floor = 0, bound = 0, bound_prob = 0;
-  std::int64_t count = 0, above = 0, above_prob = 0, baseline_above = 0;
-  std::string above_index, baseline_above_index, worst_index;
-  double above_error = 0, above_limit = 0, baseline_above_error = 0, baseline_above_limit = 0;
-  std::int64_t next_entry = 0;
+  std::int64_t count = 0, baseline_above = 0;
+  std::string baseline_above_index;
+  double baseline_above_error = 0, baseline_above_limit = 0;
+};
+
+// The variant's errors of one tensor over all verified groups, accumulated at each check.
+struct TensorAccumulator {
+  numerics::ErrorAccumulator error;
+  std::int64_t above = 0, above_prob = 0;
+  std::string above_index, worst_index;
+  double above_error = 0, above_limit = 0;
 };
 
 }  // namespace
@@ -218,10 +226,64 @@ struct GroupExpectation {
   HeadOutputs cpu_baseline;     // when the baseline is cpu-standard
 };
 
+struct Expectation::Fixed {
+  std::map<std::string, TensorFixed> tensors;
+};
+
+namespace {
+
+// One head of one tensor at the chosen rows of a group: `rows` their indices in the head, `offset` where the head's
+// first chosen row starts in the check's arrays (`member` of GroupOutputs: exact values, upcast, bounds); `local`
+// the head within the group, `global` within the problem.
+struct HeadSlice {
+  const char* tensor;
+  std::vector<double> reference::GroupOutputs::* member;
+  const GroupExpectation& ge;
+  const std::vector<std::int64_t>& rows;
+  std::int64_t dim, local, global, offset;
+  DType stored;
+
+  // Entry (r, col): its position in the check's arrays, in the head's output, and its problem coordinates.
+  [[nodiscard]] std::size_t at(std::size_t r, std::int64_t col) const {
+    return static_cast<std::size_t>(offset + static_cast<std::int64_t>(r) * dim + col);
+  }
+  [[nodiscard]] std::size_t in_head(std::size_t r, std::int64_t col) const {
+    return static_cast<std::size_t>(rows[r] * dim + col);
+  }
+  [[nodiscard]] std::string coordinates(std::size_t r, std::int64_t col) const {
+    const Group& grp = ge.group;
+    return std::string_view(tensor) == "lse" ? fmt::format("{},{},{}", grp.b, rows[r], global)
+                                             : fmt::format("{},{},{},{}", grp.b, rows[r], global, col);
+  }
+};
+
+// Visits every head of every tensor of every group, in the one order that numbers the entries (the entry index of
+// ErrorAccumulator::add, which breaks ties of the worst entry).
+template <class Visit>
+void for_each_head(const std::vector<GroupExpectation>& groups, const Problem& p, Pass pass, DType dtype, Visit visit) {
+  using reference::GroupOutputs;
+  const std::int64_t group = p.group_size(), d = p.head_dim, dv = p.dv();
+  for (const GroupExpectation& ge : groups) {
+    const auto nsel = static_cast<std::int64_t>(ge.rows.query.size());
+    for (std::int64_t j = 0; j < group; ++j) {
+      const std::int64_t h = ge.group.g * group + j;
+      visit(HeadSlice{"o", &GroupOutputs::o, ge, ge.rows.query, dv, j, h, j * nsel * dv, dtype});
+      visit(HeadSlice{"lse", &GroupOutputs::lse, ge, ge.rows.query, 1, j, h, j * nsel, DType::fp32});
+      if (has_backward(pass)) visit(HeadSlice{"dq", &GroupOutputs::dq, ge, ge.rows.query, d, j, h, j * nsel * d, dtype});
+    }
+    if (has_backward(pass)) {
+      visit(HeadSlice{"dk", &GroupOutputs::dk, ge, ge.rows.key, d, 0, ge.group.g, 0, dtype});
+      visit(HeadSlice{"dv", &GroupOutputs::dv, ge, ge.rows.key, dv, 0, ge.group.g, 0, dtype});
+    }
+  }
+}
+
+}  // namespace
+
 Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const InputSpec& inputs, GroupChoice choice,
                          const CheckSubject& subject)
     : problem_(problem), dtype_(dtype), pass_(pass), distribution_(inputs.distribution), choice_(std::move(choice)),
-      subject_(subject) {
+      subject_(subject), fixed_(std::make_unique<Fixed>()) {
   std::mt19937_64 rng(choice_.seed);
   for (const Group& grp : choice_.groups) {
     const reference::GroupInputs in = group_inputs(problem_, grp, inputs);
@@ -244,20 +306,61 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
     groups_.push_back(std::move(ge));
   }
   // the largest reference magnitude of each tensor (the guard of max_rel), the same for every check
-  using reference::GroupOutputs;
-  std::vector<std::pair<std::string, std::vector<double> GroupOutputs::*>> tensors = {{"o", &GroupOutputs::o},
-                                                                                     {"lse", &GroupOutputs::lse}};
-  if (has_backward(pass_)) {
-    tensors.insert(tensors.end(), {{"dq", &GroupOutputs::dq}, {"dk", &GroupOutputs::dk}, {"dv", &GroupOutputs::dv}});
-  }
-  for (const auto& [name, tensor] : tensors) {
-    double& m = ref_max_[name];
-    for (const GroupExpectation& ge : groups_) {
-      for (double x : ge.check.exact.*tensor) {
+  for_each_head(groups_, problem_, pass_, dtype_, [&](const HeadSlice& h) {
+    double& m = ref_max_[h.tensor];
+    const std::vector<double>& exact = h.ge.check.exact.*h.member;
+    for (std::size_t r = 0; r < h.rows.size(); ++r) {
+      for (std::int64_t col = 0; col < h.dim; ++col) {
+        const double x = exact[h.at(r, col)];
         if (std::isfinite(x)) m = std::max(m, std::abs(x));
       }
     }
+  });
+  // what does not depend on the variant's outputs: the floor, the bounds' maxima, the upcast and the baseline
+  for (const auto& [t, m] : ref_max_) {
+    TensorFixed& f = fixed_->tensors[t];
+    f.baseline = f.upcast = numerics::ErrorAccumulator(m);
   }
+  const bool with_baseline = !subject_.materializing;
+  for_each_head(groups_, problem_, pass_, dtype_, [&](const HeadSlice& h) {
+    TensorFixed& f = fixed_->tensors[h.tensor];
+    const reference::GroupCheck& c = h.ge.check;
+    const std::vector<double>& exact = c.exact.*h.member;
+    const std::vector<double>& det = c.bounds.at(0).deterministic.*h.member;
+    const std::vector<double>& prob = c.bounds.at(0).probabilistic.*h.member;
+    const std::vector<double>* upcast = c.upcast ? &(*c.upcast.*h.member) : nullptr;
+    const std::vector<double>* base_det = c.bounds.size() > 1 ? &(c.bounds[1].deterministic.*h.member) : nullptr;
+    std::vector<double> base;
+    if (with_baseline) {
+      base = subject_.baseline ? (*subject_.baseline)(h.tensor, h.ge.group.b, h.global)
+                               : h.ge.cpu_baseline.at({h.tensor, h.local});
+    }
+    for (std::size_t r = 0; r < h.rows.size(); ++r) {
+      for (std::int64_t col = 0; col < h.dim; ++col) {
+        const std::size_t i = h.at(r, col);
+        const double ref = exact[i];
+        const std::int64_t entry = f.count++;
+        f.floor = std::max(f.floor, 2 * numerics::one_step_noise(ref, h.stored));
+        f.bound = std::max(f.bound, det[i]);
+        f.bound_prob = std::max(f.bound_prob, prob[i]);
+        if (upcast) {
+          f.has_upcast = true;
+          f.upcast.add((*upcast)[i], ref, entry);
+        }
+        if (with_baseline) {
+          f.has_baseline = true;
+          const double b = base[h.in_head(r, col)];
+          f.baseline.add(b, ref, entry);
+          const double bdiff = numerics::abs_difference(b, ref);
+          if (base_det && !(bdiff <= (*base_det)[i]) && f.baseline_above++ == 0) {
+            f.baseline_above_index = h.coordinates(r, col);
+            f.baseline_above_error = bdiff;
+            f.baseline_above_limit = (*base_det)[i];
+          }
+        }
+      }
+    }
+  });
   if (!choice_.groups.empty() && !subject_.materializing) {
     choice_.description += subject_.baseline ? "; baseline: standard on the GPU" : "; baseline: cpu-standard";
   }
@@ -272,92 +375,33 @@ Verification Expectation::check(const FetchOutput& fetch) const {
   result.verified_rows = choice_.rows_description;
   result.data_path = subject_.path.summary;
   if (groups_.empty()) return result;
-  const Problem& p = problem_;
-  const std::int64_t group = p.group_size();
-  const bool with_baseline = !subject_.materializing;
 
   std::map<std::string, TensorAccumulator> acc;
-  for (const auto& [t, m] : ref_max_) {
-    TensorAccumulator& a = acc[t];
-    a.error = a.baseline = a.upcast = numerics::ErrorAccumulator(m);
-  }
-
-  for (const GroupExpectation& ge : groups_) {
-    const Group& grp = ge.group;
-    const reference::GroupCheck& c = ge.check;
-    const reference::PathBounds& own = c.bounds.at(0);
-    const reference::PathBounds* base_bounds = c.bounds.size() > 1 ? &c.bounds[1] : nullptr;
-    auto baseline_head = [&](const std::string& t, std::int64_t local, std::int64_t global) -> std::vector<double> {
-      if (subject_.baseline) return (*subject_.baseline)(t, grp.b, global);
-      return ge.cpu_baseline.at({t, local});
-    };
-    // One tensor of one head at the chosen rows: `rows` their indices in the head, `offset` where the head's first
-    // chosen row starts in the check's arrays (`tensor` of GroupOutputs: exact values, upcast, bounds).
-    using Member = std::vector<double> reference::GroupOutputs::*;
-    auto compare = [&](const std::string& t, Member tensor, const std::vector<std::int64_t>& rows, std::int64_t dim,
-                       std::int64_t local, std::int64_t global, std::int64_t offset, DType stored) {
-      TensorAccumulator& a = acc[t];
-      const std::vector<double> out = fetch(t, grp.b, global);
-      const std::vector<double> base = with_baseline ? baseline_head(t, local, global) : std::vector<double>{};
-      const std::vector<double>& exact = c.exact.*tensor;
-      const std::vector<double>& det = own.deterministic.*tensor;
-      const std::vector<double>& prob = own.probabilistic.*tensor;
-      const std::vector<double>* upcast = c.upcast ? &(*c.upcast.*tensor) : nullptr;
-      const std::vector<double>* base_det = base_bounds ? &(base_bounds->deterministic.*tensor) : nullptr;
-      for (std::size_t r = 0; r < rows.size(); ++r) {
-        const std::int64_t n = rows[r];
-        for (std::int64_t col = 0; col < dim; ++col) {
-          const auto i = static_cast<std::size_t>(offset + static_cast<std::int64_t>(r) * dim + col);
-          const double ref = exact[i];
-          const double x = out[static_cast<std::size_t>(n * dim + col)];
-          const std::int64_t entry = a.next_entry++;
-          a.count++;
-          auto coordinates = [&] {
-            return t == "lse" ? fmt::format("{},{},{}", grp.b, n, global) : fmt::format("{},{},{},{}", grp.b, n, global, col);
-          };
-          if (a.error.add(x, ref, entry)) a.worst_index = coordinates();
-          a.floor = std::max(a.floor, 2 * numerics::one_step_noise(ref, stored));
-          a.bound = std::max(a.bound, det[i]);
-          a.bound_prob = std::max(a.bound_prob, prob[i]);
-          const double diff = numerics::abs_difference(x, ref);
-          if (!(diff <= det[i]) && a.above++ == 0) {
-            a.above_index = coordinates();
-            a.above_error = diff;
-            a.above_limit = det[i];
-          }
-          if (!(diff <= prob[i])) a.above_prob++;
-          if (upcast) {
-            a.has_upcast = true;
-            a.upcast.add((*upcast)[i], ref, entry);
-          }
-          if (with_baseline) {
-            a.has_baseline = true;
-            const double b = base[static_cast<std::size_t>(n * dim + col)];
-            a.baseline.add(b, ref, entry);
-            const double bdiff = numerics::abs_difference(b, ref);
-            if (base_det && !(bdiff <= (*base_det)[i]) && a.baseline_above++ == 0) {
-              a.baseline_above_index = coordinates();
-              a.baseline_above_error = bdiff;
-              a.baseline_above_limit = (*base_det)[i];
-            }
-          }
+  std::map<std::string, std::int64_t> next_entry;
+  for (const auto& [t, m] : ref_max_) acc[t].error = numerics::ErrorAccumulator(m);
+  for_each_head(groups_, problem_, pass_, dtype_, [&](const HeadSlice& h) {
+    TensorAccumulator& a = acc[h.tensor];
+    const reference::PathBounds& own = h.ge.check.bounds.at(0);
+    const std::vector<double>& exact = h.ge.check.exact.*h.member;
+    const std::vector<double>& det = own.deterministic.*h.member;
+    const std::vector<double>& prob = own.probabilistic.*h.member;
+    const std::vector<double> out = fetch(h.tensor, h.ge.group.b, h.global);
+    std::int64_t& entry = next_entry[h.tensor];
+    for (std::size_t r = 0; r < h.rows.size(); ++r) {
+      for (std::int64_t col = 0; col < h.dim; ++col) {
+        const std::size_t i = h.at(r, col);
+        const double ref = exact[i], x = out[h.in_head(r, col)];
+        if (a.error.add(x, ref, entry++)) a.worst_index = h.coordinates(r, col);
+        const double diff = numerics::abs_difference(x, ref);
+        if (!(diff <= det[i]) && a.above++ == 0) {
+          a.above_index = h.coordinates(r, col);
+          a.above_error = diff;
+          a.above_limit = det[i];
         }
+        if (!(diff <= prob[i])) a.above_prob++;
       }
-    };
-    using reference::GroupOutputs;
-    const auto nsel = static_cast<std::int64_t>(ge.rows.query.size());
-    const std::int64_t d = p.head_dim, dv = p.dv();
-    for (std::int64_t j = 0; j < group; ++j) {
-      const std::int64_t h = grp.g * group + j;
-      compare("o", &GroupOutputs::o, ge.rows.query, dv, j, h, j * nsel * dv, dtype_);
-      compare("lse", &GroupOutputs::lse, ge.rows.query, 1, j, h, j * nsel, DType::fp32);
-      if (has_backward(pass_)) compare("dq", &GroupOutputs::dq, ge.rows.query, d, j, h, j * nsel * d, dtype_);
     }
-    if (has_backward(pass_)) {
-      compare("dk", &GroupOutputs::dk, ge.rows.key, d, 0, grp.g, 0, dtype_);
-      compare("dv", &GroupOutputs::dv, ge.rows.key, dv, 0, grp.g, 0, dtype_);
-    }
-  }
+  });
 
   auto fail = [&](std::string why) {
     if (result.pass) result.failure = std::move(why);
@@ -365,21 +409,23 @@ Verification Expectation::check(const FetchOutput& fetch) const {
   };
   for (const char* name : kOutputTensors) {
     const auto it = acc.find(name);
-    if (it == acc.end() || it->second.count == 0) continue;
+    const auto fixed = fixed_->tensors.find(name);
+    if (it == acc.end() || fixed == fixed_->tensors.end() || fixed->second.count == 0) continue;
     const TensorAccumulator& a = it->second;
+    const TensorFixed& f = fixed->second;
     TensorVerdict v;
     v.error = a.error.finish();
     v.worst_index = a.worst_index;
-    if (a.has_baseline) v.baseline = a.baseline.finish();
-    if (a.has_upcast) v.upcast = a.upcast.finish();
-    v.floor = a.floor;
-    v.bound = a.bound;
-    v.bound_prob = a.bound_prob;
+    if (f.has_baseline) v.baseline = f.baseline.finish();
+    if (f.has_upcast) v.upcast = f.upcast.finish();
+    v.floor = f.floor;
+    v.bound = f.bound;
+    v.bound_prob = f.bound_prob;
     v.above_bound = a.above;
     v.above_bound_index = a.above_index;
     v.above_bound_error = a.above_error;
     v.above_bound_limit = a.above_limit;
-    v.prob_exceed = static_cast<double>(a.above_prob) / static_cast<double>(a.count);
+    v.prob_exceed = static_cast<double>(a.above_prob) / static_cast<double>(f.count);
     const double k = numerics::rule_factor(name);
     if (!std::isfinite(v.error.max_abs)) {
       v.pass = false;
@@ -388,10 +434,10 @@ Verification Expectation::check(const FetchOutput& fetch) const {
     if (v.baseline && !std::isfinite(v.baseline->max_abs)) {
       v.pass = false;
       fail(fmt::format("the baseline's {} is not finite: the rule has no baseline to compare with", name));
-    } else if (v.baseline && a.baseline_above > 0) {
+    } else if (v.baseline && f.baseline_above > 0) {
       v.pass = false;
       fail(fmt::format("the baseline's {} error {:.3g} at {} exceeds its own deterministic bound {:.3g} ({} entries)",
-                       name, a.baseline_above_error, a.baseline_above_index, a.baseline_above_limit, a.baseline_above));
+                       name, f.baseline_above_error, f.baseline_above_index, f.baseline_above_limit, f.baseline_above));
     } else if (v.baseline) {
       v.rule_pass = numerics::rule_holds(v.error.max_abs, v.baseline->max_abs, v.floor, k);
       if (!*v.rule_pass && numerics::rule_judges(dtype_, subject_.path, distribution_)) {
@@ -403,7 +449,7 @@ Verification Expectation::check(const FetchOutput& fetch) const {
     if (a.above > 0 && std::isfinite(v.error.max_abs)) {
       v.pass = false;
       fail(fmt::format("{} error {:.3g} at {} exceeds its deterministic bound {:.3g} ({} of {} entries above)", name,
-                       a.above_error, a.above_index, a.above_limit, a.above, a.count));
+                       a.above_error, a.above_index, a.above_limit, a.above, f.count));
     }
     result.tensors[name] = v;
   }

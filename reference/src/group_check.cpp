@@ -375,6 +375,12 @@ double o_bound(const DataPath& path, const OTerms& t) {
 struct ForwardRowBounds {
   // per head, all forward rows: B_o [G][N_q][d_v], B_lse [G][N_q]
   std::vector<double> o, lse;
+
+  // A fully masked row (LSE = -inf): its O = 0 and LSE are exact.
+  void exact_row(std::size_t row, std::int64_t dv) {
+    std::fill_n(o.begin() + static_cast<std::ptrdiff_t>(row * static_cast<std::size_t>(dv)), dv, 0.0);
+    lse[row] = 0;
+  }
 };
 
 // §1-4: forward bounds of the rows `which` of head h (one block), written into `b` at their row positions.
@@ -433,8 +439,7 @@ void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathCons
     const std::size_t row = static_cast<std::size_t>(h * sh.nq + i);
     const double lse = lse_all[row];
     if (std::isinf(lse)) {
-      for (std::int64_t c = 0; c < sh.dv; ++c) b.o[row * static_cast<std::size_t>(sh.dv) + static_cast<std::size_t>(c)] = 0;
-      b.lse[row] = 0;
+      b.exact_row(row, sh.dv);
       continue;
     }
     const std::int64_t n = keys_of(p, i).size();
@@ -477,8 +482,7 @@ void row_level_bounds(const GroupInputs& in, const Shape& sh, const DataPath& pa
   const std::size_t row = static_cast<std::size_t>(h * sh.nq + i);
   const double lse = lse_all[row];
   if (std::isinf(lse)) {
-    for (std::int64_t c = 0; c < sh.dv; ++c) b.o[row * static_cast<std::size_t>(sh.dv) + static_cast<std::size_t>(c)] = 0;
-    b.lse[row] = 0;
+    b.exact_row(row, sh.dv);
     return;
   }
   const std::int64_t n = keys_of(in.problem, i).size();

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -92,11 +93,14 @@ struct CheckSubject {
   numerics::DataPath path;                       // the variant's data path
   bool materializing = false;                    // judged by its bound alone
   std::optional<numerics::DataPath> baseline_path;  // the baseline's (standard's) data path when it has a baseline
-  const FetchOutput* baseline = nullptr;         // the baseline's outputs (GPU standard); null: cpu-standard here
+  const FetchOutput* baseline = nullptr;         // the baseline's outputs (GPU standard), read by Expectation's
+                                                 // constructor; null: cpu-standard here
 };
 
-// The fp64 reference, the fp32-upcast values and the bounds at the chosen entries, computed once per row and used to
-// check the outputs before timing and again after the last timed repetition.
+// The fp64 reference, the fp32-upcast values, the bounds and the baseline at the chosen entries, with all that the
+// comparison takes from them alone (the floor, the upcast's and the baseline's errors), computed once per row and
+// used to check the outputs before timing and again after the last timed repetition. The baseline's outputs are
+// read in the constructor.
 struct GroupExpectation;
 class Expectation {
  public:
@@ -116,6 +120,8 @@ class Expectation {
   CheckSubject subject_;
   std::vector<GroupExpectation> groups_;
   std::map<std::string, double> ref_max_;  // the largest finite |reference| of each tensor
+  struct Fixed;                            // per tensor, what does not depend on the outputs (verify.cpp)
+  std::unique_ptr<Fixed> fixed_;
 };
 
 // The worse of two verifications of the same row (before and after timing).
