@@ -121,9 +121,9 @@ std::int64_t row_sum_depth(std::int64_t n, std::int64_t chains) {
 double subnormal_half_spacing(DType dtype) {
   if (dtype == DType::fp64) return 0;
   const FloatFormat f = format_of(dtype);
-  return std::ldexp(1.0, f.min_normal_exponent - f.precision);
+  return detmath::ldexp_exact(1.0, f.min_normal_exponent - f.precision);
 }
 
-double min_normal(DType dtype) { return std::ldexp(1.0, format_of(dtype).min_normal_exponent); }
+double min_normal(DType dtype) { return detmath::ldexp_exact(1.0, format_of(dtype).min_normal_exponent); }
 
 }  // namespace flashlab::numerics

@@ -85,18 +85,15 @@ class CpuBackend final : public Backend {
     return ms;
   }
 
-  std::vector<double> fetch(const std::string& tensor, std::int64_t b, std::int64_t head) override {
+  std::vector<double> fetch(const std::string& tensor, std::int64_t b, std::int64_t head,
+                            const std::vector<std::int64_t>* rows) override {
     const HeadSlice slice = head_slice(row_.problem, tensor, b, head);
     const void* base = buffer(tensor);
-    std::vector<double> out(static_cast<std::size_t>(slice.rows * slice.dim));
-    for (std::int64_t r = 0; r < slice.rows; ++r) {
-      for (std::int64_t c = 0; c < slice.dim; ++c) {
-        const std::int64_t at = slice.offset + r * slice.pitch + c;
-        out[static_cast<std::size_t>(r * slice.dim + c)] =
-            tensor == "lse" ? static_cast<const float*>(base)[at] : load(base, at, row_.dtype);
-      }
-    }
-    return out;
+    const bool is_lse = tensor == "lse";
+    return read_rows(slice, rows, tensor, [&](std::int64_t row, std::int64_t c) {
+      const std::int64_t at = slice.offset + row * slice.pitch + c;
+      return is_lse ? static_cast<double>(static_cast<const float*>(base)[at]) : load(base, at, row_.dtype);
+    });
   }
 
   std::string output_hash(const std::string& tensor) override {

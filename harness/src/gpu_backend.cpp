@@ -139,7 +139,8 @@ class GpuBackend final : public Backend {
     return ms;
   }
 
-  std::vector<double> fetch(const std::string& tensor, std::int64_t b, std::int64_t head) override {
+  std::vector<double> fetch(const std::string& tensor, std::int64_t b, std::int64_t head,
+                            const std::vector<std::int64_t>* rows) override {
     const HeadSlice slice = head_slice(row_.problem, tensor, b, head);
     const bool is_lse = tensor == "lse";
     const std::size_t es = is_lse ? 4 : static_cast<std::size_t>(size_bytes(row_.dtype));
@@ -150,11 +151,9 @@ class GpuBackend final : public Backend {
                            static_cast<std::size_t>(slice.pitch) * es, static_cast<std::size_t>(slice.dim) * es,
                            static_cast<std::size_t>(slice.rows), cudaMemcpyDeviceToHost));
     }
-    std::vector<double> out(static_cast<std::size_t>(slice.rows * slice.dim));
-    for (std::size_t i = 0; i < out.size(); ++i) {
-      out[i] = load(host.data(), static_cast<std::int64_t>(i), is_lse ? DType::fp32 : row_.dtype);
-    }
-    return out;
+    return read_rows(slice, rows, tensor, [&](std::int64_t row, std::int64_t c) {
+      return load(host.data(), row * slice.dim + c, is_lse ? DType::fp32 : row_.dtype);
+    });
   }
 
   std::string output_hash(const std::string& tensor) override {

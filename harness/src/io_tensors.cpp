@@ -1,6 +1,9 @@
 #include "flashlab/harness/io_tensors.hpp"
 
+#include <fmt/format.h>
+
 #include <filesystem>
+#include <stdexcept>
 
 #include "flashlab/core/storage.hpp"
 #include "flashlab/harness/npy.hpp"
@@ -82,6 +85,12 @@ HeadSlice head_slice(const Problem& p, const std::string& tensor, std::int64_t b
   const std::int64_t token = key_side ? s.k_offset : s.q_offset;
   return {((s.slot * shape[1] + token) * shape[2] + head) * shape[3], key_side ? s.seqlen_k : s.seqlen_q, shape[3],
           shape[2] * shape[3]};
+}
+
+void check_row(std::int64_t row, const HeadSlice& slice, const std::string& tensor) {
+  if (row < 0 || row >= slice.rows) {
+    throw std::out_of_range(fmt::format("{}: row {} outside the head's {} rows", tensor, row, slice.rows));
+  }
 }
 
 }  // namespace flashlab::harness

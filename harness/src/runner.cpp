@@ -129,14 +129,16 @@ std::optional<BaselineRun> run_gpu_baseline(const RowSpec& row, std::uint64_t se
     backend.synchronize();
     BaselineRun run;
     const std::int64_t group = row.problem.group_size();
-    for (const Group& grp : choice.groups) {
+    for (std::size_t gi = 0; gi < choice.groups.size(); ++gi) {
+      const Group& grp = choice.groups[gi];
+      const GroupRows& rows = choice.rows[gi];
       for (std::int64_t h = grp.g * group; h < (grp.g + 1) * group; ++h) {
         for (const char* t : {"o", "lse", "dq"}) {
-          if (row.pass != Pass::fwd || std::string(t) != "dq") run.values[{t, grp.b, h}] = backend.fetch(t, grp.b, h);
+          if (row.pass != Pass::fwd || std::string(t) != "dq") run.values[{t, grp.b, h}] = backend.fetch(t, grp.b, h, &rows.query);
         }
       }
       if (row.pass != Pass::fwd) {
-        for (const char* t : {"dk", "dv"}) run.values[{t, grp.b, grp.g}] = backend.fetch(t, grp.b, grp.g);
+        for (const char* t : {"dk", "dv"}) run.values[{t, grp.b, grp.g}] = backend.fetch(t, grp.b, grp.g, &rows.key);
       }
     }
     backend.release();
@@ -212,9 +214,9 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
     if (row.pass != Pass::fwd) backward();
     backend->synchronize();
     if (const auto delta = backend->memgetinfo_delta()) r["memgetinfo_delta_bytes"] = integer(*delta);
-    const FetchOutput baseline_fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) {
-      return baseline->values.at({t, b, h});
-    };
+    // the baseline's values were read at the chosen rows (the same `choice` draws them)
+    const FetchOutput baseline_fetch = [&](const std::string& t, std::int64_t b, std::int64_t h,
+                                           const std::vector<std::int64_t>&) { return baseline->values.at({t, b, h}); };
     CheckSubject subject;
     subject.path = variant->data_path(p, row.dtype, params);
     subject.materializing = variant->materializes;
@@ -226,7 +228,8 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
     const auto verify_start = std::chrono::steady_clock::now();
     const Expectation expected(p, row.dtype, row.pass, {settings.seed, row.distribution, row.dtype}, choice, subject);
     double verify_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_start).count();
-    const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) { return backend->fetch(t, b, h); };
+    const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h,
+                                  const std::vector<std::int64_t>& rows) { return backend->fetch(t, b, h, &rows); };
     auto timed_check = [&] {
       const auto start = std::chrono::steady_clock::now();
       Verification v = expected.check(fetch);

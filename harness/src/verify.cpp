@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <set>
+#include <stdexcept>
 
 #include "flashlab/core/parallel.hpp"
 #include "flashlab/core/storage.hpp"
@@ -36,21 +37,35 @@ Problem group_problem(const Problem& p, std::int64_t b) {
   return sub;
 }
 
-// Cost of verifying every entry of a problem: the fp64 reference, the fp32 upcast and the bounds of two data paths
-// (each about one reference pass), forward and (if any) backward.
+// Cost of verifying every entry of a problem, in flop-equivalents: the fp64 reference, the fp32 upcast and the
+// bounds of two data paths (each about one reference pass), forward and (if any) backward; plus a per-entry cost
+// for every input value generated and every output entry checked (the generator, the per-entry bound terms, the
+// statistics). kEntryFlops was fitted on the random suite's rows (verify_seconds against both terms, least squares,
+// 2 cores): about 400 flop-equivalents per entry, which dominates when N_k is small and N_q d large.
+constexpr double kEntryFlops = 400;
 double verification_flops(const Problem& p, Pass pass) {
-  return 4 * attention_flops(p, has_backward(pass) ? Pass::fwdbwd : Pass::fwd);
+  const bool backward = has_backward(pass);
+  const double q_rows = static_cast<double>(p.heads) * static_cast<double>(p.total_q());
+  const double k_rows = static_cast<double>(p.heads_kv) * static_cast<double>(p.total_k());
+  const auto d = static_cast<double>(p.head_dim), dv = static_cast<double>(p.dv());
+  // inputs Q, K, V (and dO); outputs O, LSE (and dQ, dK, dV)
+  double entries = q_rows * (d + dv + 1) + k_rows * (d + dv);
+  if (backward) entries += q_rows * (dv + d) + k_rows * (d + dv);
+  return 4 * attention_flops(p, backward ? Pass::fwdbwd : Pass::fwd) + kEntryFlops * entries;
 }
 
-// Inputs of group (b, g) as the full problem's generator gives them (global linear indices, the tensors' layouts).
-reference::GroupInputs group_inputs(const Problem& p, const Group& grp, const InputSpec& in) {
+// Inputs of group (b, g) as the full problem's generator gives them (global linear indices, the tensors' layouts);
+// dO only when there is a backward pass. `query_rows`, when given, limits Q to those rows (the others stay 0): a
+// forward check reads no other query row.
+reference::GroupInputs group_inputs(const Problem& p, const Group& grp, const InputSpec& in, Pass pass,
+                                    const std::vector<std::int64_t>* query_rows) {
   const AttentionShapes full = attention_shapes(p);
   const Sequence s = p.sequence(grp.b);
   const std::int64_t group = p.group_size(), d = p.head_dim, dv = p.dv();
   reference::GroupInputs g;
   g.problem = group_problem(p, grp.b);
   g.q.resize(static_cast<std::size_t>(group * s.seqlen_q * d));
-  g.d_out.resize(static_cast<std::size_t>(group * s.seqlen_q * dv));
+  if (has_backward(pass)) g.d_out.resize(static_cast<std::size_t>(group * s.seqlen_q * dv));
   g.k.resize(static_cast<std::size_t>(s.seqlen_k * d));
   g.v.resize(static_cast<std::size_t>(s.seqlen_k * dv));
   auto value = [&](TensorId t, const Shape<4>& shape, std::int64_t token, std::int64_t head, std::int64_t c) {
@@ -58,19 +73,22 @@ reference::GroupInputs group_inputs(const Problem& p, const Group& grp, const In
     return input_value(in.seed, static_cast<std::uint32_t>(t), static_cast<std::uint64_t>(linear), in.distribution,
                        in.dtype, InputLayout{shape[2], shape[3]});
   };
+  const std::int64_t nq = query_rows ? static_cast<std::int64_t>(query_rows->size()) : s.seqlen_q;
+  auto query_row = [&](std::int64_t r) { return query_rows ? (*query_rows)[static_cast<std::size_t>(r)] : r; };
   // generated on all cores (the generator costs about as much per element as a few hundred flops)
   constexpr std::int64_t kTokens = 256;
-  const std::int64_t q_items = group * ((s.seqlen_q + kTokens - 1) / kTokens);
+  const std::int64_t q_blocks = (nq + kTokens - 1) / kTokens, q_items = group * q_blocks;
   const std::int64_t k_items = (s.seqlen_k + kTokens - 1) / kTokens;
   parallel_for(q_items + k_items, default_worker_count(), [&](std::int64_t item, int) {
     if (item < q_items) {
-      const std::int64_t blocks = q_items / group, j = item / blocks, n0 = (item % blocks) * kTokens;
+      const std::int64_t j = item / q_blocks, r0 = (item % q_blocks) * kTokens;
       const std::int64_t h = grp.g * group + j;
-      for (std::int64_t n = n0; n < std::min(s.seqlen_q, n0 + kTokens); ++n) {
+      for (std::int64_t r = r0; r < std::min(nq, r0 + kTokens); ++r) {
+        const std::int64_t n = query_row(r);
         for (std::int64_t c = 0; c < d; ++c) {
           g.q[static_cast<std::size_t>((j * s.seqlen_q + n) * d + c)] = value(TensorId::q, full.q, s.q_offset + n, h, c);
         }
-        for (std::int64_t c = 0; c < dv; ++c) {
+        for (std::int64_t c = 0; c < dv && !g.d_out.empty(); ++c) {
           g.d_out[static_cast<std::size_t>((j * s.seqlen_q + n) * dv + c)] =
               value(TensorId::d_out, full.o, s.q_offset + n, h, c);
         }
@@ -105,7 +123,7 @@ HeadOutputs run_cpu_baseline(const reference::GroupInputs& in, DType dtype, Pass
     return bytes;
   };
   std::vector<unsigned char> q = encode(in.q, group, nq, d), k = encode(in.k, 1, nk, d), v = encode(in.v, 1, nk, dv),
-                             d_out = encode(in.d_out, group, nq, dv);
+                             d_out = in.d_out.empty() ? buffer(s.o) : encode(in.d_out, group, nq, dv);
   std::vector<unsigned char> o = buffer(s.o), dq = buffer(s.q), dk = buffer(s.k), dvb = buffer(s.v);
   std::vector<float> lse(static_cast<std::size_t>(element_count<3>(s.lse)));
   kernels::AttentionParams params;
@@ -190,11 +208,25 @@ GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& sett
     choice.description = "none: verify = \"none\"";
     return choice;
   }
+  // the rows of each chosen group: every row, or `verify_rows` drawn (with the first and the last); drawn from
+  // their own generator, after the groups
+  auto choose_rows = [&] {
+    std::mt19937_64 rng(choice.seed);
+    for (const Group& grp : choice.groups) {
+      const Sequence s = p.sequence(grp.b);
+      const std::int64_t count = choice.all_rows ? std::max(s.seqlen_q, s.seqlen_k) : choice.sample_rows;
+      GroupRows rows;
+      rows.query = sample_rows(s.seqlen_q, count, rng);
+      if (has_backward(pass)) rows.key = sample_rows(s.seqlen_k, count, rng);
+      choice.rows.push_back(std::move(rows));
+    }
+  };
   if (settings.verify == "all" || verification_flops(p, pass) <= settings.verify_max_flops) {
     for (std::int64_t b = 0; b < p.batch; ++b)
       for (std::int64_t g = 0; g < p.heads_kv; ++g) choice.groups.push_back({b, g});
     choice.description = "all";
     choice.rows_description = "all";
+    choose_rows();
     return choice;
   }
   // Groups drawn at random (sequences with no query or no key rows are drawn like the others), rows sampled in each.
@@ -216,6 +248,7 @@ GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& sett
       fmt::format("{} query rows (of N_q = {}) and {} key rows (of N_k = {}) per group: first, last and drawn",
                   std::min<std::int64_t>(p.seqlen_q, settings.verify_rows + 2), p.seqlen_q,
                   has_backward(pass) ? std::min<std::int64_t>(p.seqlen_k, settings.verify_rows + 2) : 0, p.seqlen_k);
+  choose_rows();
   return choice;
 }
 
@@ -247,7 +280,10 @@ struct HeadSlice {
   [[nodiscard]] std::size_t at(std::size_t r, std::int64_t col) const {
     return static_cast<std::size_t>(offset + static_cast<std::int64_t>(r) * dim + col);
   }
-  [[nodiscard]] std::size_t in_head(std::size_t r, std::int64_t col) const {
+  [[nodiscard]] std::size_t in_fetched(std::size_t r, std::int64_t col) const {  // in fetch(..., rows)
+    return static_cast<std::size_t>(static_cast<std::int64_t>(r) * dim + col);
+  }
+  [[nodiscard]] std::size_t in_head(std::size_t r, std::int64_t col) const {  // in a whole head
     return static_cast<std::size_t>(rows[r] * dim + col);
   }
   [[nodiscard]] std::string coordinates(std::size_t r, std::int64_t col) const {
@@ -284,14 +320,16 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
                          const CheckSubject& subject)
     : problem_(problem), dtype_(dtype), pass_(pass), distribution_(inputs.distribution), choice_(std::move(choice)),
       subject_(subject), fixed_(std::make_unique<Fixed>()) {
-  std::mt19937_64 rng(choice_.seed);
-  for (const Group& grp : choice_.groups) {
-    const reference::GroupInputs in = group_inputs(problem_, grp, inputs);
+  if (choice_.rows.size() != choice_.groups.size()) throw std::logic_error("Expectation: a group without its rows");
+  for (std::size_t gi = 0; gi < choice_.groups.size(); ++gi) {
+    const Group& grp = choice_.groups[gi];
     GroupExpectation ge{grp, {}, {}, {}};
-    const Sequence s = problem_.sequence(grp.b);
-    const std::int64_t count = choice_.all_rows ? std::max(s.seqlen_q, s.seqlen_k) : choice_.sample_rows;
-    ge.rows.query = sample_rows(s.seqlen_q, count, rng);
-    if (has_backward(pass_)) ge.rows.key = sample_rows(s.seqlen_k, count, rng);
+    ge.rows.query = choice_.rows[gi].query;
+    ge.rows.key = choice_.rows[gi].key;
+    // a forward check reads the chosen query rows only, unless cpu-standard runs on the whole group as the baseline
+    const bool cpu_baseline = !subject_.materializing && !subject_.baseline;
+    const bool only_chosen = !has_backward(pass_) && !cpu_baseline && !choice_.all_rows;
+    const reference::GroupInputs in = group_inputs(problem_, grp, inputs, pass_, only_chosen ? &ge.rows.query : nullptr);
     reference::GroupCheckOptions options;
     options.backward = has_backward(pass_);
     // the fp32 upcast where it is cheap: it needs a second forward over every query row when a sampled check has a
@@ -302,7 +340,7 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
     options.lambda = kBoundLambda;
     options.probabilistic_paths = 1;  // the baseline is judged by its deterministic bound alone
     ge.check = reference::check_group(in, ge.rows, options);
-    if (!subject_.materializing && !subject_.baseline) ge.cpu_baseline = run_cpu_baseline(in, dtype_, pass_);
+    if (cpu_baseline) ge.cpu_baseline = run_cpu_baseline(in, dtype_, pass_);
     groups_.push_back(std::move(ge));
   }
   // the largest reference magnitude of each tensor (the guard of max_rel), the same for every check
@@ -330,10 +368,13 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
     const std::vector<double>& prob = c.bounds.at(0).probabilistic.*h.member;
     const std::vector<double>* upcast = c.upcast ? &(*c.upcast.*h.member) : nullptr;
     const std::vector<double>* base_det = c.bounds.size() > 1 ? &(c.bounds[1].deterministic.*h.member) : nullptr;
-    std::vector<double> base;
-    if (with_baseline) {
-      base = subject_.baseline ? (*subject_.baseline)(h.tensor, h.ge.group.b, h.global)
-                               : h.ge.cpu_baseline.at({h.tensor, h.local});
+    std::vector<double> base;  // at the chosen rows
+    if (with_baseline && subject_.baseline) base = (*subject_.baseline)(h.tensor, h.ge.group.b, h.global, h.rows);
+    if (with_baseline && !subject_.baseline) {
+      const std::vector<double>& head = h.ge.cpu_baseline.at({h.tensor, h.local});
+      base.resize(h.rows.size() * static_cast<std::size_t>(h.dim));
+      for (std::size_t r = 0; r < h.rows.size(); ++r)
+        for (std::int64_t col = 0; col < h.dim; ++col) base[h.in_fetched(r, col)] = head[h.in_head(r, col)];
     }
     for (std::size_t r = 0; r < h.rows.size(); ++r) {
       for (std::int64_t col = 0; col < h.dim; ++col) {
@@ -349,7 +390,7 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
         }
         if (with_baseline) {
           f.has_baseline = true;
-          const double b = base[h.in_head(r, col)];
+          const double b = base[h.in_fetched(r, col)];
           f.baseline.add(b, ref, entry);
           const double bdiff = numerics::abs_difference(b, ref);
           if (base_det && !(bdiff <= (*base_det)[i]) && f.baseline_above++ == 0) {
@@ -385,12 +426,12 @@ Verification Expectation::check(const FetchOutput& fetch) const {
     const std::vector<double>& exact = h.ge.check.exact.*h.member;
     const std::vector<double>& det = own.deterministic.*h.member;
     const std::vector<double>& prob = own.probabilistic.*h.member;
-    const std::vector<double> out = fetch(h.tensor, h.ge.group.b, h.global);
+    const std::vector<double> out = fetch(h.tensor, h.ge.group.b, h.global, h.rows);
     std::int64_t& entry = next_entry[h.tensor];
     for (std::size_t r = 0; r < h.rows.size(); ++r) {
       for (std::int64_t col = 0; col < h.dim; ++col) {
         const std::size_t i = h.at(r, col);
-        const double ref = exact[i], x = out[h.in_head(r, col)];
+        const double ref = exact[i], x = out[h.in_fetched(r, col)];
         if (a.error.add(x, ref, entry++)) a.worst_index = h.coordinates(r, col);
         const double diff = numerics::abs_difference(x, ref);
         if (!(diff <= det[i]) && a.above++ == 0) {

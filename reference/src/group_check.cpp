@@ -39,7 +39,7 @@ struct Shape {
   double scale;
 };
 
-Shape shape_of(const GroupInputs& in) {
+Shape shape_of(const GroupInputs& in, bool backward) {
   const Problem& p = in.problem;
   p.validate();
   if (p.batch != 1 || p.heads_kv != 1 || p.is_varlen()) {
@@ -55,7 +55,7 @@ Shape shape_of(const GroupInputs& in) {
   expect("q", in.q.size(), s.g * s.nq * s.d);
   expect("k", in.k.size(), s.nk * s.d);
   expect("v", in.v.size(), s.nk * s.dv);
-  expect("d_out", in.d_out.size(), s.g * s.nq * s.dv);
+  if (backward || !in.d_out.empty()) expect("d_out", in.d_out.size(), s.g * s.nq * s.dv);
   return s;
 }
 
@@ -593,7 +593,7 @@ double gradient_bound(const PathConstants& pc, const Accumulation& acc, std::int
 }  // namespace
 
 GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const GroupCheckOptions& options) {
-  const Shape sh = shape_of(in);
+  const Shape sh = shape_of(in, options.backward);
   for (std::int64_t i : rows.query) {
     if (i < 0 || i >= sh.nq) throw InvalidProblem("rows", "check_group: query row " + std::to_string(i) + " outside [0, N_q)");
   }

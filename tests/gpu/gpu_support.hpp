@@ -268,16 +268,12 @@ struct HostOutputs {
   DType dtype = DType::fp16;
   std::map<std::string, std::vector<double>> tensors;  // o, lse (and dq, dk, dv after a backward)
   [[nodiscard]] harness::FetchOutput fetch() const {
-    return [this](const std::string& tensor, std::int64_t b, std::int64_t head) {
+    return [this](const std::string& tensor, std::int64_t b, std::int64_t head, const std::vector<std::int64_t>& rows) {
       const harness::HeadSlice slice = harness::head_slice(problem, tensor, b, head);
       const std::vector<double>& all = tensors.at(tensor);
-      std::vector<double> out(static_cast<std::size_t>(slice.rows * slice.dim));
-      for (std::int64_t r = 0; r < slice.rows; ++r) {
-        for (std::int64_t c = 0; c < slice.dim; ++c) {
-          out[static_cast<std::size_t>(r * slice.dim + c)] = all[static_cast<std::size_t>(slice.offset + r * slice.pitch + c)];
-        }
-      }
-      return out;
+      return harness::read_rows(slice, &rows, tensor, [&](std::int64_t row, std::int64_t c) {
+        return all[static_cast<std::size_t>(slice.offset + row * slice.pitch + c)];
+      });
     };
   }
 };

@@ -141,9 +141,8 @@ TEST_CASE("verification passes real outputs within their bounds and fails wrong 
         v->backward(backend->params(), backend->context());
         const Expectation expected(p, dtype, Pass::fwdbwd, {9, Distribution::normal, dtype},
                                    choose_groups(p, Pass::fwdbwd, settings), subject_of(*v, p, dtype));
-        const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h) {
-          return backend->fetch(t, b, h);
-        };
+        const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h,
+                                      const std::vector<std::int64_t>& rows) { return backend->fetch(t, b, h, &rows); };
         const Verification good = expected.check(fetch);
         CHECK(good.verified_heads == (v->materializes ? "all; no baseline (materializing): the bound judges"
                                                       : "all; baseline: cpu-standard"));
@@ -160,8 +159,9 @@ TEST_CASE("verification passes real outputs within their bounds and fails wrong 
           CHECK(e.upcast.has_value());
         }
         // one element of dV off by half the tensor's scale must exceed its bound (and the k = 3 rule)
-        const FetchOutput wrong = [&](const std::string& t, std::int64_t b, std::int64_t h) {
-          std::vector<double> values = backend->fetch(t, b, h);
+        const FetchOutput wrong = [&](const std::string& t, std::int64_t b, std::int64_t h,
+                                      const std::vector<std::int64_t>& rows) {
+          std::vector<double> values = backend->fetch(t, b, h, &rows);
           if (t == "dv" && h == 0 && !values.empty()) values[0] += 0.5;  // each sequence that has keys
           return values;
         };
@@ -199,9 +199,9 @@ TEST_CASE("the bounds hold on inputs that stress the numerics, and stay finite",
         v->backward(backend->params(), backend->context());
         const Expectation expected(p, dtype, Pass::fwdbwd, {11, distribution, dtype},
                                    choose_groups(p, Pass::fwdbwd, settings), subject_of(*v, p, dtype));
-        const Verification result = expected.check([&](const std::string& t, std::int64_t b, std::int64_t h) {
-          return backend->fetch(t, b, h);
-        });
+        const Verification result =
+            expected.check([&](const std::string& t, std::int64_t b, std::int64_t h,
+                               const std::vector<std::int64_t>& rows) { return backend->fetch(t, b, h, &rows); });
         INFO(result.failure);
         CHECK(result.pass);
         for (const auto& [tensor, e] : result.tensors) {

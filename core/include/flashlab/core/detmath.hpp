@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "flashlab/core/host_device.hpp"
@@ -51,15 +52,53 @@ FL_HOST_DEVICE inline double rint_even(double a) {  // round half to even (the d
   return std::nearbyint(a);
 #endif
 }
+// The IEEE-754 bits of a double and back.
+FL_HOST_DEVICE inline std::uint64_t bits_of(double x) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<std::uint64_t>(__double_as_longlong(x));
+#else
+  std::uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+FL_HOST_DEVICE inline double from_bits(std::uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(u));
+#else
+  double x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+inline constexpr int kExponentShift = 52;
+inline constexpr std::uint64_t kExponentMask = 0x7FFull << kExponentShift;
+// The biased exponent field: 0 for zeros and subnormals, 0x7FF for infinities and NaN.
+FL_HOST_DEVICE inline int biased_exponent(std::uint64_t bits) {
+  return static_cast<int>((bits & kExponentMask) >> kExponentShift);
+}
+
+// a * 2^e, exact whenever the result is a normal double. Normal in, normal out is a change of the exponent
+// field; everything else (zeros, subnormals, overflow, inf, NaN) goes to the library's ldexp.
 FL_HOST_DEVICE inline double ldexp_exact(double a, int e) {
+  const std::uint64_t bits = bits_of(a);
+  const int biased = biased_exponent(bits);
+  if (biased != 0 && biased != 0x7FF && e > -0x7FF && e < 0x7FF) {
+    const int scaled = biased + e;
+    if (scaled > 0 && scaled < 0x7FF) {
+      return from_bits((bits & ~kExponentMask) | (static_cast<std::uint64_t>(scaled) << kExponentShift));
+    }
+  }
 #if defined(__CUDA_ARCH__)
   return ::ldexp(a, e);
 #else
   return std::ldexp(a, e);
 #endif
 }
-// For finite nonzero x: the e with 2^e <= |x| < 2^(e+1).
+// For finite nonzero x: the e with 2^e <= |x| < 2^(e+1) (read from the exponent field; frexp for subnormals).
 FL_HOST_DEVICE inline int exponent_of(double x) {
+  const int biased = biased_exponent(bits_of(x));
+  if (biased != 0) return biased - 1023;
   int e = 0;
 #if defined(__CUDA_ARCH__)
   ::frexp(x, &e);

@@ -46,15 +46,27 @@ FL_HOST_DEVICE constexpr FloatFormat format_of(DType dtype) {
 
 // Rounds x to the nearest value of `dtype` (ties to even), with gradual underflow and IEEE overflow
 // (to +-inf, or NaN for fp8_e4m3). The result is a double exactly representable in `dtype`.
-// Uses only exact operations (scaling by powers of two and one rint), so host and device agree bitwise.
+// Uses only exact operations (integer rounding of the significand bits, or scaling by powers of two and one
+// rint), so host and device agree bitwise.
 FL_HOST_DEVICE inline double round_to(double x, DType dtype) {
   if (dtype == DType::fp64 || !(x == x) || x == 0.0) return x;  // fp64, NaN, +-0
   const FloatFormat f = format_of(dtype);
   if (x - x != 0.0) return f.has_infinity ? x : detmath::quiet_nan();  // +-inf
-  int exponent = detmath::exponent_of(x);  // |x| in [2^e, 2^(e+1))
-  if (exponent < f.min_normal_exponent) exponent = f.min_normal_exponent;  // subnormal spacing
-  const int shift = f.precision - 1 - exponent;  // x * 2^shift has its last kept bit at 2^0
-  double r = detmath::ldexp_exact(detmath::rint_even(detmath::ldexp_exact(x, shift)), -shift);
+  double r;
+  const std::uint64_t bits = detmath::bits_of(x);
+  const int biased = detmath::biased_exponent(bits);
+  if (biased != 0 && biased - 1023 >= f.min_normal_exponent) {
+    // |x| in the format's normal range: round the 52 stored significand bits to precision - 1, ties to even.
+    // A carry out of the significand moves into the exponent field, which is the next power of two.
+    const int drop = detmath::kExponentShift - (f.precision - 1);
+    const std::uint64_t low = (std::uint64_t{1} << drop) - 1;
+    const std::uint64_t kept_lsb = (bits >> drop) & 1u;
+    r = detmath::from_bits((bits + (low >> 1) + kept_lsb) & ~low);
+  } else {
+    // subnormal in the format (or in double): round at the format's smallest spacing
+    const int shift = f.precision - 1 - f.min_normal_exponent;  // x * 2^shift has its last kept bit at 2^0
+    r = detmath::ldexp_exact(detmath::rint_even(detmath::ldexp_exact(x, shift)), -shift);
+  }
   const double magnitude = r < 0 ? -r : r;
   if (magnitude > f.max_finite) {
     if (!f.has_infinity) return detmath::quiet_nan();

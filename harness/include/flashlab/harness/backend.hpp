@@ -36,8 +36,10 @@ class Backend {
   // outside the timed interval where the backend can flush). Milliseconds per repetition.
   [[nodiscard]] virtual std::vector<double> time(const std::function<void()>& region, int warmup,
                                                  int repetitions) = 0;
-  // One head of an output, widened to double: rows x dim, row-major (see verify.hpp).
-  [[nodiscard]] virtual std::vector<double> fetch(const std::string& tensor, std::int64_t b, std::int64_t head) = 0;
+  // One head of an output, widened to double: rows x dim, row-major (see verify.hpp); only the head's rows `rows`
+  // (in that order) when given.
+  [[nodiscard]] virtual std::vector<double> fetch(const std::string& tensor, std::int64_t b, std::int64_t head,
+                                                  const std::vector<std::int64_t>* rows = nullptr) = 0;
   // FNV-1a 64 (hash.hpp) of a whole output tensor's bytes as the variant left them, in its storage dtype (LSE
   // float32): o, lse, dq, dk or dv. Empty for a gradient of a forward-only row (o and lse are the row's outputs in
   // every pass: the runner's verification run computes them before a backward).

@@ -41,5 +41,22 @@ struct HeadSlice {
 // tensor: o, dq (query head), dk, dv (kv head) or lse (query head; dim 1).
 [[nodiscard]] HeadSlice head_slice(const Problem& problem, const std::string& tensor, std::int64_t b,
                                    std::int64_t head);
+// Throws std::out_of_range unless 0 <= row < slice.rows.
+void check_row(std::int64_t row, const HeadSlice& slice, const std::string& tensor);
+
+// The head's rows `rows` (each checked; every row when null) as rows x dim doubles, row-major: value(row, c) reads
+// entry c of the head's row `row`.
+template <class Value>
+std::vector<double> read_rows(const HeadSlice& slice, const std::vector<std::int64_t>* rows, const std::string& tensor,
+                              Value value) {
+  const std::int64_t count = rows ? static_cast<std::int64_t>(rows->size()) : slice.rows;
+  std::vector<double> out(static_cast<std::size_t>(count * slice.dim));
+  for (std::int64_t r = 0; r < count; ++r) {
+    const std::int64_t row = rows ? (*rows)[static_cast<std::size_t>(r)] : r;
+    check_row(row, slice, tensor);
+    for (std::int64_t c = 0; c < slice.dim; ++c) out[static_cast<std::size_t>(r * slice.dim + c)] = value(row, c);
+  }
+  return out;
+}
 
 }  // namespace flashlab::harness

@@ -72,9 +72,15 @@ struct Group {
   std::int64_t b, g;
 };
 
+// The rows of one group to verify: query rows (the same in each query head) and key rows, sorted and distinct.
+struct GroupRows {
+  std::vector<std::int64_t> query, key;
+};
+
 // Which groups and rows to verify under the suite's settings.
 struct GroupChoice {
   std::vector<Group> groups;
+  std::vector<GroupRows> rows;  // one per group
   bool all_rows = true;
   std::int64_t sample_rows = 0;  // query (and key) rows drawn per group when !all_rows
   std::uint64_t seed = 0;        // of the draws
@@ -84,9 +90,11 @@ struct GroupChoice {
 [[nodiscard]] GroupChoice choose_groups(const Problem& problem, Pass pass, const SuiteSettings& settings,
                                         std::uint64_t row_seed = 0);
 
-// Reads one head of an output for sequence b: rows x dim values in row-major order (for "lse" dim 1).
-// `head` is a query head for o, lse, dq and a kv head for dk, dv.
-using FetchOutput = std::function<std::vector<double>(const std::string& tensor, std::int64_t b, std::int64_t head)>;
+// Reads rows of one head of an output for sequence b: rows.size() x dim values in row-major order (for "lse" dim
+// 1), row k being row rows[k] of the head. `head` is a query head for o, lse, dq and a kv head for dk, dv; `rows`
+// are query rows for o, lse, dq and key rows for dk, dv.
+using FetchOutput = std::function<std::vector<double>(const std::string& tensor, std::int64_t b, std::int64_t head,
+                                                      const std::vector<std::int64_t>& rows)>;
 
 // What the check needs to know about the variant and its baseline.
 struct CheckSubject {

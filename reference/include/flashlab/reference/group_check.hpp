@@ -22,7 +22,8 @@
 
 namespace flashlab::reference {
 
-// The group's inputs in double, row-major: q and d_out [G][N_q][d or d_v], k [N_k][d], v [N_k][d_v].
+// The group's inputs in double, row-major: q and d_out [G][N_q][d or d_v], k [N_k][d], v [N_k][d_v]; d_out may be
+// empty for a forward-only check.
 struct GroupInputs {
   Problem problem;  // batch 1, heads G, heads_kv 1, the sequence's lengths, the scale made explicit
   std::vector<double> q, k, v, d_out;
