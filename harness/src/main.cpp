@@ -1,4 +1,5 @@
 // flashlab: run experiment suites of attention variants and record time, memory, HBM traffic and error.
+#include <malloc.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -29,6 +30,11 @@ std::string command_line(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   using namespace flashlab::harness;
+  // The verification allocates and frees matrices of tens of MiB per block of rows, on every worker. glibc serves
+  // such blocks with fresh mmap pages (zeroed by the kernel, one page fault each, under the process's mm lock);
+  // keeping them in the heap lets the next block reuse them.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{"flashlab: sweep attention variants over suites of problems; measure time, memory, HBM traffic "
                "and error against the fp64 reference; write results.csv and run.json.\n"
                "Exit codes: 0 all rows ran (ok, oom or unsupported); 1 some rows are errors or failed verification; "

@@ -168,13 +168,13 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
     const Mat<S> qb = gather<S>(q, forward_rows, first, count);
     const KeyRange span = key_span(p, forward_rows, first, count);
     Mat<S> e = masked_scores<S>(p, qb, k, scale, forward_rows, first, span);
-    Vec<S> m(count), l(count);
-    for (std::int64_t r = 0; r < count; ++r) {
-      m(r) = e.cols() > 0 ? e.row(r).maxCoeff() : -std::numeric_limits<S>::infinity();
-      const S shift = m(r) == -std::numeric_limits<S>::infinity() ? S(0) : m(r);
-      e.row(r) = (e.row(r).array() - shift).exp().matrix();
-      l(r) = e.row(r).sum();
-    }
+    // whole-block operations: contiguous and vectorized (a row of this column-major block is strided)
+    const Vec<S> m = e.cols() > 0 ? Vec<S>(e.rowwise().maxCoeff())
+                                  : Vec<S>::Constant(count, -std::numeric_limits<S>::infinity());
+    const Vec<S> shift = (m.array() == -std::numeric_limits<S>::infinity()).select(S(0), m);
+    e.array().colwise() -= shift.array();
+    e.array() = e.array().exp();  // apart from the broadcast: Eigen vectorizes exp only on a plain array
+    const Vec<S> l = e.rowwise().sum();
     const Mat<S> pv = e * v.middleRows(span_first(span), span.size());
     for (std::int64_t r = 0; r < count; ++r) {
       const std::int64_t i = forward_rows[static_cast<std::size_t>(first + r)];
@@ -214,10 +214,13 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
     delta[static_cast<std::size_t>(hi)] = sum;
   }
   auto probabilities = [&](Mat<S>& s, std::int64_t h, const std::vector<std::int64_t>& which, std::int64_t first) {
+    Vec<S> shift(s.rows());
     for (std::int64_t r = 0; r < s.rows(); ++r) {
       const S lse = out.lse_all[static_cast<std::size_t>(h * sh.nq + which[static_cast<std::size_t>(first + r)])];
-      s.row(r) = (s.row(r).array() - (std::isinf(lse) ? S(0) : lse)).exp().matrix();
+      shift(r) = std::isinf(lse) ? S(0) : lse;
     }
+    s.array().colwise() -= shift.array();
+    s.array() = s.array().exp();
   };
 
   // dQ at the chosen query rows
