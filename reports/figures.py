@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from . import style
 from .data import (UNVERIFIED, Results, column, column_sum, group_by, oom_ns, ordered, plotted_rows, points,
                    setting_columns, verification)
-from .scaling import MAX_COLUMNS, Panel, Series, SlopeRow, draw_grid, line_handle, oom_handle
+from .scaling import MAX_COLUMNS, Panel, Series, SlopeRow, TooManyPanels, draw_grid, line_handle, oom_handle
 
 
 @dataclass
@@ -105,10 +105,13 @@ def render_all(results: Results, run: Optional[Dict[str, Any]], out_dir: str) ->
             outcome.skipped = "not measured in this run (" + ", ".join(spec.measured) + " empty in every row)"
         else:
             with style.fixed_style():
-                drawn = spec.draw(results, context)
-                if drawn is None:
+                try:
+                    drawn = spec.draw(results, context)
+                except TooManyPanels as e:
+                    drawn, outcome.skipped = None, str(e)
+                if drawn is None and not outcome.skipped:
                     outcome.skipped = "no ok row with a positive value to plot"
-                else:
+                elif drawn is not None:
                     outcome.files = style.save(drawn.figure, out_dir, spec.name)
                     outcome.slopes, outcome.notes, outcome.markdown = drawn.slopes, drawn.notes, drawn.markdown
         if outcome.skipped:

@@ -30,7 +30,7 @@ SCALING_FIGURES = ("memory", "memory_device", "traffic")  # skipped where memory
 FIGURE_NAMES = SCALING_FIGURES + ("speed",)
 
 sys.path.insert(0, str(ROOT))
-from reports import data, figure2, figures, style  # noqa: E402
+from reports import data, figure2, figures, scaling, style  # noqa: E402
 from reports.cli import main  # noqa: E402
 from reports.fit import fit_power_law, fit_window, loglog_slope  # noqa: E402
 
@@ -326,6 +326,26 @@ class Tolerant(unittest.TestCase):
         self.assertIn("Device: none (a CPU-only run).", report)
         self.assertIn("- **finished**: (not recorded)", report)
         self.assertEqual(markdown_table(report, "## Rows by status")[-1], ["all", "3", "0", "0", "0", "3"])
+
+    def test_a_figure_of_too_many_problems_is_skipped_with_the_reason(self):
+        # a random-problem suite: every row its own problem, so a scaling figure would get a panel per row
+        base = next(r for r in self.rows if r["variant"] == "flash2" and r["status"] == "ok")
+        rows = []
+        for i in range(scaling.MAX_PANELS + 12):
+            row = dict(base)
+            row["head_dim"] = row["head_dim_v"] = str(8 * (i + 1))
+            row["key"] = f"{base['key']}#{i}"
+            row["row_index"] = str(i)
+            rows.append(row)
+        write_csv(os.path.join(self.dir, "results.csv"), self.columns, rows)
+        shutil.copy(RUN_DIR / "run.json", os.path.join(self.dir, "run.json"))
+        rc, _, err = run_main([self.dir])
+        self.assertEqual(rc, 0, err)
+        report = Path(self.dir, "report", "report.md").read_text(encoding="utf-8")
+        notes = [line for line in report.splitlines() if "(`memory`): skipped" in line]
+        self.assertEqual(len(notes), 1, report)
+        self.assertIn(f"{scaling.MAX_PANELS + 12} panels", notes[0])
+        self.assertFalse(Path(self.dir, "report", "memory.png").exists())
 
     def test_incomplete_last_line_and_repeated_header(self):
         path = os.path.join(self.dir, "results.csv")
