@@ -16,6 +16,22 @@ const std::vector<kernels::Variant>& variants() {
   return all;
 }
 
+std::vector<std::string> unknown_variant_ids(const std::vector<std::string>& names) {
+  std::vector<std::string> unknown;
+  for (const std::string& name : names) {
+    const std::string id = name.substr(0, name.find('['));
+    const bool known = std::find(std::begin(kVariantIds), std::end(kVariantIds), id) != std::end(kVariantIds);
+    if (!known && std::find(unknown.begin(), unknown.end(), id) == unknown.end()) unknown.push_back(id);
+  }
+  return unknown;
+}
+
+std::string variant_id_list() {
+  std::string list;
+  for (const std::string_view id : kVariantIds) list += (list.empty() ? "" : ", ") + std::string(id);
+  return list;
+}
+
 VariantChoice resolve_variant(std::string_view name) {
   VariantChoice choice;
   const std::size_t open = name.find('[');

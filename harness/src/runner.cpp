@@ -324,6 +324,18 @@ int run_suite(const RunOptions& options) {
   }
   Suite suite = load_suite(options.suite);
   if (options.seed) suite.settings.seed = *options.seed;
+  {
+    std::vector<std::string> names;
+    for (const RowSpec& row : suite.rows) names.push_back(row.variant);
+    const std::vector<std::string> unknown = unknown_variant_ids(names);
+    if (!unknown.empty()) {
+      std::string list;
+      for (const std::string& id : unknown) list += (list.empty() ? "'" : ", '") + id + "'";
+      std::fprintf(stderr, "flashlab: %s: unknown variant %s (the variants: %s)\n", options.suite.string().c_str(),
+                   list.c_str(), variant_id_list().c_str());
+      return kExitUsage;
+    }
+  }
   std::vector<RowSpec> rows = suite.rows;
   if (!options.filter.empty()) {
     rows = filter_rows(rows, options.filter);

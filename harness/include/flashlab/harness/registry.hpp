@@ -12,6 +12,14 @@
 namespace flashlab::harness {
 
 [[nodiscard]] const std::vector<kernels::Variant>& variants();
+// Every variant id the project defines, whatever the build compiled (a CPU build has no GPU variants): a suite that
+// names another id is malformed, one this build lacks gets `unsupported` rows. A test keeps it equal to the registry
+// of a CUDA build.
+inline constexpr std::string_view kVariantIds[] = {"cpu-reference", "cpu-standard", "standard", "flash2"};
+// The ids of `names` (suite variant names, options allowed) that no build defines.
+[[nodiscard]] std::vector<std::string> unknown_variant_ids(const std::vector<std::string>& names);
+// "cpu-reference, cpu-standard, standard, flash2"
+[[nodiscard]] std::string variant_id_list();
 // A variant as a suite names it: `id` or `id[name=value,...]`.
 struct VariantChoice {
   const kernels::Variant* variant = nullptr;  // null when `error` says why
