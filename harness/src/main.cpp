@@ -10,6 +10,7 @@
 
 #include "flashlab/harness/check.hpp"
 #include "flashlab/core/parallel.hpp"
+#include "flashlab/harness/run_info.hpp"
 #include "flashlab/harness/runner.hpp"
 #include "flashlab/harness/suite.hpp"
 
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
                "2 bad usage or malformed suite (nothing ran); 3 results could not be written.\n"
                "check: 0 no regression, 1 a regression, 2 bad usage or malformed input."};
   app.require_subcommand(1);
+  app.set_version_flag("--version", [] { return std::string("flashlab ") + FLASHLAB_VERSION + " (commit " + git_commit() + ")"; });
   CLI::App* list = app.add_subcommand(
       "list", "list the variants (the registry), what each supports, and the CUDA device found");
   bool list_kernels = false;
@@ -82,10 +84,27 @@ int main(int argc, char** argv) {
                    "accept a seed given twice: a (row, tensor) whose runs of that seed have equal hashes is marked "
                    "bitwise (its hash is then enforced)");
 
+  // A first word that is no subcommand is named as such (CLI11 would say "A subcommand is required").
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string word = argv[1];
+    if (word != "list" && word != "run" && word != "check") {
+      std::fprintf(stderr, "flashlab: unknown subcommand '%s' (subcommands: list, run, check; flashlab --help)\n",
+                   word.c_str());
+      return kExitUsage;
+    }
+  }
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : kExitUsage;
+    // one line, with the program's prefix, instead of CLI11's message and its "Run with --help" line
+    std::fprintf(stderr, "flashlab: %s (flashlab --help)\n", e.what());
+    return kExitUsage;
   }
   if (const std::string problem = flashlab::worker_count_problem(); !problem.empty()) {
     std::fprintf(stderr, "flashlab: %s\n", problem.c_str());

@@ -34,7 +34,18 @@ std::string command_output(const std::string& command) {
   return out;
 }
 
-// The commit of the source tree this binary was built from, "+dirty" when it has uncommitted changes.
+void write_atomically(const std::filesystem::path& path, const std::string& text) {
+  const std::filesystem::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream out(temporary);
+    out << text << '\n';
+    if (!out) throw std::runtime_error("cannot write " + temporary.string());
+  }
+  std::filesystem::rename(temporary, path);
+}
+
+}  // namespace
+
 // The working directory is tried first (a checkout copied elsewhere), then the tree the binary was built from.
 std::string git_commit() {
   std::string dir = ".";
@@ -49,18 +60,6 @@ std::string git_commit() {
   }
   return commit;
 }
-
-void write_atomically(const std::filesystem::path& path, const std::string& text) {
-  const std::filesystem::path temporary = path.string() + ".tmp";
-  {
-    std::ofstream out(temporary);
-    out << text << '\n';
-    if (!out) throw std::runtime_error("cannot write " + temporary.string());
-  }
-  std::filesystem::rename(temporary, path);
-}
-
-}  // namespace
 
 std::string utc_time(const char* format) {
   const std::time_t now = std::time(nullptr);

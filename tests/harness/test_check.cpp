@@ -157,6 +157,25 @@ fs::path source_path(const std::string& relative) {
 // ---------------------------------------------------------------------------------------------------------------
 // flashlab run --seed, output hashes
 
+TEST_CASE("command-line errors are one line with the program's name; --version", "[harness][cli]") {
+  const Outcome version = run_flashlab("--version");
+  CHECK(version.code == 0);
+  CHECK(version.output.rfind("flashlab 0.", 0) == 0);
+  CHECK(contains(version.output, "(commit "));
+  const Outcome bogus = run_flashlab("bogus");
+  CHECK(bogus.code == 2);
+  CHECK(lines_of(bogus.output) ==
+        std::vector<std::string>{"flashlab: unknown subcommand 'bogus' (subcommands: list, run, check; flashlab --help)"});
+  for (const char* args : {"run", "run --no-such-flag x.toml", "check record --out", "list extra"}) {
+    INFO(args);
+    const Outcome o = run_flashlab(args);
+    CHECK(o.code == 2);
+    const std::vector<std::string> lines = lines_of(o.output);
+    REQUIRE(lines.size() == 1);
+    CHECK(lines[0].rfind("flashlab: ", 0) == 0);
+  }
+}
+
 TEST_CASE("run --seed overrides the suite's seed, in results.csv and run.json", "[check][run]") {
   const fs::path dir = fresh_directory("seed");
   std::ofstream(dir / "suite.toml") << kHashSuite;

@@ -20,6 +20,10 @@ RunInfo start_run_info(const std::filesystem::path& path, const Suite& suite, co
                        const RunOptions& options, bool gpu);
 void finish_run_info(const RunInfo& info, std::size_t rows, std::size_t ran, std::size_t skipped);
 
+// The commit of the source tree (the working directory's checkout, else the tree the binary was built from),
+// "+dirty" with uncommitted changes, "unknown" without git: run.json's git_commit.
+[[nodiscard]] std::string git_commit();
+
 // The current UTC time in strftime `format`.
 [[nodiscard]] std::string utc_time(const char* format);
 
