@@ -61,6 +61,14 @@ std::string git_commit() {
   return commit;
 }
 
+std::string recorded_suite_hash(const std::filesystem::path& run_json) {
+  std::ifstream in(run_json);
+  if (!in) return {};
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("suite_hash") || !j["suite_hash"].is_string()) return {};
+  return j["suite_hash"].get<std::string>();
+}
+
 std::string utc_time(const char* format) {
   const std::time_t now = std::time(nullptr);
   std::tm tm{};

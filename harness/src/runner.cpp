@@ -394,6 +394,16 @@ int run_suite(const RunOptions& options) {
     std::fprintf(stderr, "flashlab: %s exists; use --resume to continue it or another --run-id\n", csv.c_str());
     return kExitOutput;
   }
+  if (options.resume) {  // one run, one suite: an edited suite would mix two row sets under one row_index
+    const std::string recorded = recorded_suite_hash(run_dir / "run.json");
+    if (!recorded.empty() && recorded != suite.text_hash) {
+      std::fprintf(stderr,
+                   "flashlab: %s was run from another version of %s (suite_hash %s, now %s): resume with the suite "
+                   "as it was, or start a new --run-id\n",
+                   run_dir.c_str(), options.suite.c_str(), recorded.c_str(), suite.text_hash.c_str());
+      return kExitUsage;
+    }
+  }
   if (options.resume && std::filesystem::exists(csv)) {  // one run, one seed: the `seed` column is the run's
     const std::string seed = std::to_string(suite.settings.seed);
     for (const ResultRow& r : read_results(csv)) {

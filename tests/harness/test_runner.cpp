@@ -325,6 +325,26 @@ TEST_CASE("the list of variant ids is the registry's", "[harness][registry]") {
   CHECK(variant_id_list() == "cpu-reference, cpu-standard, standard, flash2");
 }
 
+TEST_CASE("resume refuses a suite edited since the run started, and leaves the run as it was", "[harness][run]") {
+  const fs::path dir = fresh_directory("resume-edited");
+  RunOptions options;
+  options.suite = write_suite(dir, kSmallSuite);
+  options.out = dir / "results";
+  options.run_id = "r";
+  options.filter = "dtype=fp8_e4m3,heads_kv=2";  // quick rows
+  CHECK(run_suite(options) == kExitOk);
+  const fs::path csv = options.out / "small" / "r" / "results.csv";
+  const auto before = read_results(csv);
+  options.resume = true;
+  CHECK(run_suite(options) == kExitOk);  // unchanged: resumes (nothing left to run)
+  std::string edited = kSmallSuite;
+  edited.replace(edited.find("repetitions = 2"), 15, "repetitions = 3");
+  write_suite(dir, edited);
+  CHECK(run_suite(options) == kExitUsage);
+  CHECK(read_results(csv) == before);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("resume after the process is killed mid-run loses and duplicates nothing", "[harness][run]") {
   const fs::path dir = fresh_directory("resume");
   // cpu-reference rows at N = 1024 take long enough to kill the run between rows.

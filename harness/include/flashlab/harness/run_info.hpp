@@ -24,6 +24,9 @@ void finish_run_info(const RunInfo& info, std::size_t rows, std::size_t ran, std
 // "+dirty" with uncommitted changes, "unknown" without git: run.json's git_commit.
 [[nodiscard]] std::string git_commit();
 
+// The suite_hash a run.json records; empty when the file, the key or valid JSON is missing.
+[[nodiscard]] std::string recorded_suite_hash(const std::filesystem::path& run_json);
+
 // The current UTC time in strftime `format`.
 [[nodiscard]] std::string utc_time(const char* format);
 
