@@ -124,7 +124,8 @@ int main(int argc, char** argv) {
       return check_run(check_dir, baseline, report);
     }
     options.command_line = command_line(argc, argv);
-    options.progress = isatty(fileno(stderr)) != 0;
+    options.progress = true;
+    options.progress_terminal = isatty(fileno(stderr)) != 0;
     if (save_row >= 0) options.save_tensors = save_row;
     if (seed_option->count() > 0) options.seed = seed;
     return run_suite(options);

@@ -303,6 +303,8 @@ std::string latest_run(const std::filesystem::path& suite_dir) {
   return latest;
 }
 
+constexpr double kProgressSeconds = 30;
+
 std::string format_duration(double seconds) {
   const auto s = static_cast<long>(seconds);
   return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
@@ -431,6 +433,7 @@ int run_suite(const RunOptions& options) {
   std::size_t index = 0, skipped = 0;
   const auto started = std::chrono::steady_clock::now();
   std::size_t ran = 0;
+  double last_progress = 0;
   for (const RowSpec& row : rows) {
     ++index;
     if (done.count(row.key())) {
@@ -442,19 +445,27 @@ int run_suite(const RunOptions& options) {
     ++ran;
     const std::string& status = result.at("status");
     if (status == "error") ++failed;
-    if (options.progress) {
-      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const bool last = index == rows.size();
+    // a log (CI, `| tee`) gets a line at most every kProgressSeconds, and the first and the last row
+    const bool due = options.progress_terminal || ran == 1 || last || elapsed - last_progress >= kProgressSeconds;
+    if (options.progress && due) {
+      last_progress = elapsed;
       const double eta = elapsed / static_cast<double>(ran) * static_cast<double>(rows.size() - index);
       const auto ms = result.find("time_median_ms");
-      std::fprintf(stderr, "\r\033[K[%zu/%zu] %s %s %s N=%lld d=%lld: %s%s  ETA %s", index, rows.size(),
-                   row.variant.c_str(), std::string(name(row.pass)).c_str(), std::string(name(row.dtype)).c_str(),
-                   static_cast<long long>(row.problem.seqlen_q), static_cast<long long>(row.problem.head_dim),
-                   status.c_str(), ms != result.end() ? (" " + ms->second + " ms").c_str() : "",
-                   format_duration(eta).c_str());
+      const std::string line = fmt::format(
+          "[{}/{}] {} {} {} N={} d={}: {}{}  ETA {}", index, rows.size(), row.variant, name(row.pass), name(row.dtype),
+          row.problem.seqlen_q, row.problem.head_dim, status, ms != result.end() ? " " + ms->second + " ms" : "",
+          format_duration(eta));
+      if (options.progress_terminal) {
+        std::fprintf(stderr, "\r\033[K%s", line.c_str());
+      } else {
+        std::fprintf(stderr, "flashlab: %s %s\n", suite.settings.name.c_str(), line.c_str());
+      }
       std::fflush(stderr);
     }
   }
-  if (options.progress) std::fprintf(stderr, "\n");
+  if (options.progress && options.progress_terminal) std::fprintf(stderr, "\n");
   finish_run_info(info, rows.size(), ran, skipped);
   fmt::print("{}: {} rows written, {} already present, {} failed -> {}\n", suite.settings.name, ran, skipped, failed,
              csv.string());

@@ -157,7 +157,7 @@ fs::path source_path(const std::string& relative) {
 // ---------------------------------------------------------------------------------------------------------------
 // flashlab run --seed, output hashes
 
-TEST_CASE("command-line errors are one line with the program's name; --version", "[harness][cli]") {
+TEST_CASE("command-line errors are one line with the program's name, and --version prints the version", "[harness][cli]") {
   const Outcome version = run_flashlab("--version");
   CHECK(version.code == 0);
   CHECK(version.output.rfind("flashlab 0.", 0) == 0);
@@ -194,6 +194,25 @@ TEST_CASE("run --seed overrides the suite's seed, in results.csv and run.json", 
   const Outcome other = run_flashlab("run " + common + " --run-id s7 --resume --seed 8");
   CHECK(other.code == kExitUsage);
   CHECK(contains(other.output, "seed 7"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("progress reaches a log that is not a terminal: the first and the last row", "[harness][cli]") {
+  const fs::path dir = fresh_directory("progress");
+  std::ofstream(dir / "suite.toml") << kHashSuite;
+  const Outcome run = run_flashlab("run " + (dir / "suite.toml").string() + " --out " + (dir / "out").string() +
+                                   " --run-id p --filter pass=fwd");
+  INFO(run.output);
+  REQUIRE(run.code == kExitOk);
+  std::vector<std::string> progress;
+  for (const std::string& line : lines_of(run.output)) {
+    if (line.rfind("flashlab: hashes [", 0) == 0) progress.push_back(line);
+  }
+  REQUIRE(progress.size() >= 2);  // 4 rows in well under 30 s: the first and the last
+  CHECK(progress.front().rfind("flashlab: hashes [1/4] cpu-reference fwd fp16 N=33 d=16: ok", 0) == 0);
+  CHECK(progress.back().rfind("flashlab: hashes [4/4] ", 0) == 0);
+  CHECK(contains(progress.back(), "ETA 0:00:00"));
+  CHECK(!contains(run.output, "\r"));
   fs::remove_all(dir);
 }
 

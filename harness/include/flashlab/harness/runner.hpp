@@ -27,7 +27,9 @@ struct RunOptions {
   std::optional<std::int64_t> save_tensors;  // row index
   std::optional<std::uint64_t> seed;         // overrides the suite's seed
   std::string command_line;
-  bool progress = false;  // progress line on stderr
+  bool progress = false;           // progress on stderr
+  bool progress_terminal = false;  // stderr is a terminal: one line rewritten in place; else a line per row at most
+                                   // every kProgressSeconds, and the first and the last row
 };
 
 // Runs a suite; returns an ExitCode. Throws SuiteError (malformed suite) before anything runs.
