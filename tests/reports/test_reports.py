@@ -209,6 +209,17 @@ class ReportOfFixture(unittest.TestCase):
             self.assertTrue(model.startswith(expected + " ("), (panel, line, model))
 
 
+class FromAnywhere(unittest.TestCase):
+
+    def test_the_folder_runs_outside_the_repository(self):
+        with tempfile.TemporaryDirectory(prefix="reports-anywhere-") as cwd:
+            out = os.path.join(cwd, "report")
+            done = subprocess.run([sys.executable, str(ROOT / "reports"), str(RUN_DIR), "--out", out], cwd=cwd,
+                                  capture_output=True, text=True, timeout=300)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertTrue(os.path.isfile(os.path.join(out, "report.md")))
+
+
 class Fitting(unittest.TestCase):
 
     def test_slopes_of_the_fixture(self):
