@@ -434,6 +434,8 @@ int run_suite(const RunOptions& options) {
   const auto started = std::chrono::steady_clock::now();
   std::size_t ran = 0;
   double last_progress = 0;
+  std::map<std::string, std::size_t> by_status;                         // the rows this process ran
+  std::map<std::pair<std::string, std::string>, std::size_t> reasons;  // (status, reason) of the rows not ok
   for (const RowSpec& row : rows) {
     ++index;
     if (done.count(row.key())) {
@@ -445,6 +447,8 @@ int run_suite(const RunOptions& options) {
     ++ran;
     const std::string& status = result.at("status");
     if (status == "error") ++failed;
+    ++by_status[status];
+    if (status != "ok") ++reasons[{status, result.at("reason")}];
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     const bool last = index == rows.size();
     // a log (CI, `| tee`) gets a line at most every kProgressSeconds, and the first and the last row
@@ -467,8 +471,15 @@ int run_suite(const RunOptions& options) {
   }
   if (options.progress && options.progress_terminal) std::fprintf(stderr, "\n");
   finish_run_info(info, rows.size(), ran, skipped);
-  fmt::print("{}: {} rows written, {} already present, {} failed -> {}\n", suite.settings.name, ran, skipped, failed,
+  std::string counts;
+  for (const char* status : {"ok", "oom", "unsupported", "error"}) {
+    if (by_status.count(status)) counts += fmt::format(", {} {}", by_status.at(status), status);
+  }
+  fmt::print("{}: {} rows written{}; {} already present -> {}\n", suite.settings.name, ran, counts, skipped,
              csv.string());
+  for (const auto& [what, count] : reasons) {  // each distinct reason once
+    fmt::print("  {} x{}: {}\n", what.first, count, what.second.empty() ? "(no reason given)" : what.second);
+  }
   return failed ? kExitRowsFailed : kExitOk;
 }
 

@@ -216,6 +216,34 @@ TEST_CASE("progress reaches a log that is not a terminal: the first and the last
   fs::remove_all(dir);
 }
 
+TEST_CASE("the end-of-run summary counts each status and gives each distinct reason once", "[harness][cli]") {
+  const fs::path dir = fresh_directory("summary");
+  std::ofstream(dir / "suite.toml") << R"(
+[suite]
+name = "summary"
+warmup = 0
+repetitions = 1
+[fixed]
+variant = "cpu-standard"
+head_dim = 16
+[axes]
+dtype = ["fp16", "fp8_e4m3"]
+seqlen = [17, 33]
+)";
+  const Outcome run = run_flashlab("run " + (dir / "suite.toml").string() + " --out " + (dir / "out").string() +
+                                   " --run-id s");
+  INFO(run.output);
+  REQUIRE(run.code == kExitOk);
+  int summary = 0, reasons = 0;
+  for (const std::string& line : lines_of(run.output)) {
+    if (line.rfind("summary: 4 rows written, 2 ok, 2 unsupported; 0 already present -> ", 0) == 0) ++summary;
+    if (line.rfind("  unsupported x2: ", 0) == 0) ++reasons;
+  }
+  CHECK(summary == 1);
+  CHECK(reasons == 1);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("output hashes repeat for a seed, differ for another, and hash the tensor's bytes", "[check][hash]") {
   const fs::path dir = fresh_directory("hash");
   RunOptions options;
