@@ -275,6 +275,11 @@ def traffic(results: Results, context: Context) -> Optional[Drawn]:
 
 # --- speed -----------------------------------------------------------------------------------------------
 
+# Columns beside (variant, dtype) that tell two problems apart within a speed panel.
+LINE_IDENTITY = ("heads", "heads_kv", "head_dim_v", "window_left", "window_right", "distribution",
+                 "softmax_scale", "varlen")
+
+
 @figure("speed", "Speed vs N",
         "TFLOP/s (the flops model over the median time) against N in the FlashAttention-2 paper's style: one panel "
         "per (pass, head dim, causal), one line per variant and peer (peers.csv), the dtype by marker; hollow "
@@ -310,7 +315,10 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
             ax.set_xlabel(N_LABEL)
             ax.set_ylabel("TFLOP/s")
             ax.set_title(describe(("pass", "head_dim", "causal"), (pass_name, head_dim, causal)))
-            for (variant, dtype), line_rows in group_by(panel_rows, ("variant", "dtype")):
+            # one line per problem swept over N: rows that differ in anything but N (and the batch, which a fixed
+            # token count ties to N) are not points of one line, and a problem with one N is a marker alone
+            for key, line_rows in group_by(panel_rows, ("variant", "dtype") + LINE_IDENTITY):
+                variant, dtype = key[0], key[1]
                 ns, ys, extra = points(line_rows, column("tflops"))
                 if not ns:
                     continue

@@ -21,7 +21,8 @@ from .fit import Fit, fit_power_law, fit_window
 OOM_TRACK_TOP = 0.95   # axes fraction of the first out-of-memory track
 OOM_TRACK_STEP = 0.07  # one track per line with out-of-memory rows, downwards
 MAX_COLUMNS = 4        # a grid row with more panels wraps onto several rows of panels
-MAX_PANELS = 48        # more panels than this is not a readable figure (a random-problem suite: every row its own)
+MAX_PANELS = 48        # panels of one or two points each: more than this is a random-problem suite, not a figure
+MAX_SWEEP_PANELS = 256  # panels of sweeps over N: more than this is too large to draw or read
 
 
 class TooManyPanels(Exception):
@@ -111,10 +112,14 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
     fitted slope of every series that has one."""
     # A panel is a scaling plot only with a line of at least MIN_SCALING_POINTS sequence lengths: rows of a suite
     # that are not a sweep over N (verification shapes, say) would otherwise each get a panel of one or two points.
-    panels = [p for p in panels if any(len(s.ns) + len(s.oom) >= MIN_SCALING_POINTS for s in p.series)] or panels
-    if len(panels) > MAX_PANELS:
+    sweeps = [p for p in panels if any(len(s.ns) + len(s.oom) >= MIN_SCALING_POINTS for s in p.series)]
+    if not sweeps and len(panels) > MAX_PANELS:
         raise TooManyPanels(f"{len(panels)} panels (one per problem that is not a sweep over N), more than "
                             f"{MAX_PANELS}: the tables hold these rows")
+    if len(sweeps) > MAX_SWEEP_PANELS:
+        raise TooManyPanels(f"{len(sweeps)} panels, more than {MAX_SWEEP_PANELS}: the tables hold these rows "
+                            "(--filter the run, or draw a part of it)")
+    panels = sweeps or panels
     rows = sorted({p.grid_row for p in panels}, key=tuple_key(row_columns))
     cols = sorted({p.grid_col for p in panels}, key=tuple_key(col_columns))
     wraps = math.ceil(len(cols) / MAX_COLUMNS)

@@ -394,6 +394,25 @@ class Tolerant(unittest.TestCase):
 
 class Figures(unittest.TestCase):
 
+    def test_speed_lines_join_only_the_same_problem(self):
+        rows = []
+        for n in (256, 512, 1024):
+            for heads_kv, tflops in (("4", 100.0), ("1", 10.0)):
+                rows.append(dict(variant="flash2", status="ok", dtype="fp16", head_dim=64, causal="0", seqlen_q=n,
+                                 heads="4", heads_kv=heads_kv, tflops=tflops, verified_heads="all"))
+                rows[-1]["pass"] = "fwd"
+        # one problem at a single N: a marker, no line
+        rows.append(dict(rows[0], seqlen_q=97, heads="2", heads_kv="2", tflops=50.0))
+        results = data.Results("results.csv", tuple(rows[0]), rows)
+        with style.fixed_style():
+            drawn = figures.speed(results, figures.Context.of(results, None))
+        lines = [line for ax in drawn.figure.axes for line in ax.get_lines() if len(line.get_xdata())]
+        drawn_points = sorted((tuple(line.get_xdata()), tuple(line.get_ydata())) for line in lines)
+        # before: one line of medians (55 TFLOP/s at each N, the single-N problem merged in as a fourth point)
+        self.assertEqual(drawn_points, [((97,), (50.0,)), ((256, 512, 1024), (10.0, 10.0, 10.0)),
+                                        ((256, 512, 1024), (100.0, 100.0, 100.0))])
+        self.assertEqual(drawn.notes, [])
+
     def test_oom_rows_are_marked_at_the_top(self):
         results = data.load_results(str(RUN_DIR / "results.csv"))
         run = data.load_run(str(RUN_DIR / "run.json"))
