@@ -386,17 +386,19 @@ struct ForwardRowBounds {
   }
 };
 
-// §1-4: forward bounds of the rows `which` of head h (one block), written into `b` at their row positions.
+// §1-4: forward bounds of the rows `which` of head h (one block), written into `b` at their row positions; v_max:
+// max_j |v_jc| over every key, o_bound's fallback (§3).
 void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathConstants& pc, std::int64_t h,
                           const std::vector<std::int64_t>& which, std::int64_t first, std::int64_t count,
-                          const std::vector<double>& o_all, const std::vector<double>& lse_all, ForwardRowBounds& b) {
+                          const std::vector<double>& o_all, const std::vector<double>& lse_all, const Vec<double>& v_max,
+                          ForwardRowBounds& b) {
   const Problem& p = in.problem;
   const DataPath& path = pc.path;
   const ConstRows q(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d);
   const KeyRange span = key_span(p, which, first, count);
   const std::int64_t j0 = span_first(span), n_span = span.size();
   const Mat<double> k = ConstRows(in.k.data(), sh.nk, sh.d).middleRows(j0, n_span);
-  const Mat<double> v = ConstRows(in.v.data(), sh.nk, sh.dv);
+  const ConstRows v(in.v.data(), sh.nk, sh.dv);
   const Mat<double> qb = gather<double>(q, which, first, count);
   const Mat<double> s = masked_scores<double>(p, qb, ConstRows(in.k.data(), sh.nk, sh.d), sh.scale, which, first,
                                               span);  // column c: key j0 + c, as in every matrix below
@@ -431,7 +433,6 @@ void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathCons
     }
   }
   const Mat<double> cons_num = weighted * v_abs, pv_abs = prob * v_abs, tiny_v = tiny * v_abs;
-  const Vec<double> v_max = column_max_abs(v);  // over every key: o_bound's fallback (§3)
   Mat<double> p_round_sq, s_round_sq;
   if (pc.probabilistic) {
     p_round_sq = (prob_sq * v_sq).cwiseSqrt();
@@ -620,6 +621,7 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
   // |K| and, per query head, |Q| and |dO|: the operands of the gradients' bound products, shared by every pass
   const Mat<double> k_abs = Mat<double>(ConstRows(in.k.data(), sh.nk, sh.d)).cwiseAbs();
   const Mat<double> v_abs = Mat<double>(ConstRows(in.v.data(), sh.nk, sh.dv)).cwiseAbs();
+  const Vec<double> k_max = column_max_abs(k_abs), v_max = column_max_abs(v_abs);  // over every key (§3, §9)
   std::vector<Mat<double>> q_abs, d_out_abs;
   if (options.backward) {
     for (std::int64_t h = 0; h < sh.g; ++h) {
@@ -635,7 +637,6 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
     ForwardRowBounds row_level{std::vector<double>(static_cast<std::size_t>(sh.g * sh.nq * sh.dv)),
                                std::vector<double>(static_cast<std::size_t>(sh.g * sh.nq))};
     if (options.backward && !every_query_row) {
-      const Vec<double> k_max = column_max_abs(k_abs), v_max = column_max_abs(v_abs);
       parallel_for(sh.g, workers, [&](std::int64_t h, int) {
         for (std::int64_t i = 0; i < sh.nq; ++i) {
           row_level_bounds(in, sh, path, h, i, exact.o_all, exact.lse_all, k_max, v_max, row_level);
@@ -650,7 +651,7 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
       parallel_for(sh.g * blocks, workers, [&](std::int64_t item, int) {
         const std::int64_t h = item / blocks, first = (item % blocks) * kBlock;
         const std::int64_t count = std::min<std::int64_t>(kBlock, nsel - first);
-        forward_block_bounds(in, sh, pc, h, rows.query, first, count, exact.o_all, exact.lse_all, fb);
+        forward_block_bounds(in, sh, pc, h, rows.query, first, count, exact.o_all, exact.lse_all, v_max, fb);
       });
       GroupOutputs out;
       out.o.resize(static_cast<std::size_t>(sh.g * nsel * sh.dv));
