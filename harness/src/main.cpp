@@ -86,10 +86,15 @@ int main(int argc, char** argv) {
 
   // A first word that is no subcommand is named as such (CLI11 would say "A subcommand is required").
   if (argc > 1 && argv[1][0] != '-') {
-    const std::string word = argv[1];
-    if (word != "list" && word != "run" && word != "check") {
-      std::fprintf(stderr, "flashlab: unknown subcommand '%s' (subcommands: list, run, check; flashlab --help)\n",
-                   word.c_str());
+    std::string names;
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+      known = known || sub->get_name() == argv[1];
+    }
+    if (!known) {
+      std::fprintf(stderr, "flashlab: unknown subcommand '%s' (subcommands: %s; flashlab --help)\n", argv[1],
+                   names.c_str());
       return kExitUsage;
     }
   }

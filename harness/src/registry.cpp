@@ -16,10 +16,15 @@ const std::vector<kernels::Variant>& variants() {
   return all;
 }
 
+namespace {
+// The id of a variant as a suite names it, `id` or `id[options]`.
+std::string_view id_of(std::string_view name) { return name.substr(0, name.find('[')); }
+}  // namespace
+
 std::vector<std::string> unknown_variant_ids(const std::vector<std::string>& names) {
   std::vector<std::string> unknown;
   for (const std::string& name : names) {
-    const std::string id = name.substr(0, name.find('['));
+    const std::string id(id_of(name));
     const bool known = std::find(std::begin(kVariantIds), std::end(kVariantIds), id) != std::end(kVariantIds);
     if (!known && std::find(unknown.begin(), unknown.end(), id) == unknown.end()) unknown.push_back(id);
   }
@@ -35,7 +40,7 @@ std::string variant_id_list() {
 VariantChoice resolve_variant(std::string_view name) {
   VariantChoice choice;
   const std::size_t open = name.find('[');
-  const std::string_view id = name.substr(0, open);
+  const std::string_view id = id_of(name);
   for (const kernels::Variant& v : variants()) {
     if (v.id == id) choice.variant = &v;
   }

@@ -210,11 +210,11 @@ GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& sett
   }
   // the rows of each chosen group: every row, or `verify_rows` drawn (with the first and the last); drawn from
   // their own generator, after the groups
-  auto choose_rows = [&] {
+  auto choose_rows = [&](std::optional<std::int64_t> drawn) {  // drawn: rows per group; none: every row
     std::mt19937_64 rng(choice.seed);
     for (const Group& grp : choice.groups) {
       const Sequence s = p.sequence(grp.b);
-      const std::int64_t count = choice.all_rows ? std::max(s.seqlen_q, s.seqlen_k) : choice.sample_rows;
+      const std::int64_t count = drawn ? *drawn : std::max(s.seqlen_q, s.seqlen_k);
       GroupRows rows;
       rows.query = sample_rows(s.seqlen_q, count, rng);
       if (has_backward(pass)) rows.key = sample_rows(s.seqlen_k, count, rng);
@@ -226,7 +226,7 @@ GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& sett
       for (std::int64_t g = 0; g < p.heads_kv; ++g) choice.groups.push_back({b, g});
     choice.description = "all";
     choice.rows_description = "all";
-    choose_rows();
+    choose_rows(std::nullopt);
     return choice;
   }
   // Groups drawn at random (sequences with no query or no key rows are drawn like the others), rows sampled in each.
@@ -242,13 +242,12 @@ GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& sett
     list += fmt::format("{}b{}:g{}", list.empty() ? "" : " ", grp.b, grp.g);
   }
   choice.all_rows = false;
-  choice.sample_rows = settings.verify_rows;
   choice.description = fmt::format("{} ({} of {} kv-head groups, drawn)", list, choice.groups.size(), groups);
   choice.rows_description =
       fmt::format("{} query rows (of N_q = {}) and {} key rows (of N_k = {}) per group: first, last and drawn",
                   std::min<std::int64_t>(p.seqlen_q, settings.verify_rows + 2), p.seqlen_q,
                   has_backward(pass) ? std::min<std::int64_t>(p.seqlen_k, settings.verify_rows + 2) : 0, p.seqlen_k);
-  choose_rows();
+  choose_rows(settings.verify_rows);
   return choice;
 }
 
@@ -323,9 +322,7 @@ Expectation::Expectation(const Problem& problem, DType dtype, Pass pass, const I
   if (choice_.rows.size() != choice_.groups.size()) throw std::logic_error("Expectation: a group without its rows");
   for (std::size_t gi = 0; gi < choice_.groups.size(); ++gi) {
     const Group& grp = choice_.groups[gi];
-    GroupExpectation ge{grp, {}, {}, {}};
-    ge.rows.query = choice_.rows[gi].query;
-    ge.rows.key = choice_.rows[gi].key;
+    GroupExpectation ge{grp, choice_.rows[gi], {}, {}};
     // a forward check reads the chosen query rows only, unless cpu-standard runs on the whole group as the baseline
     const bool cpu_baseline = !subject_.materializing && !subject_.baseline;
     const bool only_chosen = !has_backward(pass_) && !cpu_baseline && !choice_.all_rows;

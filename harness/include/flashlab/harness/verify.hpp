@@ -32,6 +32,7 @@
 #include "flashlab/core/numerics.hpp"
 #include "flashlab/core/problem.hpp"
 #include "flashlab/harness/suite.hpp"
+#include "flashlab/reference/group_check.hpp"
 
 namespace flashlab::harness {
 
@@ -73,16 +74,13 @@ struct Group {
 };
 
 // The rows of one group to verify: query rows (the same in each query head) and key rows, sorted and distinct.
-struct GroupRows {
-  std::vector<std::int64_t> query, key;
-};
+using GroupRows = reference::RowChoice;
 
 // Which groups and rows to verify under the suite's settings.
 struct GroupChoice {
   std::vector<Group> groups;
   std::vector<GroupRows> rows;  // one per group
   bool all_rows = true;
-  std::int64_t sample_rows = 0;  // query (and key) rows drawn per group when !all_rows
   std::uint64_t seed = 0;        // of the draws
   std::string description;
   std::string rows_description;
