@@ -32,7 +32,7 @@ status=0
 if ((status > 1 || dry_run)); then exit "$status"; fi
 # the run's folder: results/<suite name>/<run id>, or (--resume without --run-id) the one just written
 if [[ -n "$run_id" ]]; then
-  dir=$(ls -d results/*/"$run_id"* 2>/dev/null | head -n 1 || true)
+  dir=$(ls -d results/*/"$run_id" results/*/"$run_id"-shard-* 2>/dev/null | head -n 1 || true)
 else
   dir=$(ls -td results/*/*/ 2>/dev/null | head -n 1 || true)
   dir=${dir%/}
