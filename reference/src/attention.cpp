@@ -9,6 +9,7 @@
 
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/parallel.hpp"
+#include "exp.hpp"
 
 namespace flashlab::reference {
 namespace {
@@ -222,7 +223,8 @@ void forward(const Problem& p, const ForwardArgs<Scalar>& a, const Options& opti
       if (row_max(r) == minus_inf) row_max(r) = 0;
     }
     // softmax numerator, row sums (l_i) and O = P V / l
-    block.array() = (block.array().colwise() - row_max.array()).exp();
+    block.array().colwise() -= row_max.array();
+    exp_in_place(block.array());
     const Vector<Scalar> row_sum = block.rowwise().sum();
     o.noalias() = block * v;
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -302,8 +304,9 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
       masked_scores<Scalar>(p, s, i0, cols.c0, q, k, prob);
       for (std::int64_t r = 0; r < rows; ++r) {
         const Scalar lse = a.lse(s.slot, h, q0 + r);
-        prob.row(r).array() = (prob.row(r).array() - (lse == minus_inf ? Scalar(0) : lse)).exp();
+        prob.row(r).array() -= lse == minus_inf ? Scalar(0) : lse;
       }
+      exp_in_place(prob.array());
       dv_acc.middleRows(cols.c0, cols.width).noalias() += prob.transpose() * d_out;
       // dS = P * (dP - D), dP = dO V^T
       ds.noalias() = d_out * v.transpose();

@@ -7,9 +7,11 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/parallel.hpp"
+#include "exp.hpp"
 
 namespace flashlab::reference {
 namespace {
@@ -24,8 +26,19 @@ using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
 template <class S>
 using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstRows = Eigen::Map<const RowMat<double>>;
+using RowsView = Eigen::Ref<const RowMat<double>>;
 
-constexpr std::int64_t kBlock = 128;  // query (or key) rows per work item
+// The rows `which` (sorted) of `m`: `m`'s own rows when they are contiguous (a span: no copy), else gathered into
+// `storage`. A work item of a few chosen rows reads the whole span of the rows or keys they meet: copying that span
+// per item would cost as much as the item's products.
+RowsView rows_of(const ConstRows& m, const std::vector<std::int64_t>& which, RowMat<double>& storage) {
+  const auto n = static_cast<std::int64_t>(which.size());
+  if (n > 0 && which.back() - which.front() + 1 == n) return m.middleRows(which.front(), n);
+  storage.resize(n, m.cols());
+  for (std::int64_t r = 0; r < n; ++r) storage.row(r) = m.row(which[static_cast<std::size_t>(r)]);
+  return storage;
+}
+
 constexpr double kMinusInf = -std::numeric_limits<double>::infinity();
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 // The smallest normal fp32 value: the exp of the GPU paths flushes results below it to 0 (ex2.approx.ftz).
@@ -60,7 +73,8 @@ Shape shape_of(const GroupInputs& in, bool backward) {
 }
 
 // max_j |m_jc| per column c (0 for a matrix without rows: a sequence with no keys).
-Vec<double> column_max_abs(const Mat<double>& m) {
+template <class M>
+Vec<double> column_max_abs(const Eigen::MatrixBase<M>& m) {
   if (m.rows() == 0) return Vec<double>::Zero(m.cols());
   return m.cwiseAbs().colwise().maxCoeff().transpose();
 }
@@ -72,8 +86,19 @@ std::vector<std::int64_t> all_rows(std::int64_t n) {
   return r;
 }
 
-// Blocks of at most kBlock entries of a row list.
-std::int64_t block_count(std::size_t n) { return (static_cast<std::int64_t>(n) + kBlock - 1) / kBlock; }
+// A row list split into work items: at most 128 rows each, and at least 16 items while an item keeps 4 rows or more,
+// so that a sampled check's few dozen rows spread over the cores. The split depends on the list's length alone, not
+// on the worker count: results are the same with any FLASHLAB_THREADS.
+struct Blocks {
+  std::int64_t n, size, count;
+  explicit Blocks(std::size_t rows) : n(static_cast<std::int64_t>(rows)) {
+    constexpr std::int64_t kMax = 128, kMin = 4, kItems = 16;
+    size = std::clamp<std::int64_t>((n + kItems - 1) / kItems, kMin, kMax);
+    count = (n + size - 1) / size;
+  }
+  [[nodiscard]] std::int64_t first(std::int64_t block) const { return block * size; }
+  [[nodiscard]] std::int64_t rows(std::int64_t block) const { return std::min(size, n - block * size); }
+};
 
 // The mask of one query row: kept keys [lo, hi].
 KeyRange keys_of(const Problem& p, std::int64_t i) { return p.key_range(i, p.seqlen_q, p.seqlen_k); }
@@ -148,6 +173,18 @@ Mat<S> masked_scores(const Problem& p, const Mat<S>& q, const KeyRows& k, S scal
   return s;
 }
 
+// A block of the double inputs as S: the block itself in double (no copy: a key block's item reads every query row),
+// a converted copy in `storage` otherwise.
+template <class S, class Block>
+Eigen::Ref<const RowMat<S>> as_scalar(const Block& block, RowMat<S>& storage) {
+  if constexpr (std::is_same_v<S, double>) {
+    return block;
+  } else {
+    storage = block.template cast<S>();
+    return storage;
+  }
+}
+
 template <class S>
 Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice& rows, bool backward, int workers) {
   const Problem& p = in.problem;
@@ -158,12 +195,11 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
   Values<S> out;
   out.o_all.assign(static_cast<std::size_t>(sh.g * sh.nq * sh.dv), S(0));
   out.lse_all.assign(static_cast<std::size_t>(sh.g * sh.nq), S(0));
-  const std::int64_t blocks = block_count(forward_rows.size());
+  const Blocks blocks(forward_rows.size());
 
   // forward: O and LSE of the forward rows, each head
-  parallel_for(sh.g * blocks, workers, [&](std::int64_t item, int) {
-    const std::int64_t h = item / blocks, first = (item % blocks) * kBlock;
-    const std::int64_t count = std::min<std::int64_t>(kBlock, static_cast<std::int64_t>(forward_rows.size()) - first);
+  parallel_for(sh.g * blocks.count, workers, [&](std::int64_t item, int) {
+    const std::int64_t h = item / blocks.count, first = blocks.first(item % blocks.count), count = blocks.rows(item % blocks.count);
     const ConstRows q(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d);
     const Mat<S> qb = gather<S>(q, forward_rows, first, count);
     const KeyRange span = key_span(p, forward_rows, first, count);
@@ -173,7 +209,7 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
                                   : Vec<S>::Constant(count, -std::numeric_limits<S>::infinity());
     const Vec<S> shift = (m.array() == -std::numeric_limits<S>::infinity()).select(S(0), m);
     e.array().colwise() -= shift.array();
-    e.array() = e.array().exp();  // apart from the broadcast: Eigen vectorizes exp only on a plain array
+    exp_in_place(e.array());  // apart from the broadcast: Eigen vectorizes exp only on a plain array
     const Vec<S> l = e.rowwise().sum();
     const Mat<S> pv = e * v.middleRows(span_first(span), span.size());
     for (std::int64_t r = 0; r < count; ++r) {
@@ -220,15 +256,14 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
       shift(r) = std::isinf(lse) ? S(0) : lse;
     }
     s.array().colwise() -= shift.array();
-    s.array() = s.array().exp();
+    exp_in_place(s.array());
   };
 
   // dQ at the chosen query rows
   out.out.dq.assign(static_cast<std::size_t>(sh.g * nsel * sh.d), 0.0);
-  const std::int64_t qblocks = block_count(rows.query.size());
-  parallel_for(sh.g * qblocks, workers, [&](std::int64_t item, int) {
-    const std::int64_t h = item / qblocks, first = (item % qblocks) * kBlock;
-    const std::int64_t count = std::min<std::int64_t>(kBlock, nsel - first);
+  const Blocks qblocks(rows.query.size());
+  parallel_for(sh.g * qblocks.count, workers, [&](std::int64_t item, int) {
+    const std::int64_t h = item / qblocks.count, first = qblocks.first(item % qblocks.count), count = qblocks.rows(item % qblocks.count);
     const ConstRows q(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d);
     const ConstRows d_out(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv);
     const Mat<S> qb = gather<S>(q, rows.query, first, count);
@@ -252,18 +287,19 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
   const auto ksel = static_cast<std::int64_t>(rows.key.size());
   out.out.dk.assign(static_cast<std::size_t>(ksel * sh.d), 0.0);
   out.out.dv.assign(static_cast<std::size_t>(ksel * sh.dv), 0.0);
-  const std::int64_t kblocks = block_count(rows.key.size());
-  parallel_for(kblocks, workers, [&](std::int64_t item, int) {
-    const std::int64_t first = item * kBlock;
-    const std::int64_t count = std::min<std::int64_t>(kBlock, ksel - first);
+  const Blocks kblocks(rows.key.size());
+  parallel_for(kblocks.count, workers, [&](std::int64_t item, int) {
+    const std::int64_t first = kblocks.first(item), count = kblocks.rows(item);
     const ConstRows kr(in.k.data(), sh.nk, sh.d), vr(in.v.data(), sh.nk, sh.dv);
     const Mat<S> kb = gather<S>(kr, rows.key, first, count), vb = gather<S>(vr, rows.key, first, count);
     Mat<S> dk = Mat<S>::Zero(count, sh.d), dv = Mat<S>::Zero(count, sh.dv);
     const KeyRange span = row_span(p, rows.key[static_cast<std::size_t>(first)], rows.key[static_cast<std::size_t>(first + count - 1)]);
     const std::int64_t i0 = span_first(span), nr = span.size();
+    RowMat<S> q_store, d_out_store;
     for (std::int64_t h = 0; h < sh.g; ++h) {
-      const Mat<S> q = ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d).middleRows(i0, nr).template cast<S>();
-      const Mat<S> d_out = ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv).middleRows(i0, nr).template cast<S>();
+      const auto q = as_scalar(ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d).middleRows(i0, nr), q_store);
+      const auto d_out =
+          as_scalar(ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv).middleRows(i0, nr), d_out_store);
       Mat<S> prob = scale * (q * kb.transpose());
       for (std::int64_t r = 0; r < nr; ++r) {
         const KeyRange keys = keys_of(p, i0 + r);
@@ -375,6 +411,27 @@ double o_bound(const DataPath& path, const OTerms& t) {
   return output_rounding(path, t.o, informative ? std::min(first_order, mean) : mean);
 }
 
+// The operands' magnitudes that the bounds multiply, computed once per check: |K|, |V|, V^2 and, with a backward,
+// |Q| and |dO| of each query head; the column maxima of |K| and |V| over every key (§3, §9).
+struct Magnitudes {
+  RowMat<double> k_abs, v_abs, v_sq;
+  std::vector<RowMat<double>> q_abs, d_out_abs;
+  Vec<double> k_max, v_max;
+
+  Magnitudes(const GroupInputs& in, const Shape& sh, bool backward) {
+    k_abs = ConstRows(in.k.data(), sh.nk, sh.d).cwiseAbs();
+    v_abs = ConstRows(in.v.data(), sh.nk, sh.dv).cwiseAbs();
+    v_sq = ConstRows(in.v.data(), sh.nk, sh.dv).cwiseAbs2();
+    k_max = column_max_abs(k_abs);
+    v_max = column_max_abs(v_abs);
+    if (!backward) return;
+    for (std::int64_t h = 0; h < sh.g; ++h) {
+      q_abs.emplace_back(ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d).cwiseAbs());
+      d_out_abs.emplace_back(ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv).cwiseAbs());
+    }
+  }
+};
+
 struct ForwardRowBounds {
   // per head, all forward rows: B_o [G][N_q][d_v], B_lse [G][N_q]
   std::vector<double> o, lse;
@@ -386,24 +443,22 @@ struct ForwardRowBounds {
   }
 };
 
-// §1-4: forward bounds of the rows `which` of head h (one block), written into `b` at their row positions; v_max:
-// max_j |v_jc| over every key, o_bound's fallback (§3).
-void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathConstants& pc, std::int64_t h,
-                          const std::vector<std::int64_t>& which, std::int64_t first, std::int64_t count,
-                          const std::vector<double>& o_all, const std::vector<double>& lse_all, const Vec<double>& v_max,
-                          ForwardRowBounds& b) {
+// §1-4: forward bounds of the rows `which` of head h (one block), written into `b` at their row positions.
+void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathConstants& pc, const Magnitudes& mag,
+                          std::int64_t h, const std::vector<std::int64_t>& which, std::int64_t first, std::int64_t count,
+                          const std::vector<double>& o_all, const std::vector<double>& lse_all, ForwardRowBounds& b) {
   const Problem& p = in.problem;
   const DataPath& path = pc.path;
   const ConstRows q(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d);
   const KeyRange span = key_span(p, which, first, count);
   const std::int64_t j0 = span_first(span), n_span = span.size();
-  const Mat<double> k = ConstRows(in.k.data(), sh.nk, sh.d).middleRows(j0, n_span);
-  const ConstRows v(in.v.data(), sh.nk, sh.dv);
   const Mat<double> qb = gather<double>(q, which, first, count);
   const Mat<double> s = masked_scores<double>(p, qb, ConstRows(in.k.data(), sh.nk, sh.d), sh.scale, which, first,
                                               span);  // column c: key j0 + c, as in every matrix below
-  const Mat<double> a = sh.scale * (qb.cwiseAbs() * k.cwiseAbs().transpose());
-  const Mat<double> v_abs = v.middleRows(j0, n_span).cwiseAbs(), v_sq = v.middleRows(j0, n_span).cwiseAbs2();
+  const Mat<double> a = sh.scale * (qb.cwiseAbs() * mag.k_abs.middleRows(j0, n_span).transpose());
+  const auto v_abs = mag.v_abs.middleRows(j0, n_span);
+  const auto v_sq = mag.v_sq.middleRows(j0, n_span);
+  const Vec<double>& v_max = mag.v_max;
   const double gamma_qk = pc.gamma(path.qk, sh.d);
   Mat<double> prob = Mat<double>::Zero(count, n_span), weighted = prob, tiny = prob, prob_sq = prob, prob_sq_s_sq = prob;
   Vec<double> alpha_max = Vec<double>::Zero(count), weighted_sum = alpha_max, indep_lse = alpha_max;
@@ -523,21 +578,27 @@ struct BackwardEntries {
 };
 
 // rows: query rows (global indices) of head h; keys: key indices; s: scale q k (unmasked values at kept entries).
-BackwardEntries backward_entries(const GroupInputs& in, const Shape& sh, const PathConstants& pc, std::int64_t h,
-                                 const std::vector<std::int64_t>& rows, const std::vector<std::int64_t>& keys,
-                                 const std::vector<double>& o_all, const std::vector<double>& lse_all,
-                                 const std::vector<double>& delta_all, const ForwardRowBounds& fb) {
+BackwardEntries backward_entries(const GroupInputs& in, const Shape& sh, const PathConstants& pc, const Magnitudes& mag,
+                                 std::int64_t h, const std::vector<std::int64_t>& rows,
+                                 const std::vector<std::int64_t>& keys, const std::vector<double>& o_all,
+                                 const std::vector<double>& lse_all, const std::vector<double>& delta_all,
+                                 const ForwardRowBounds& fb) {
   const Problem& p = in.problem;
   const DataPath& path = pc.path;
   const auto nr = static_cast<std::int64_t>(rows.size()), nk = static_cast<std::int64_t>(keys.size());
   const ConstRows q(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d), d_out(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv);
   const ConstRows k(in.k.data(), sh.nk, sh.d), v(in.v.data(), sh.nk, sh.dv);
-  const Mat<double> qr = gather<double>(q, rows, 0, nr), dor = gather<double>(d_out, rows, 0, nr);
-  const Mat<double> kk = gather<double>(k, keys, 0, nk), vk = gather<double>(v, keys, 0, nk);
+  auto map = [](const RowMat<double>& m) { return ConstRows(m.data(), m.rows(), m.cols()); };
+  RowMat<double> store[8];
+  const RowsView qr = rows_of(q, rows, store[0]), dor = rows_of(d_out, rows, store[1]);
+  const RowsView kk = rows_of(k, keys, store[2]), vk = rows_of(v, keys, store[3]);
+  const RowsView q_abs = rows_of(map(mag.q_abs[static_cast<std::size_t>(h)]), rows, store[4]);
+  const RowsView d_out_abs = rows_of(map(mag.d_out_abs[static_cast<std::size_t>(h)]), rows, store[5]);
+  const RowsView k_abs = rows_of(map(mag.k_abs), keys, store[6]), v_abs = rows_of(map(mag.v_abs), keys, store[7]);
   const Mat<double> s = sh.scale * (qr * kk.transpose());
-  const Mat<double> a = sh.scale * (qr.cwiseAbs() * kk.cwiseAbs().transpose());
+  const Mat<double> a = sh.scale * (q_abs * k_abs.transpose());
   const Mat<double> dp = dor * vk.transpose();
-  const Mat<double> dp_abs = dor.cwiseAbs() * vk.cwiseAbs().transpose();
+  const Mat<double> dp_abs = d_out_abs * v_abs.transpose();
   const double gamma_qk = pc.gamma(path.qk, sh.d), gamma_dp = pc.gamma(path.dp, sh.dv), gamma_delta = pc.gamma(path.delta, sh.dv);
   const double u_ds_in_eta = pc.probabilistic ? 0 : path.u_ds;
   const double eta = (1 + path.u_arith) * (1 + path.u_arith) * (1 + u_ds_in_eta) *
@@ -618,17 +679,7 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
   const bool every_query_row = static_cast<std::int64_t>(rows.query.size()) == sh.nq;
   const auto nsel = static_cast<std::int64_t>(rows.query.size()), ksel = static_cast<std::int64_t>(rows.key.size());
   const std::vector<double>& delta_all = exact.delta_all;
-  // |K| and, per query head, |Q| and |dO|: the operands of the gradients' bound products, shared by every pass
-  const Mat<double> k_abs = Mat<double>(ConstRows(in.k.data(), sh.nk, sh.d)).cwiseAbs();
-  const Mat<double> v_abs = Mat<double>(ConstRows(in.v.data(), sh.nk, sh.dv)).cwiseAbs();
-  const Vec<double> k_max = column_max_abs(k_abs), v_max = column_max_abs(v_abs);  // over every key (§3, §9)
-  std::vector<Mat<double>> q_abs, d_out_abs;
-  if (options.backward) {
-    for (std::int64_t h = 0; h < sh.g; ++h) {
-      q_abs.push_back(Mat<double>(ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d)).cwiseAbs());
-      d_out_abs.push_back(Mat<double>(ConstRows(in.d_out.data() + h * sh.nq * sh.dv, sh.nq, sh.dv)).cwiseAbs());
-    }
-  }
+  const Magnitudes mag(in, sh, options.backward);  // shared by every path and pass
   for (std::size_t path_index = 0; path_index < options.paths.size(); ++path_index) {
     const DataPath& path = options.paths[path_index];
     const bool with_probabilistic = path_index < options.probabilistic_paths;
@@ -639,7 +690,7 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
     if (options.backward && !every_query_row) {
       parallel_for(sh.g, workers, [&](std::int64_t h, int) {
         for (std::int64_t i = 0; i < sh.nq; ++i) {
-          row_level_bounds(in, sh, path, h, i, exact.o_all, exact.lse_all, k_max, v_max, row_level);
+          row_level_bounds(in, sh, path, h, i, exact.o_all, exact.lse_all, mag.k_max, mag.v_max, row_level);
         }
       });
     }
@@ -647,11 +698,10 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
       if (probabilistic && !with_probabilistic) break;
       const PathConstants pc{path, options.lambda, probabilistic};
       ForwardRowBounds fb = row_level;
-      const std::int64_t blocks = block_count(rows.query.size());
-      parallel_for(sh.g * blocks, workers, [&](std::int64_t item, int) {
-        const std::int64_t h = item / blocks, first = (item % blocks) * kBlock;
-        const std::int64_t count = std::min<std::int64_t>(kBlock, nsel - first);
-        forward_block_bounds(in, sh, pc, h, rows.query, first, count, exact.o_all, exact.lse_all, v_max, fb);
+      const Blocks blocks(rows.query.size());
+      parallel_for(sh.g * blocks.count, workers, [&](std::int64_t item, int) {
+        const std::int64_t h = item / blocks.count, first = blocks.first(item % blocks.count), count = blocks.rows(item % blocks.count);
+        forward_block_bounds(in, sh, pc, mag, h, rows.query, first, count, exact.o_all, exact.lse_all, fb);
       });
       GroupOutputs out;
       out.o.resize(static_cast<std::size_t>(sh.g * nsel * sh.dv));
@@ -668,15 +718,14 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
       if (options.backward) {
         // dQ at the chosen query rows, §8
         out.dq.assign(static_cast<std::size_t>(sh.g * nsel * sh.d), 0.0);
-        const std::int64_t qblocks = block_count(rows.query.size());
-        parallel_for(sh.g * qblocks, workers, [&](std::int64_t item, int) {
-          const std::int64_t h = item / qblocks, first = (item % qblocks) * kBlock;
-          const std::int64_t count = std::min<std::int64_t>(kBlock, nsel - first);
+        const Blocks qblocks(rows.query.size());
+        parallel_for(sh.g * qblocks.count, workers, [&](std::int64_t item, int) {
+          const std::int64_t h = item / qblocks.count, first = qblocks.first(item % qblocks.count), count = qblocks.rows(item % qblocks.count);
           const std::vector<std::int64_t> block(rows.query.begin() + first, rows.query.begin() + first + count);
           const KeyRange span = key_span(in.problem, block, 0, count);
           const BackwardEntries e =
-              backward_entries(in, sh, pc, h, block, span_rows(span), exact.o_all, exact.lse_all, delta_all, fb);
-          const auto k_span = k_abs.middleRows(span_first(span), span.size());
+              backward_entries(in, sh, pc, mag, h, block, span_rows(span), exact.o_all, exact.lse_all, delta_all, fb);
+          const auto k_span = mag.k_abs.middleRows(span_first(span), span.size());
           const Mat<double> err = e.ds_err * k_span, mag = (e.ds.cwiseAbs() + e.ds_err) * k_span;
           Mat<double> sq;
           if (probabilistic) sq = (e.ds.cwiseAbs2() * k_span.cwiseAbs2()).cwiseSqrt();
@@ -693,19 +742,19 @@ GroupCheck check_group(const GroupInputs& in, const RowChoice& rows, const Group
         // dK, dV at the chosen key rows, §8
         out.dk.assign(static_cast<std::size_t>(ksel * sh.d), 0.0);
         out.dv.assign(static_cast<std::size_t>(ksel * sh.dv), 0.0);
-        const std::int64_t kblocks = block_count(rows.key.size());
-        parallel_for(kblocks, workers, [&](std::int64_t item, int) {
-          const std::int64_t first = item * kBlock;
-          const std::int64_t count = std::min<std::int64_t>(kBlock, ksel - first);
+        const Blocks kblocks(rows.key.size());
+        parallel_for(kblocks.count, workers, [&](std::int64_t item, int) {
+          const std::int64_t first = kblocks.first(item), count = kblocks.rows(item);
           const std::vector<std::int64_t> block(rows.key.begin() + first, rows.key.begin() + first + count);
           const KeyRange span = row_span(in.problem, block.front(), block.back());
           const std::vector<std::int64_t> seeing = span_rows(span);  // the query rows that see a key of the block
           Mat<double> dk_err = Mat<double>::Zero(count, sh.d), dk_mag = dk_err, dk_sq = dk_err;
           Mat<double> dv_err = Mat<double>::Zero(count, sh.dv), dv_mag = dv_err, dv_sq = dv_err;
           for (std::int64_t h = 0; h < sh.g; ++h) {
-            const BackwardEntries e = backward_entries(in, sh, pc, h, seeing, block, exact.o_all, exact.lse_all, delta_all, fb);
-            const auto qabs = q_abs[static_cast<std::size_t>(h)].middleRows(span_first(span), span.size());
-            const auto doabs = d_out_abs[static_cast<std::size_t>(h)].middleRows(span_first(span), span.size());
+            const BackwardEntries e =
+                backward_entries(in, sh, pc, mag, h, seeing, block, exact.o_all, exact.lse_all, delta_all, fb);
+            const auto qabs = mag.q_abs[static_cast<std::size_t>(h)].middleRows(span_first(span), span.size());
+            const auto doabs = mag.d_out_abs[static_cast<std::size_t>(h)].middleRows(span_first(span), span.size());
             dk_err += e.ds_err.transpose() * qabs;
             dk_mag += (e.ds.cwiseAbs() + e.ds_err).transpose() * qabs;
             dv_err += e.p_err.transpose() * doabs;

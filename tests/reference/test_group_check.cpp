@@ -146,6 +146,36 @@ TEST_CASE("sampled entries equal the full check's at the same entries, values an
   }
 }
 
+TEST_CASE("check_group: a masked key's value never reaches O or dQ, however large", "[reference][group_check]") {
+  // Causal: key 31 is kept by row 31 only, yet lies in the key span of the blocks and samples that hold rows 28-31. A
+  // masked weight must be an exact 0 (a subnormal weight times V = 1e300 would move those rows by 1e-8).
+  const Problem p = group_problem(1, 32, 32, 8, true, {});
+  GroupCase c = make_case(p, DType::fp64, 23);
+  GroupCheckOptions options;
+  options.backward = true;
+  for (const RowChoice& rows : {every_row(p), RowChoice{{0, 29, 30, 31}, {3, 31}}}) {
+    GroupInputs large = c.inputs, plain = c.inputs;
+    for (std::int64_t col = 0; col < p.dv(); ++col) {
+      large.v[static_cast<std::size_t>(31 * p.dv() + col)] = 1e300;
+      plain.v[static_cast<std::size_t>(31 * p.dv() + col)] = 0;
+    }
+    const reference::GroupCheck a = reference::check_group(large, rows, options);
+    const reference::GroupCheck b = reference::check_group(plain, rows, options);
+    for (std::size_t r = 0; r + 1 < rows.query.size(); ++r) {  // every chosen row but row 31
+      INFO("row " << rows.query[r]);
+      CHECK(a.exact.lse[r] == b.exact.lse[r]);
+      for (std::int64_t col = 0; col < p.dv(); ++col) {
+        CHECK(a.exact.o[r * static_cast<std::size_t>(p.dv()) + static_cast<std::size_t>(col)] ==
+              b.exact.o[r * static_cast<std::size_t>(p.dv()) + static_cast<std::size_t>(col)]);
+      }
+      for (std::int64_t col = 0; col < p.head_dim; ++col) {
+        CHECK(a.exact.dq[r * static_cast<std::size_t>(p.head_dim) + static_cast<std::size_t>(col)] ==
+              b.exact.dq[r * static_cast<std::size_t>(p.head_dim) + static_cast<std::size_t>(col)]);
+      }
+    }
+  }
+}
+
 TEST_CASE("the fp32 upcast is accurate to fp32 and rounded to the dtype asked for", "[reference][group_check]") {
   const Problem p = group_problem(2, 64, 80, 32, false, {});
   const GroupCase c = make_case(p, DType::fp16, 3);

@@ -160,3 +160,33 @@ TEST_CASE("large scores do not overflow", "[reference][mask]") {
   CHECK(test::all_finite(data.dk.values()));
   check_against_naive(data);
 }
+
+TEST_CASE("a masked key's value never reaches O or dQ, however large", "[reference][mask]") {
+  // Causal, N = 32, blocks of 16 rows: key 31 lies in the second block's span but only row 31 keeps it. A masked
+  // weight must be an exact 0: a tiny nonzero one (Eigen's exp(-inf) is a subnormal 5.6e-309) times V = 1e300
+  // would move the other rows by 1e-8.
+  Problem p;
+  p.heads = 2;
+  p.seqlen_q = p.seqlen_k = 32;
+  p.head_dim = 8;
+  p.causal = true;
+  auto solve = [&](double v_last) {
+    Data data(p);
+    data.randomize({.seed = 17, .distribution = Distribution::normal, .dtype = DType::fp64});
+    for (std::int64_t c = 0; c < p.head_dim; ++c) data.v(0, 31, 0, c) = v_last;
+    data.run_forward({.row_block = 16});
+    data.run_backward({.row_block = 16});
+    return data;
+  };
+  const Data plain = solve(0.0), large = solve(1e300);
+  for (std::int64_t h = 0; h < p.heads; ++h) {
+    for (std::int64_t i = 0; i < 31; ++i) {
+      CHECK(large.lse(0, h, i) == plain.lse(0, h, i));
+      for (std::int64_t c = 0; c < p.head_dim; ++c) {
+        INFO("h " << h << " row " << i << " col " << c);
+        CHECK(large.o(0, i, h, c) == plain.o(0, i, h, c));
+        CHECK(large.dq(0, i, h, c) == plain.dq(0, i, h, c));
+      }
+    }
+  }
+}
