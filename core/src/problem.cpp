@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "flashlab/core/errors.hpp"
+#include "flashlab/core/mask.hpp"
 
 namespace flashlab {
 namespace {
@@ -129,10 +130,8 @@ Window Problem::effective_window() const {
 
 KeyRange Problem::key_range(std::int64_t i, std::int64_t nq, std::int64_t nk) const {
   const Window w = effective_window();
-  const std::int64_t diagonal = i + nk - nq;
-  std::int64_t lo = w.left < 0 ? 0 : std::max<std::int64_t>(0, diagonal - w.left);
-  std::int64_t hi = w.right < 0 ? nk - 1 : std::min(nk - 1, diagonal + w.right);
-  return {lo, hi};
+  const KeptKeys<std::int64_t> kept = kept_keys<std::int64_t>(w.left, w.right, i, nq, nk);
+  return {kept.lo, kept.hi};
 }
 
 std::int64_t Problem::unmasked_pairs() const {

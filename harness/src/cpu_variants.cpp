@@ -400,6 +400,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .backward = reference_backward,
                .kernels = {},
                .options = {},
+               .check_options = {},
                // fp64 throughout, outputs rounded to the dtype
                .data_path = [](const Problem&, DType dtype, const AttentionParams&) {
                  return numerics::reference_path(dtype);
@@ -416,6 +417,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .backward = standard_backward,
                .kernels = {},
                .options = {},
+               .check_options = {},
                // S, P, dP, dS rounded to the dtype where standard rounds them; Eigen products and std::exp in fp32
                // (fp64 for fp64 runs), rounding to nearest
                .data_path = [](const Problem&, DType dtype, const AttentionParams&) {

@@ -28,7 +28,7 @@ int list_variants(bool with_kernels) {
   for (const kernels::Variant& v : variants()) {
     fmt::print("{:<16} {:<6} {:<12} {}\n", v.id, kernels::name(v.device), v.materializes ? "N x N" : "no", v.description);
     fmt::print("{:<16} supports: {}\n", "", v.supported);
-    for (const auto& [option, meaning] : v.options) fmt::print("{:<16} option [{}=...]: {}\n", "", option, meaning);
+    for (const kernels::VariantOption& o : v.options) fmt::print("{:<16} option [{}=...]: {}\n", "", o.name, o.meaning);
   }
   try {
     const auto gpu = make_gpu_backend();

@@ -55,6 +55,12 @@ VariantChoice resolve_variant(std::string_view name) {
     return choice;
   }
   std::string_view rest = name.substr(open + 1, name.size() - open - 2);
+  auto refuse = [&](const std::string& why) {
+    choice.error = fmt::format("variant '{}': {}", name, why);
+    choice.variant = nullptr;
+    return choice;
+  };
+  const std::vector<kernels::VariantOption>& declared = choice.variant->options;
   while (!rest.empty()) {
     const std::size_t comma = rest.find(',');
     const std::string_view term = rest.substr(0, comma);
@@ -62,47 +68,24 @@ VariantChoice resolve_variant(std::string_view name) {
     const std::size_t equals = term.find('=');
     const std::string key(term.substr(0, equals));
     const std::string value(equals == std::string_view::npos ? "1" : term.substr(equals + 1));
-    const auto& declared = choice.variant->options;
-    const bool known = std::any_of(declared.begin(), declared.end(), [&](const auto& o) { return o.first == key; });
-    if (!known) {
+    const auto option = std::find_if(declared.begin(), declared.end(), [&](const auto& o) { return o.name == key; });
+    if (option == declared.end()) {
       std::string names;
-      for (const auto& [option, meaning] : declared) names += (names.empty() ? "" : ", ") + option;
-      choice.error = fmt::format("variant '{}': unknown option '{}' (options of {}: {})", name, key, id,
-                                 names.empty() ? "none" : names);
-      choice.variant = nullptr;
-      return choice;
+      for (const kernels::VariantOption& o : declared) names += (names.empty() ? "" : ", ") + o.name;
+      return refuse(fmt::format("unknown option '{}' (options of {}: {})", key, id, names.empty() ? "none" : names));
     }
-    if (key == "deterministic" && value != "0" && value != "1") {
-      choice.error = fmt::format("variant '{}': deterministic must be 0 or 1, found '{}'", name, value);
-      choice.variant = nullptr;
-      return choice;
-    }
-    if ((key == "br" || key == "bc") &&
-        (value.empty() || value.size() > 4 || value.find_first_not_of("0123456789") != std::string::npos ||
-         std::stoi(value) == 0)) {
-      choice.error = fmt::format("variant '{}': {} must be a positive integer (a tile size), found '{}'", name, key,
-                                 value);
-      choice.variant = nullptr;
-      return choice;
-    }
-    choice.options[key] = value;
+    if (choice.given.count(key)) return refuse(fmt::format("option '{}' given twice", key));
+    if (const std::string why = option->apply(value, choice.options); !why.empty()) return refuse(why);
+    choice.given[key] = value;
   }
-  if (choice.options.count("br") != choice.options.count("bc")) {
-    choice.error = fmt::format("variant '{}': br and bc go together (e.g. {}[br=128,bc=64])", name, id);
-    choice.variant = nullptr;
+  if (choice.variant->check_options) {
+    if (const std::string why = choice.variant->check_options(choice.options); !why.empty()) return refuse(why);
   }
   return choice;
 }
 
 const kernels::Variant* find_variant(std::string_view name) { return resolve_variant(name).variant; }
 
-void apply_options(const VariantChoice& choice, kernels::AttentionParams& params) {
-  const auto deterministic = choice.options.find("deterministic");
-  params.deterministic = deterministic != choice.options.end() && deterministic->second == "1";
-  const auto br = choice.options.find("br");
-  const auto bc = choice.options.find("bc");
-  params.block_m = br != choice.options.end() ? std::stoi(br->second) : 0;
-  params.block_n = bc != choice.options.end() ? std::stoi(bc->second) : 0;
-}
+void apply_options(const VariantChoice& choice, kernels::AttentionParams& params) { params.options = choice.options; }
 
 }  // namespace flashlab::harness

@@ -181,9 +181,7 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
   r["workspace_model_bytes"] = integer(variant->workspace_model(p, row.dtype, row.pass));
   r["bytes_model_min"] = number(minimum_bytes(p, row.dtype, row.pass));
   if (variant->bytes_model) {
-    kernels::AttentionParams tile;
-    apply_options(choice_of_variant, tile);
-    r["bytes_model_variant"] = number(variant->bytes_model(p, row.dtype, row.pass, tile.block_m, tile.block_n));
+    r["bytes_model_variant"] = number(variant->bytes_model(p, row.dtype, row.pass, choice_of_variant.options));
   } else if (variant->materializes) {
     r["bytes_model_variant"] = number(standard_bytes(p, row.dtype, row.pass));
   }

@@ -55,7 +55,6 @@ namespace {
 using detail::kPartAlignment;
 using detail::round_up;
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kPreprocessThreads = 256;
 constexpr int kElementwiseThreads = 256;
 
@@ -312,7 +311,7 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   const int warp = tid / 32;
   const int lane = tid % 32;
 
-  const Sequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
+  const CtaSequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
   const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   const int n_start = n_block * kBlockN;
   if (n_start >= seqlen_k) return;  // the grid covers the longest sequence of the batch
@@ -630,7 +629,7 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
 
   // epilogue: dK = scale dK, dV; rows past N_k are not written. A CTA that no query sees writes zeros. The
   // sequence and the lane are read again rather than held across the loop (registers).
-  const Sequence seq_end = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
+  const CtaSequence seq_end = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
   const int keys_end = min(kBlockN, seq_end.seqlen_k - n_start);
   const int tid_end = thread_id(), lane_end = tid_end % 32;
   const int key0 = tid_end / 32 % Traits::kWarpsNdKV * Traits::kDkvRows;           // dkv_row0
@@ -685,7 +684,7 @@ template <class T>
 __global__ void __launch_bounds__(kElementwiseThreads) convert_dq_kernel(const BackwardArgs args) {
   const int head = static_cast<int>(blockIdx.y);
   const int batch = static_cast<int>(blockIdx.z);
-  const Sequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
+  const CtaSequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
   const float* acc = args.dq_acc + ((seq.slot * args.heads + head) * args.tokens_acc +
                                     accumulator_row0(batch, seq.q_offset, args.cu_seqlens_q != nullptr)) *
                                        args.head_dim;
@@ -934,7 +933,7 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
   args.window_right = window_arg(w.right);
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
-  args.deterministic = params.deterministic;
+  args.deterministic = params.options.deterministic;
   args.dq_acc = reinterpret_cast<float*>(carve.take(plan.dq_acc));
   args.turns = reinterpret_cast<int*>(carve.take(plan.turns));
   args.d = reinterpret_cast<float*>(carve.take(plan.d));

@@ -1,6 +1,7 @@
 // Device and host helpers shared by the flash2 forward and backward (internal header of kernels/flash2/, CUDA
-// only): the element types of the m16n8k16 path, PTX wrappers (mma.sync, ldmatrix, cp.async, ex2), the padded tile
-// load, and the launch-time checks.
+// only): the element types of the m16n8k16 path, PTX wrappers (mma.sync, ldmatrix), the padded tile load, and the
+// launch-time checks. What every variant's kernels share (cp.async, ex2, the mask rule, varlen sequences) is
+// src/device_common.cuh.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,14 +18,12 @@
 #include "flashlab/kernels/attention.hpp"
 #include "flashlab/kernels/device.hpp"
 #include "src/check.hpp"
+#include "src/device_common.cuh"
 #include "src/launch_checks.hpp"
 
 namespace flashlab::kernels::flash2 {
 
-constexpr double kLog2eDouble = 1.4426950408889634;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr std::int64_t kMaxGridYZ = 65535;                  // heads go to gridDim.y, batch entries to gridDim.z
-constexpr std::int64_t kMaxLength = std::int64_t{1} << 30;  // token indices stay in 32-bit arithmetic
 
 // ---------------------------------------------------------------------------------------------------------------
 // Element types
@@ -66,22 +65,6 @@ struct Elem<__nv_bfloat16> {
 // ---------------------------------------------------------------------------------------------------------------
 // PTX wrappers
 
-__device__ inline std::uint32_t smem_address(const void* pointer) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-// 16 bytes global -> shared, bypassing L1; src_bytes = 0 writes 16 zero bytes and reads nothing.
-__device__ inline void cp_async_16(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ inline void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int kPending>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
 __device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -91,28 +74,6 @@ __device__ inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t ad
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(address));
-}
-
-// The thread's lane and index, read from the special registers again at each call (volatile: never merged with
-// another read). For values needed only off the hot path (mask edges, epilogue) of kernels at 255 registers: held
-// in a register across the main loop, ptxas would spill them; re-read, they cost one S2R where used.
-__device__ inline int lane_id() {
-  std::uint32_t lane;
-  asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane));
-  return static_cast<int>(lane);
-}
-__device__ inline int thread_id() {
-  std::uint32_t tid;
-  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-  return static_cast<int>(tid);
-}
-
-// 2^x on the special-function unit alone (MUFU.EX2): 2 ulp like exp2f without its subnormal fix-up; results below
-// 2^-126 flush to 0, an absolute error < 1.2e-38 on a probability, far below fp16/bf16 rounding.
-__device__ inline float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -160,48 +121,6 @@ __device__ inline std::uint32_t pair_address(std::uint32_t base, int j) {
   } else {
     return base + j * 32;
   }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The sequence of a CTA: batch entry `batch` of a dense batch (slot = batch, offsets 0, the dense lengths), or
-// sequence `batch` of a varlen batch (slot 0, offsets and lengths from cu_seqlens).
-
-struct Sequence {
-  std::int64_t slot;
-  std::int64_t q_offset;
-  std::int64_t k_offset;
-  int seqlen_q;
-  int seqlen_k;
-};
-__device__ inline Sequence sequence_of(const std::int32_t* cu_seqlens_q, const std::int32_t* cu_seqlens_k, int batch,
-                                       int seqlen_q, int seqlen_k) {
-  if (cu_seqlens_q == nullptr) return {batch, 0, 0, seqlen_q, seqlen_k};
-  const std::int64_t q_offset = cu_seqlens_q[batch];
-  const std::int64_t k_offset = cu_seqlens_k[batch];
-  return {0, q_offset, k_offset, static_cast<int>(cu_seqlens_q[batch + 1] - q_offset),
-          static_cast<int>(cu_seqlens_k[batch + 1] - k_offset)};
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The mask rule (Problem::key_range) on the device
-
-// Keys [lo, hi] query row i may see (Problem::key_range, clamped to lo in [0, N_k], hi in [-1, N_k - 1]); empty
-// when lo > hi. 32-bit arithmetic: N_q, N_k < 2^30 put the diagonal i + N_k - N_q in (-2^30, 2^30), and windows are
-// below 2^30 (a window of 2^30 or more reaches every key, so the host passes it as unbounded: window_arg()).
-struct KeyBounds {
-  int lo;
-  int hi;
-};
-__device__ inline KeyBounds key_bounds(int window_left, int window_right, int i, int seqlen_q, int seqlen_k) {
-  const int diagonal = i + seqlen_k - seqlen_q;
-  const int lo = window_left < 0 ? 0 : diagonal - window_left;
-  const int hi = window_right < 0 ? seqlen_k - 1 : diagonal + window_right;
-  return {min(max(lo, 0), seqlen_k), min(max(hi, -1), seqlen_k - 1)};
-}
-
-// A window side as the kernels take it: -1 (unbounded) for negative windows and for windows of 2^30 or more.
-inline int window_arg(std::int64_t window) {
-  return window < 0 || window >= kMaxLength ? -1 : static_cast<int>(window);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

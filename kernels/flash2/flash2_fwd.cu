@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
   const int warp = tid / 32;
   const int lane = tid % 32;
 
-  const Sequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, static_cast<int>(blockIdx.z), args.seqlen_q,
+  const CtaSequence seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, static_cast<int>(blockIdx.z), args.seqlen_q,
                                    args.seqlen_k);
   const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   const int m_start = m_block * kBlockM;
@@ -407,8 +407,8 @@ constexpr int kForwardConfigCount = sizeof(kForwardConfigs) / sizeof(kForwardCon
 // FlashAttention's bytes model (core/bytes.hpp flash_bytes) for flash2's blocks: the forward streams K and V once per
 // query block of B_r rows (the run's tile, or the head dim's default), the backward Q, dO, LSE, D and the dQ
 // accumulator once per key block of the backward's B_c keys.
-double bytes_model(const Problem& p, DType dtype, Pass pass, int block_m, int) {
-  int rows = block_m;
+double bytes_model(const Problem& p, DType dtype, Pass pass, const LaunchOptions& options) {
+  int rows = options.block_m;
   for (const ForwardConfig& c : kForwardConfigs) {
     if (rows == 0 && c.head_dim == p.head_dim) rows = c.block_m;  // the default: the head dim's first entry
   }
@@ -534,11 +534,12 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
 
-  require(params.block_m >= 0 && params.block_n >= 0 && (params.block_m > 0) == (params.block_n > 0), "block_m",
+  const LaunchOptions& tile = params.options;
+  require(tile.block_m >= 0 && tile.block_n >= 0 && (tile.block_m > 0) == (tile.block_n > 0), "block_m",
           "and block_n must be given together (br and bc), or both left 0 for the default tile");
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   if (params.fault == Fault::row_sum_in_dtype) {  // test-only: the default tile of kFaultHeadDim only
-    if (p.head_dim != kFaultHeadDim || params.block_m != 0 || params.block_n != 0) {
+    if (p.head_dim != kFaultHeadDim || tile.block_m != 0 || tile.block_n != 0) {
       throw Unsupported("flash2: the test-only fault row_sum_in_dtype is compiled for the default tile at head_dim " +
                         std::to_string(kFaultHeadDim) + " only");
     }
@@ -549,8 +550,8 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
     }
   }
   switch (params.dtype) {
-    case DType::fp16: return forward_dispatch<__half>(args, p, params.block_m, params.block_n, stream);
-    case DType::bf16: return forward_dispatch<__nv_bfloat16>(args, p, params.block_m, params.block_n, stream);
+    case DType::fp16: return forward_dispatch<__half>(args, p, tile.block_m, tile.block_n, stream);
+    case DType::bf16: return forward_dispatch<__nv_bfloat16>(args, p, tile.block_m, tile.block_n, stream);
     default: break;
   }
   throw Unsupported("flash2: no kernel for dtype " + std::string(name(params.dtype)) + " (fp16, bf16)");
@@ -600,7 +601,7 @@ Support supports(const Problem& p, DType dtype, Pass) {
 // partials summed in fp32.
 numerics::DataPath data_path(const Problem& p, DType dtype, const AttentionParams& params) {
   const double u32 = unit_roundoff(DType::fp32), u = unit_roundoff(dtype);
-  int block_n = params.block_n;
+  int block_n = params.options.block_n;
   for (const ForwardConfig& c : kForwardConfigs) {
     if (block_n == 0 && c.head_dim == p.head_dim) block_n = c.block_n;  // the default: the head dim's first entry
   }
@@ -637,9 +638,13 @@ Variant flash2_variant() {
   v.id = "flash2";
   std::string tiles;
   for (const int d : {32, 64, 96, 128, 256}) tiles += (tiles.empty() ? "d = " : "; d = ") + std::to_string(d) + ": " + flash2::forward_tiles_of(d);
-  v.options = {{"deterministic", "1: bitwise repeatable dQ (key blocks add in a fixed order, slower); 0: atomics"},
-               {"br", "forward tile: query rows per CTA, given with bc (" + tiles + ")"},
-               {"bc", "forward tile: keys per K/V tile, given with br"}};
+  v.options = {switch_option("deterministic", "1: bitwise repeatable dQ (key blocks add in a fixed order, slower); 0: atomics",
+                             &LaunchOptions::deterministic),
+               size_option("br", "forward tile: query rows per CTA, given with bc (" + tiles + ")", &LaunchOptions::block_m),
+               size_option("bc", "forward tile: keys per K/V tile, given with br", &LaunchOptions::block_n)};
+  v.check_options = [](const LaunchOptions& o) {
+    return (o.block_m > 0) == (o.block_n > 0) ? std::string() : std::string("br and bc go together (e.g. flash2[br=128,bc=64])");
+  };
   v.description =
       "FlashAttention-2 on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffering): tiled, online "
       "softmax, O(N) memory; backward parallel over K/V blocks with an fp32 dQ accumulator";

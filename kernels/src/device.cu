@@ -153,4 +153,16 @@ void require_compute_capability(int major, int minor) {
   }
 }
 
+void require_architecture(const std::string& variant, int major, int minor, const std::string& target) {
+  int device = 0;
+  FL_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  FL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  if (prop.major != major || prop.minor != minor) {
+    throw Unsupported(variant + " runs on " + target + " GPUs (compute capability " + std::to_string(major) + "." +
+                      std::to_string(minor) + "); this GPU is " + std::string(prop.name) + " (" +
+                      std::to_string(prop.major) + "." + std::to_string(prop.minor) + ")");
+  }
+}
+
 }  // namespace flashlab::kernels

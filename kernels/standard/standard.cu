@@ -41,6 +41,7 @@
 
 #include "flashlab/core/errors.hpp"
 #include "src/check.hpp"
+#include "src/device_common.cuh"
 #include "src/launch_checks.hpp"
 #include "src/workspace_parts.hpp"
 #include "standard/standard.hpp"
@@ -61,8 +62,6 @@ constexpr std::int64_t kCublasWorkspaceBytes = std::int64_t{32} << 20;
 constexpr std::int64_t kVectorBytes = 16;     // one vector load/store
 constexpr int kForwardTensors = 4;            // Q K V O
 constexpr int kBackwardTensors = 7;           // Q K V dO dQ dK dV
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Grids of the row kernels are capped (the kernels loop over rows); more blocks than this gain nothing.
 constexpr std::int64_t kMaxGrid = std::int64_t{1} << 30;
 
@@ -120,14 +119,6 @@ __device__ inline void store_vector(T* address, const float (&in)[kVecElems<T>])
 #pragma unroll
   for (int k = 0; k < kVecElems<T>; ++k) e[k] = Elem<T>::store(in[k]);
   *reinterpret_cast<uint4*>(address) = *reinterpret_cast<const uint4*>(e);
-}
-
-// 2^x on the special-function unit alone (MUFU.EX2): 2 ulp like exp2f, but results below 2^-126 flush to 0,
-// which saves exp2f's subnormal handling (an absolute error < 1.2e-38 on a probability).
-__device__ inline float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // exp(x - shift), shift_log2 = shift * log2(e). For fp16/bf16 storage the exp2 with log2(e) folded into one FMA
@@ -214,11 +205,12 @@ struct Rows {
   std::int64_t lse_stride;
 };
 
-// Keys [lo, hi] that query i keeps (Problem::key_range, the same integer arithmetic).
+// Keys [lo, hi] that query i keeps: core's mask rule (core/mask.hpp), as Problem::key_range computes it.
 __device__ inline void key_range(const Rows& rows, std::int64_t i, std::int64_t& lo, std::int64_t& hi) {
-  const std::int64_t diagonal = i + rows.seqlen_k - rows.seqlen_q;
-  lo = rows.window_left < 0 ? 0 : max(std::int64_t{0}, diagonal - rows.window_left);
-  hi = rows.window_right < 0 ? rows.seqlen_k - 1 : min(rows.seqlen_k - 1, diagonal + rows.window_right);
+  const KeptKeys<std::int64_t> kept =
+      kept_keys<std::int64_t>(rows.window_left, rows.window_right, i, rows.seqlen_q, rows.seqlen_k);
+  lo = kept.lo;
+  hi = kept.hi;
 }
 
 __device__ inline float* lse_of(const Rows& rows, std::int64_t row) {

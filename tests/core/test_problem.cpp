@@ -8,6 +8,7 @@
 
 #include "catch.hpp"
 #include "flashlab/core/errors.hpp"
+#include "flashlab/core/mask.hpp"
 #include "flashlab/core/problem.hpp"
 
 namespace flashlab {
@@ -478,3 +479,31 @@ TEST_CASE("describe() mentions the problem's features", "[problem]") {
 }
 
 }  // namespace flashlab
+
+TEST_CASE("kept_keys is the mask rule, key by key; the tile-index form clamps empty ranges", "[problem][mask]") {
+  // the rule itself, key by key: i + N_k - N_q - left <= j <= i + N_k - N_q + right, unbounded when negative
+  auto kept = [](std::int64_t left, std::int64_t right, std::int64_t i, std::int64_t nq, std::int64_t j, std::int64_t nk) {
+    const std::int64_t diagonal = i + nk - nq;
+    return (left < 0 || j >= diagonal - left) && (right < 0 || j <= diagonal + right);
+  };
+  for (const std::int64_t nq : {1, 3, 9}) {
+    for (const std::int64_t nk : {1, 4, 9}) {
+      for (const std::int64_t left : {-1, 0, 2, 20}) {
+        for (const std::int64_t right : {-1, 0, 1, 20}) {
+          for (std::int64_t i = 0; i < nq; ++i) {
+            INFO("N_q " << nq << " N_k " << nk << " window " << left << "," << right << " row " << i);
+            const flashlab::KeptKeys<std::int64_t> r = flashlab::kept_keys<std::int64_t>(left, right, i, nq, nk);
+            const flashlab::KeptKeys<std::int64_t> t = flashlab::kept_keys<std::int64_t, true>(left, right, i, nq, nk);
+            for (std::int64_t j = 0; j < nk; ++j) {
+              CHECK((r.lo <= j && j <= r.hi) == kept(left, right, i, nq, j, nk));
+              CHECK((t.lo <= j && j <= t.hi) == kept(left, right, i, nq, j, nk));
+            }
+            CHECK(r.lo >= 0);
+            CHECK(r.hi <= nk - 1);
+            CHECK((t.lo >= 0 && t.lo <= nk && t.hi >= -1 && t.hi <= nk - 1));
+          }
+        }
+      }
+    }
+  }
+}

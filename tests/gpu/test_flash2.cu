@@ -88,8 +88,8 @@ void check_case(const Case& c, DType dtype, int block_m = 0, int block_n = 0,
 
   t.poison(stream.get());
   CountingAllocator allocator;
-  params.block_m = block_m;
-  params.block_n = block_n;
+  params.options.block_m = block_m;
+  params.options.block_n = block_n;
   flash.forward(params, {allocator, stream.get()});
   stream.sync();
   CHECK(allocator.calls() == 0);  // the forward allocates nothing (workspace model 0)
@@ -128,6 +128,14 @@ void check_case(const Case& c, DType dtype, int block_m = 0, int block_n = 0,
   }
   CHECK(lse_inf == masked);
   CHECK(nonzero == 0);
+}
+
+// Run options with a forward tile (0, 0: the default).
+kernels::LaunchOptions tile(int block_m, int block_n) {
+  kernels::LaunchOptions o;
+  o.block_m = block_m;
+  o.block_n = block_n;
+  return o;
 }
 
 }  // namespace
@@ -169,12 +177,12 @@ TEST_CASE("flash2 is registered with its support rules", "[gpu][flash2]") {
   // backward's 128 keys per CTA
   REQUIRE(v.bytes_model);
   const Problem big = dense(2, 4, 4, 4096, 4096, 64);
-  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, 0, 0) == flash_bytes(big, DType::bf16, Pass::fwd, 128));
-  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, 64, 64) == flash_bytes(big, DType::bf16, Pass::fwd, 64));
-  CHECK(v.bytes_model(big, DType::bf16, Pass::bwd, 64, 64) == flash_bytes(big, DType::bf16, Pass::bwd, 128));
-  CHECK(v.bytes_model(big, DType::bf16, Pass::fwdbwd, 0, 0) ==
-        v.bytes_model(big, DType::bf16, Pass::fwd, 0, 0) + v.bytes_model(big, DType::bf16, Pass::bwd, 0, 0));
-  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, 32, 64) > v.bytes_model(big, DType::bf16, Pass::fwd, 128, 64));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, tile(0, 0)) == flash_bytes(big, DType::bf16, Pass::fwd, 128));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, tile(64, 64)) == flash_bytes(big, DType::bf16, Pass::fwd, 64));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::bwd, tile(64, 64)) == flash_bytes(big, DType::bf16, Pass::bwd, 128));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwdbwd, tile(0, 0)) ==
+        v.bytes_model(big, DType::bf16, Pass::fwd, tile(0, 0)) + v.bytes_model(big, DType::bf16, Pass::bwd, tile(0, 0)));
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, tile(32, 64)) > v.bytes_model(big, DType::bf16, Pass::fwd, tile(128, 64)));
   CHECK(v.workspace_model(p, DType::fp16, Pass::fwd) == 0);
   CHECK(v.workspace_model(p, DType::fp16, Pass::fwdbwd) == v.workspace_model(p, DType::fp16, Pass::bwd));
 }
@@ -239,8 +247,8 @@ TEST_CASE("every flash2 forward tile matches the fp64 reference under the baseli
         Stream stream;
         DeviceTensors t(one, DType::bf16, kSeed, stream.get());
         AttentionParams probe = t.params();
-        probe.block_m = br;
-        probe.block_n = bc;
+        probe.options.block_m = br;
+        probe.options.block_n = bc;
         CountingAllocator allocator;
         try {
           flash.forward(probe, {allocator, stream.get()});

@@ -221,7 +221,7 @@ TEST_CASE("flash2 deterministic backward is bitwise repeatable", "[gpu][flash2]"
       Stream stream;
       DeviceTensors t(c.problem, dtype, kSeed + 1, stream.get());
       AttentionParams params = t.params();
-      params.deterministic = true;
+      params.options.deterministic = true;
       CountingAllocator allocator;
       const LaunchContext ctx{allocator, stream.get()};
       flash.forward(params, ctx);
@@ -263,7 +263,7 @@ TEST_CASE("flash2 forward and backward on awkward shapes, for compute-sanitizer"
         Stream stream;
         DeviceTensors t(p, dtype, kSeed + 2, stream.get());
         AttentionParams params = t.params();
-        params.deterministic = deterministic;
+        params.options.deterministic = deterministic;
         CountingAllocator allocator;
         const LaunchContext ctx{allocator, stream.get()};
         flash.forward(params, ctx);

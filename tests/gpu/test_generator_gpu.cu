@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "flashlab/core/errors.hpp"
 #include "flashlab/core/generator.hpp"
 #include "flashlab/core/storage.hpp"
 #include "flashlab/core/tensor.hpp"
@@ -145,4 +146,19 @@ TEST_CASE("GPU and host round to fp16, bf16, fp32 and fp8 alike", "[gpu][generat
   }
   CHECK_CUDA(cudaFree(in));
   CHECK_CUDA(cudaFree(out));
+}
+
+TEST_CASE("an architecture-specific variant refuses another GPU, naming both", "[gpu][device]") {
+  using namespace flashlab;
+  const kernels::DeviceInfo info = kernels::device_info(0);
+  const int major = info.compute_capability_major, minor = info.compute_capability_minor;
+  CHECK_NOTHROW(kernels::require_architecture("probe", major, minor, "this GPU's target"));
+  try {
+    kernels::require_architecture("probe", major + 1, 0, "sm_" + std::to_string(10 * (major + 1)) + "a");
+    FAIL("a GPU of another compute capability was accepted");
+  } catch (const Unsupported& e) {
+    const std::string what = e.what();
+    CHECK(what.find("probe runs on sm_" + std::to_string(10 * (major + 1)) + "a GPUs") != std::string::npos);
+    CHECK(what.find(info.name + " (" + std::to_string(major) + "." + std::to_string(minor) + ")") != std::string::npos);
+  }
 }

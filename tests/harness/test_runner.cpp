@@ -438,7 +438,7 @@ TEST_CASE("save-tensors writes the row tensors as .npy", "[harness][run]") {
 TEST_CASE("variant options are parsed, checked and applied", "[harness][registry]") {
   const VariantChoice plain = resolve_variant("cpu-standard");
   REQUIRE(plain.variant != nullptr);
-  CHECK(plain.options.empty());
+  CHECK(plain.given.empty());
   const VariantChoice unknown = resolve_variant("cpu-standard[deterministic=1]");
   CHECK(unknown.variant == nullptr);
   CHECK(unknown.error.find("unknown option 'deterministic'") != std::string::npos);
@@ -449,25 +449,27 @@ TEST_CASE("variant options are parsed, checked and applied", "[harness][registry
   const VariantChoice unclosed = resolve_variant("cpu-standard[x=1");
   CHECK(unclosed.variant == nullptr);
   kernels::AttentionParams params;
-  params.deterministic = true;
+  params.options.deterministic = true;
   apply_options(plain, params);
-  CHECK_FALSE(params.deterministic);
+  CHECK_FALSE(params.options.deterministic);
   if (const kernels::Variant* flash2 = find_variant("flash2")) {  // CUDA builds
     const VariantChoice on = resolve_variant("flash2[deterministic=1]");
     REQUIRE(on.variant == flash2);
     apply_options(on, params);
-    CHECK(params.deterministic);
+    CHECK(params.options.deterministic);
+    CHECK(resolve_variant("flash2[deterministic]").options.deterministic);  // a flag alone means 1
     CHECK(resolve_variant("flash2[deterministic=2]").error.find("must be 0 or 1") != std::string::npos);
+    CHECK(resolve_variant("flash2[deterministic=1,deterministic=0]").error.find("given twice") != std::string::npos);
 
     const VariantChoice tile = resolve_variant("flash2[br=128,bc=64]");
     REQUIRE(tile.variant == flash2);
     apply_options(tile, params);
-    CHECK(params.block_m == 128);
-    CHECK(params.block_n == 64);
-    CHECK_FALSE(params.deterministic);
+    CHECK(params.options.block_m == 128);
+    CHECK(params.options.block_n == 64);
+    CHECK_FALSE(params.options.deterministic);
     apply_options(on, params);
-    CHECK(params.block_m == 0);
-    CHECK(params.block_n == 0);
+    CHECK(params.options.block_m == 0);
+    CHECK(params.options.block_n == 0);
     CHECK(resolve_variant("flash2[br=128]").error.find("br and bc go together") != std::string::npos);
     CHECK(resolve_variant("flash2[br=0,bc=64]").error.find("positive integer") != std::string::npos);
     CHECK(resolve_variant("flash2[br=12x,bc=64]").error.find("positive integer") != std::string::npos);

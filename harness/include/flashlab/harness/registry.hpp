@@ -12,10 +12,7 @@
 namespace flashlab::harness {
 
 [[nodiscard]] const std::vector<kernels::Variant>& variants();
-// Every variant id the project defines, whatever the build compiled (a CPU build has no GPU variants): a suite that
-// names another id is malformed, one this build lacks gets `unsupported` rows. A test keeps it equal to the registry
-// of a CUDA build.
-inline constexpr std::string_view kVariantIds[] = {"cpu-reference", "cpu-standard", "standard", "flash2"};
+using kernels::kVariantIds;  // every id the project defines (kernels/attention.hpp)
 // The ids of `names` (suite variant names, options allowed) that no build defines.
 [[nodiscard]] std::vector<std::string> unknown_variant_ids(const std::vector<std::string>& names);
 // "cpu-reference, cpu-standard, standard, flash2"
@@ -23,14 +20,15 @@ inline constexpr std::string_view kVariantIds[] = {"cpu-reference", "cpu-standar
 // A variant as a suite names it: `id` or `id[name=value,...]`.
 struct VariantChoice {
   const kernels::Variant* variant = nullptr;  // null when `error` says why
-  std::map<std::string, std::string> options;
+  std::map<std::string, std::string> given;   // the options as written (a flag alone: "1")
+  kernels::LaunchOptions options;             // as the variant's entry parsed them
   std::string error;
 };
-// Resolves a name against the registry and the variant's declared options.
+// Resolves a name against the registry; the variant's own entry parses and checks the options (Variant::options).
 [[nodiscard]] VariantChoice resolve_variant(std::string_view name);
 // nullptr when this build has no variant of that name (options are checked as resolve_variant does).
 [[nodiscard]] const kernels::Variant* find_variant(std::string_view name);
-// Applies the run options of a resolved name to launch params (deterministic, br and bc).
+// Applies the run options of a resolved name to launch params (the variant's defaults where none was given).
 void apply_options(const VariantChoice& choice, kernels::AttentionParams& params);
 
 // The CPU variants:

@@ -37,6 +37,15 @@ enum class Fault : std::uint8_t { none, row_sum_in_dtype };
 // Parses a fault's name ("" is none); throws std::invalid_argument naming the known ones.
 [[nodiscard]] Fault parse_fault(std::string_view text);
 
+// The run options of a launch: what a suite may choose per variant as `id[name=value,...]`, parsed by the variant's
+// own registry entry (Variant::options). Default-constructed: every variant's defaults.
+struct LaunchOptions {
+  bool deterministic = false;  // bitwise repeatable backward where a variant offers it
+  // Forward tile (query rows x keys per tile) where a variant offers a choice; 0 and 0: the variant's default.
+  int block_m = 0;
+  int block_n = 0;
+};
+
 // Everything a forward or backward launch needs. Tensors are in `dtype` (fp32, fp16 or bf16 storage)
 // except LSE (float32, [B, H, N_q] or varlen [1, H, total_q], contiguous) and pointers live where the
 // variant runs (device memory for GPU variants, host memory for CPU variants). Filled once by the harness.
@@ -63,10 +72,7 @@ struct AttentionParams {
   const std::int32_t* cu_seqlens_q = nullptr;
   const std::int32_t* cu_seqlens_k = nullptr;
 
-  bool deterministic = false;  // bitwise repeatable backward where a variant offers it
-  // Forward tile (query rows x keys per tile) where a variant offers a choice; 0 and 0: the variant's default.
-  int block_m = 0;
-  int block_n = 0;
+  LaunchOptions options;
   // Test-only (above). cpu-standard and flash2's forward (head_dim 64, where it is compiled; Unsupported elsewhere)
   // inject it; the other variants run unchanged, so baselines stay clean.
   Fault fault = Fault::none;
@@ -103,6 +109,24 @@ struct KernelInfo {
   std::int64_t dynamic_shared_bytes = 0;  // per block, as launched
 };
 
+// A run option of a variant, given in a suite as `id[name=value,...]` (`id[name]` means name=1). The variant's entry
+// parses and validates it; the harness knows no option by name.
+struct VariantOption {
+  std::string name;
+  std::string meaning;  // one line, for `flashlab list`
+  // Sets `options` from the text of the value; returns why the value is not valid (one line naming what is), or "".
+  std::function<std::string(std::string_view value, LaunchOptions& options)> apply;
+};
+// A 0/1 switch of a bool field of LaunchOptions.
+[[nodiscard]] VariantOption switch_option(std::string name, std::string meaning, bool LaunchOptions::*field);
+// A positive integer below 10000 (a tile size) into an int field of LaunchOptions.
+[[nodiscard]] VariantOption size_option(std::string name, std::string meaning, int LaunchOptions::*field);
+
+// Every variant id the project defines, whatever the build compiled (a CPU build has no GPU variants): a suite that
+// names another id is malformed, one this build lacks gets `unsupported` rows. A test keeps it equal to the registry
+// of a CUDA build.
+inline constexpr std::string_view kVariantIds[] = {"cpu-reference", "cpu-standard", "standard", "flash2"};
+
 // One registry entry (STYLE.md 1). `flashlab list`, the README table and the harness all read these.
 struct Variant {
   std::string id;           // e.g. "standard"
@@ -113,19 +137,18 @@ struct Variant {
   std::function<Support(const Problem&, DType, Pass)> supports;
   // Predicted workspace bytes of one launch of `pass` (fwd: forward; bwd: backward; fwdbwd: the larger).
   std::function<std::int64_t(const Problem&, DType, Pass)> workspace_model;
-  // HBM bytes the variant's algorithm moves (core/bytes.hpp) for its tile (block_m, block_n as in
-  // AttentionParams; 0: the default), the results' bytes_model_variant. Empty: materializing variants use
-  // standard_bytes, others have no model.
-  std::function<double(const Problem&, DType, Pass, int block_m, int block_n)> bytes_model;
+  // HBM bytes the variant's algorithm moves (core/bytes.hpp) under the run options (its tile), the results'
+  // bytes_model_variant. Empty: materializing variants use standard_bytes, others have no model.
+  std::function<double(const Problem&, DType, Pass, const LaunchOptions&)> bytes_model;
   std::function<void(const AttentionParams&, const LaunchContext&)> forward;
   std::function<void(const AttentionParams&, const LaunchContext&)> backward;
   // The variant's own compiled kernels on the current CUDA device (throws without one); empty function: none
   // reported. `flashlab list --kernels` prints them; the GPU tests require local_bytes = 0 (no spills).
   std::function<std::vector<KernelInfo>()> kernels;
-  // Run options a suite may give as `id[name=value,...]`, each with its one-line meaning.
-  // "deterministic" (0 or 1) sets AttentionParams::deterministic; "br" and "bc" (positive integers) set
-  // AttentionParams::block_m and block_n.
-  std::vector<std::pair<std::string, std::string>> options;
+  // Run options a suite may give as `id[name=value,...]`, parsed here (none: the variant takes no option), and their
+  // check taken together once each is applied, e.g. "br and bc go together": why they do not fit, or "".
+  std::vector<VariantOption> options;
+  std::function<std::string(const LaunchOptions&)> check_options;
   // Where the variant's arithmetic rounds for (problem, dtype) under launch params (its tile options): the a-priori
   // error bound of every verified row follows it (reference/NUMERICS.md). Stated beside the kernels it describes.
   std::function<numerics::DataPath(const Problem&, DType, const AttentionParams&)> data_path;

@@ -77,4 +77,10 @@ struct DeviceInfo {
 // "GPU NVIDIA T4 has compute capability 7.5; flashlab's CUDA variants need >= 8.0".
 void require_compute_capability(int major, int minor);
 
+// Throws flashlab::Unsupported unless the current device has exactly compute capability major.minor: the kernels of
+// an architecture-specific target (sm_90a: wgmma, TMA, setmaxnreg) run there only. The message names the variant,
+// the target, and the GPU found, e.g. "flash3 runs on sm_90a GPUs (compute capability 9.0, e.g. H100, H200); this
+// GPU is NVIDIA A100-SXM4-80GB (8.0)".
+void require_architecture(const std::string& variant, int major, int minor, const std::string& target);
+
 }  // namespace flashlab::kernels

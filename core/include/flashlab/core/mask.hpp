@@ -1,0 +1,50 @@
+// The mask rule, written once for the host and the device: the keys a query row keeps. Problem::key_range (the
+// reference, the harness, the CPU variants) and every GPU kernel (standard, flash2) call it.
+//
+// A mask keeps key j for query i (both counted from the start of their sequence) when
+//     i + (N_k - N_q) - left <= j <= i + (N_k - N_q) + right,
+// with left/right = -1 (any negative value) meaning unbounded; causal is right = 0, aligned bottom-right.
+#pragma once
+
+#include "flashlab/core/host_device.hpp"
+
+namespace flashlab {
+
+// Keys [lo, hi] of one query row; empty when lo > hi. lo >= 0 and hi <= N_k - 1; with kTileIndices (kernels that
+// index key tiles by them) also lo <= N_k and hi >= -1, else an empty range may lie further out.
+template <class Int>
+struct KeptKeys {
+  Int lo;
+  Int hi;
+};
+
+// `Int` is std::int64_t on the host; the kernels use int where N_q, N_k < 2^30 and the windows fit (the diagonal
+// i + N_k - N_q then lies in (-2^30, 2^30) and diagonal -/+ window cannot overflow).
+template <class Int, bool kTileIndices = false>
+FL_HOST_DEVICE constexpr KeptKeys<Int> kept_keys(Int window_left, Int window_right, Int i, Int seqlen_q, Int seqlen_k) {
+  const Int diagonal = i + seqlen_k - seqlen_q;
+#if defined(__CUDA_ARCH__)
+  // The integer min/max instructions, in the forms measured to keep every kernel free of spills: at 255 registers
+  // (flash2) the allocation depends on the instruction mix.
+  if constexpr (kTileIndices) {
+    const Int lo = window_left < 0 ? Int(0) : diagonal - window_left;
+    const Int hi = window_right < 0 ? seqlen_k - 1 : diagonal + window_right;
+    return {min(max(lo, Int(0)), seqlen_k), min(max(hi, Int(-1)), seqlen_k - 1)};
+  } else {
+    return {window_left < 0 ? Int(0) : max(Int(0), diagonal - window_left),
+            window_right < 0 ? seqlen_k - 1 : min(seqlen_k - 1, diagonal + window_right)};
+  }
+#else
+  Int lo = window_left < 0 ? Int(0) : diagonal - window_left;
+  Int hi = window_right < 0 ? seqlen_k - 1 : diagonal + window_right;
+  lo = lo < 0 ? Int(0) : lo;
+  hi = hi > seqlen_k - 1 ? seqlen_k - 1 : hi;
+  if (kTileIndices) {
+    lo = lo > seqlen_k ? seqlen_k : lo;
+    hi = hi < -1 ? Int(-1) : hi;
+  }
+  return {lo, hi};
+#endif
+}
+
+}  // namespace flashlab
