@@ -480,7 +480,7 @@ TEST_CASE("describe() mentions the problem's features", "[problem]") {
 
 }  // namespace flashlab
 
-TEST_CASE("kept_keys is the mask rule, key by key; the tile-index form clamps empty ranges", "[problem][mask]") {
+TEST_CASE("kept_keys is the mask rule key by key, and its tile-index form clamps empty ranges", "[problem][mask]") {
   // the rule itself, key by key: i + N_k - N_q - left <= j <= i + N_k - N_q + right, unbounded when negative
   auto kept = [](std::int64_t left, std::int64_t right, std::int64_t i, std::int64_t nq, std::int64_t j, std::int64_t nk) {
     const std::int64_t diagonal = i + nk - nq;
