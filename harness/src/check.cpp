@@ -16,9 +16,7 @@
 #include "flashlab/harness/verify.hpp"
 
 namespace flashlab::harness {
-namespace {
 
-// The columns that name a row's problem (copied into the baseline for reading it without the run).
 const std::vector<std::string>& identity_columns() {
   static const std::vector<std::string> columns = {
       "variant",  "pass",     "dtype",      "distribution", "batch",       "heads",        "heads_kv",      "seqlen_q",
@@ -39,6 +37,8 @@ std::optional<double> parse_number(const std::string& text) {
   if (text.empty() || ec != std::errc() || stop != end) return std::nullopt;
   return value;
 }
+
+namespace {
 
 std::string number(double x) {
   return fmt::format("{}", x);

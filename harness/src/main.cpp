@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "flashlab/harness/check.hpp"
+#include "flashlab/harness/compare.hpp"
 #include "flashlab/core/parallel.hpp"
 #include "flashlab/harness/run_info.hpp"
 #include "flashlab/harness/runner.hpp"
@@ -40,7 +41,8 @@ int main(int argc, char** argv) {
                "and error against the fp64 reference; write results.csv and run.json.\n"
                "Exit codes: 0 all rows ran (ok, oom or unsupported); 1 some rows are errors or failed verification; "
                "2 bad usage or malformed suite (nothing ran); 3 results could not be written.\n"
-               "check: 0 no regression, 1 a regression, 2 bad usage or malformed input."};
+               "check: 0 no regression, 1 a regression, 2 bad usage or malformed input. compare: 0, 1 with "
+               "--fail-on slower when a row is slower past the threshold, 2 bad usage or unreadable runs."};
   app.require_subcommand(1);
   app.set_version_flag("--version", [] { return std::string("flashlab ") + FLASHLAB_VERSION + " (commit " + git_commit() + ")"; });
   CLI::App* list = app.add_subcommand(
@@ -84,6 +86,24 @@ int main(int argc, char** argv) {
                    "accept a seed given twice: a (row, tensor) whose runs of that seed have equal hashes is marked "
                    "bitwise (its hash is then enforced)");
 
+  CompareOptions compare_options;
+  CLI::App* compare = app.add_subcommand(
+      "compare", "compare two runs row by row on their keys: time ratio B / A with a noise-aware verdict (faster, "
+                 "slower, same, unclear; from each row's p20-p80 range), error ratio per tensor, a summary");
+  std::string fail_on;
+  compare->add_option("a", compare_options.a, "run directory A (the reference: a committed run, the code before)")
+      ->required();
+  compare->add_option("b", compare_options.b, "run directory B (the one judged)")->required();
+  compare->add_option("--markdown", compare_options.markdown, "also write the summary and the table to this file");
+  compare->add_option("--csv", compare_options.csv, "also write the table as CSV (reports draw it: python3 -m "
+                                                    "reports.compare CSV)");
+  compare->add_option("--fail-on", fail_on, "slower: exit 1 when a row is slower past --threshold")
+      ->check(CLI::IsMember({"slower"}));
+  compare->add_option("--threshold", compare_options.threshold, "time ratio B / A past which a slower row fails")
+      ->capture_default_str();
+  compare->add_option("--same", compare_options.same, "relative difference of the medians within which a row is the same")
+      ->capture_default_str();
+
   // A first word that is no subcommand is named as such (CLI11 would say "A subcommand is required").
   if (argc > 1 && argv[1][0] != '-') {
     std::string names;
@@ -117,6 +137,10 @@ int main(int argc, char** argv) {
   }
   try {
     if (app.got_subcommand("list")) return list_variants(list_kernels);
+    if (app.got_subcommand("compare")) {
+      compare_options.fail_on_slower = fail_on == "slower";
+      return compare_command(compare_options);
+    }
     if (app.got_subcommand("check")) {
       if (record->parsed()) {
         return record_baseline(std::vector<std::filesystem::path>(record_dirs.begin(), record_dirs.end()), record_out,

@@ -17,6 +17,7 @@
 
 #include "catch.hpp"
 #include "flashlab/harness/check.hpp"
+#include "flashlab/harness/compare.hpp"
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/runner.hpp"
 
@@ -83,6 +84,7 @@ struct Made {
   double max_abs = 1e-3, rmse = 1e-4, bound = 1e-2, floor = 1e-4;
   std::string hash = "00000000000000aa";
   bool verified = true;
+  double time = 1.0, p20 = 0.99, p80 = 1.01;  // ms
 };
 
 ResultRow made_row(const std::string& suite, const std::string& seed, std::int64_t index, const Made& m) {
@@ -117,6 +119,11 @@ ResultRow made_row(const std::string& suite, const std::string& seed, std::int64
     r["err_o_floor"] = fmt_number(m.floor);
   }
   r["hash_o"] = m.hash;
+  if (m.status == "ok") {
+    r["time_median_ms"] = fmt_number(m.time);
+    r["time_p20_ms"] = fmt_number(m.p20);
+    r["time_p80_ms"] = fmt_number(m.p80);
+  }
   return r;
 }
 
@@ -165,7 +172,7 @@ TEST_CASE("command-line errors are one line with the program's name, and --versi
   const Outcome bogus = run_flashlab("bogus");
   CHECK(bogus.code == 2);
   CHECK(lines_of(bogus.output) ==
-        std::vector<std::string>{"flashlab: unknown subcommand 'bogus' (subcommands: list, run, check; flashlab --help)"});
+        std::vector<std::string>{"flashlab: unknown subcommand 'bogus' (subcommands: list, run, check, compare; flashlab --help)"});
   for (const char* args : {"run", "run --no-such-flag x.toml", "check record --out", "list extra"}) {
     INFO(args);
     const Outcome o = run_flashlab(args);
@@ -706,4 +713,98 @@ TEST_CASE("an injected fault in a data path is caught by the bound and by the ch
   CHECK(refused.code == kExitUsage);
   CHECK(contains(refused.output, "FLASHLAB_FAULT = 'no_such_fault' is not a known fault"));
   fs::remove_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// flashlab compare
+
+namespace {
+
+// Rows by seqlen: A and B of one suite, each verdict once, an error row, a row in each run only.
+struct ComparePair {
+  fs::path a, b;
+};
+ComparePair compare_pair(const fs::path& root) {
+  auto made = [](std::int64_t n, double time, double p20, double p80, double max_abs = 1e-3) {
+    Made m;
+    m.seqlen = n;
+    m.time = time;
+    m.p20 = p20;
+    m.p80 = p80;
+    m.max_abs = max_abs;
+    return m;
+  };
+  Made failed = made(5, 1, 1, 1);
+  failed.status = "error";
+  const std::vector<Made> a = {made(1, 1.0, 0.99, 1.01), made(2, 1.0, 0.99, 1.01), made(3, 1.0, 0.90, 1.10),
+                               made(4, 1.0, 0.99, 1.01), made(5, 1.0, 0.99, 1.01), made(6, 1.0, 0.99, 1.01)};
+  const std::vector<Made> b = {made(1, 0.80, 0.79, 0.81, 2e-3),  // faster, error doubled
+                               made(2, 1.20, 1.19, 1.21),        // slower
+                               made(3, 1.05, 0.95, 1.15),        // unclear: ranges overlap, medians 5% apart
+                               made(4, 1.01, 0.95, 1.30),        // same: medians within 2%
+                               failed, made(7, 1, 1, 1)};
+  return {write_run(root, "a", "cmp", "1", a), write_run(root, "b", "cmp", "2", b)};
+}
+
+}  // namespace
+
+TEST_CASE("compare_runs: the verdict of each row from its recorded quantiles, error ratios, keys in one run", "[harness][compare]") {
+  const fs::path root = fresh_directory("compare-unit");
+  const ComparePair pair = compare_pair(root);
+  const Comparison c = compare_runs(load_run(pair.a), load_run(pair.b));
+  REQUIRE(c.rows.size() == 5);
+  std::map<std::string, const RowComparison*> by;
+  for (const RowComparison& r : c.rows) by[field(r.identity, "seqlen_q")] = &r;
+  REQUIRE(by.count("1"));
+  CHECK(by["1"]->verdict == Verdict::faster);
+  CHECK(*by["1"]->ratio == Approx(0.8));
+  CHECK(by["1"]->error_ratio.at("o") == Approx(2.0));
+  CHECK(by["2"]->verdict == Verdict::slower);
+  CHECK(by["3"]->verdict == Verdict::unclear);
+  CHECK(by["4"]->verdict == Verdict::same);
+  CHECK_FALSE(by["5"]->verdict.has_value());  // not ok in B: no time compared
+  CHECK(by["5"]->status_b == "error");
+  CHECK(c.only_a.size() == 1);
+  CHECK(c.only_b.size() == 1);
+  CHECK(c.counts.at(Verdict::faster) == 1);
+  REQUIRE(c.geomean_ratio);
+  CHECK(*c.geomean_ratio == Approx(std::pow(0.80 * 1.20 * 1.05 * 1.01, 0.25)));
+  // a wider tolerance makes the 5% row the same
+  const Comparison wide = compare_runs(load_run(pair.a), load_run(pair.b), 0.06);
+  for (const RowComparison& r : wide.rows) {
+    if (field(r.identity, "seqlen_q") == "3") CHECK(r.verdict == Verdict::same);
+  }
+  fs::remove_all(root);
+}
+
+TEST_CASE("flashlab compare: summary and table, files, --fail-on slower, refusals", "[harness][compare]") {
+  const fs::path root = fresh_directory("compare-cli");
+  const ComparePair pair = compare_pair(root);
+  const std::string both = pair.a.string() + " " + pair.b.string();
+
+  const Outcome plain = run_flashlab("compare " + both);
+  CHECK(plain.code == 0);
+  CHECK(contains(plain.output, "5 rows in both, 4 timed in both: 1 faster, 1 slower, 1 same"));
+  CHECK(contains(plain.output, "1 unclear"));
+  CHECK(contains(plain.output, "rows in A only: 1; in B only: 1"));
+  CHECK(contains(plain.output, "| cpu-standard fwd bf16 B=1 H=2 N=2 d=32 | 1 | 1.2 | 1.200 | slower |"));
+  CHECK(contains(plain.output, "status ok / error"));
+
+  const Outcome failing = run_flashlab("compare " + both + " --fail-on slower --markdown " +
+                                       (root / "c.md").string() + " --csv " + (root / "c.csv").string());
+  CHECK(failing.code == 1);
+  CHECK(contains(failing.output, "FAIL: 1 rows slower than 1.05x"));
+  CHECK(contains(read_text(root / "c.md"), "| row | A ms | B ms | B / A | verdict |"));
+  const std::vector<std::string> csv = lines_of(read_text(root / "c.csv"));
+  REQUIRE(csv.size() == 6);  // header + 5 rows
+  CHECK(contains(csv[0], "time_ratio,verdict,err_o_ratio"));
+  CHECK(run_flashlab("compare " + both + " --fail-on slower --threshold 1.25").code == 0);  // 1.2x is within
+
+  CHECK(run_flashlab("compare " + both + " --fail-on faster").code == 2);
+  CHECK(run_flashlab("compare " + pair.a.string() + " " + (root / "none").string()).code == 2);
+  const fs::path other = write_run(root, "other", "cmp", "1", {Made{.seqlen = 99}});
+  const Outcome disjoint = run_flashlab("compare " + pair.a.string() + " " + other.string());
+  CHECK(disjoint.code == 2);
+  CHECK(contains(disjoint.output, "no row key in common"));
+  fs::remove_all(root);
 }

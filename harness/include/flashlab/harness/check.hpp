@@ -52,6 +52,13 @@ struct Band {
 // in every seed.
 [[nodiscard]] Band error_band(const std::vector<double>& values, double floor, double least_factor = 1.0);
 
+// The columns that name a row's problem (copied into a baseline, shown by compare).
+[[nodiscard]] const std::vector<std::string>& identity_columns();
+// A row's value in `column`, empty when the row has no such column.
+[[nodiscard]] const std::string& field(const ResultRow& row, const std::string& column);
+// The number a whole field holds; none for an empty field or one that is not a number.
+[[nodiscard]] std::optional<double> parse_number(const std::string& text);
+
 // One run directory: its results.csv and what run.json says of the machine.
 struct RunTable {
   std::filesystem::path dir;
