@@ -233,6 +233,7 @@ std::string device_block_json() {
                       {"compute_capability", fmt::format("{}.{}", d.compute_capability_major, d.compute_capability_minor)},
                       {"driver_version", kernels::cuda_version_string(d.driver_version)},
                       {"runtime_version", kernels::cuda_version_string(d.runtime_version)},
+                      {"cublas_version", kernels::cublas_version()},
                       {"peak_clock_khz", {{"sm", d.clock_khz_sm}, {"memory", d.clock_khz_memory}}},
                       {"clocks", current_clocks()}};
   return j.dump();

@@ -1,5 +1,6 @@
 #include "flashlab/harness/run_info.hpp"
 
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <array>
@@ -32,6 +33,56 @@ std::string command_output(const std::string& command) {
   }
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
   return out;
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      std::string model = line.substr(line.find(':') + 1);
+      while (!model.empty() && model.front() == ' ') model.erase(model.begin());
+      return model;
+    }
+  }
+  return "unknown";
+}
+
+// The machine the run's host code ran on: CPU, cores, memory, operating system; `threads` the CPU workers.
+nlohmann::json host_block() {
+  utsname u{};
+  const bool named = uname(&u) == 0;
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return {{"threads", default_worker_count()},
+          {"cpu_model", cpu_model()},
+          {"cores", std::thread::hardware_concurrency()},
+          {"memory_bytes", pages > 0 && page > 0 ? static_cast<std::int64_t>(pages) * page : 0},
+          {"os", named ? std::string(u.sysname) + " " + u.release + " " + u.machine : std::string("unknown")}};
+}
+
+#ifndef FLASHLAB_BUILD_TYPE
+#define FLASHLAB_BUILD_TYPE ""
+#define FLASHLAB_CXX_COMPILER ""
+#define FLASHLAB_CXX_FLAGS ""
+#define FLASHLAB_EIGEN_VERSION ""
+#endif
+
+// How the binary was built (CMake's compilers, flags, build type, library versions).
+nlohmann::json build_block() {
+  nlohmann::json b = {{"build_type", FLASHLAB_BUILD_TYPE},
+                      {"cxx_compiler", FLASHLAB_CXX_COMPILER},
+                      {"cxx_flags", FLASHLAB_CXX_FLAGS},
+                      {"eigen", FLASHLAB_EIGEN_VERSION}};
+#if defined(FLASHLAB_CUDA_COMPILER)
+  b["cuda_compiler"] = FLASHLAB_CUDA_COMPILER;
+  b["cuda_flags"] = FLASHLAB_CUDA_FLAGS;
+  b["cuda_architectures"] = FLASHLAB_CUDA_ARCHITECTURES;
+#endif
+#if defined(FLASHLAB_TILE_SWEEP)
+  b["tile_sweep"] = true;
+#else
+  b["tile_sweep"] = false;
+#endif
+  return b;
 }
 
 void write_atomically(const std::filesystem::path& path, const std::string& text) {
@@ -102,8 +153,11 @@ RunInfo start_run_info(const std::filesystem::path& path, const Suite& suite, co
   j["shard"] = options.shard;
   j["flops_convention"] = std::string(kFlopsConvention);
   j["git_commit"] = git_commit();
+  j["git_dirty"] = j["git_commit"].get<std::string>().ends_with("+dirty");
+  j["build"] = build_block();
   if (const kernels::Fault fault = injected_fault(); fault != kernels::Fault::none) j["fault"] = name(fault);  // test-only
-  j["host"] = {{"threads", default_worker_count()}};
+  j["host"] = host_block();
+  j["suite_copy"] = "suite.toml";  // the suite file's bytes, beside run.json
   j["finished"] = nullptr;
   j["device"] = gpu ? nlohmann::json::parse(device_block_json()) : nlohmann::json(nullptr);
   if (j["device"].is_object()) {

@@ -415,6 +415,8 @@ int run_suite(const RunOptions& options) {
     }
   }
   std::filesystem::create_directories(run_dir);
+  // the suite as it ran, beside its results (resume refuses a suite whose bytes changed, so the copy stays true)
+  std::filesystem::copy_file(options.suite, run_dir / "suite.toml", std::filesystem::copy_options::overwrite_existing);
   std::set<std::string> done = completed_keys(csv);
   ResultsWriter writer(csv);
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <thread>
 
@@ -254,7 +255,23 @@ TEST_CASE("a run writes one row per expanded row, with statuses and reasons", "[
   CHECK(ok == 2 * 2 * 2 * 2);
   CHECK(keys.size() == rows.size());
   CHECK(code == kExitRowsFailed);  // the heads_kv = 3 rows are errors
-  CHECK(fs::exists(options.out / "small" / "r1" / "run.json"));
+  const fs::path run_dir = options.out / "small" / "r1";
+  REQUIRE(fs::exists(run_dir / "run.json"));
+  // provenance: the host, the build, the git state and a copy of the suite as it ran
+  std::ifstream in(run_dir / "run.json");
+  const std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const char* part : {"\"cpu_model\"", "\"cores\"", "\"memory_bytes\"", "\"os\"", "\"cxx_compiler\"",
+                           "\"cxx_flags\"", "\"eigen\"", "\"git_dirty\"", "\"tile_sweep\"",
+                           "\"suite_copy\": \"suite.toml\""}) {
+    INFO(part);
+    CHECK(json.find(part) != std::string::npos);
+  }
+  CHECK(json.find("\"cxx_compiler\": \"\"") == std::string::npos);  // filled in by the build
+  std::ifstream copy(run_dir / "suite.toml"), original(options.suite);
+  const std::string copied((std::istreambuf_iterator<char>(copy)), std::istreambuf_iterator<char>());
+  const std::string text((std::istreambuf_iterator<char>(original)), std::istreambuf_iterator<char>());
+  CHECK(copied == text);
+  CHECK_FALSE(text.empty());
   fs::remove_all(dir);
 }
 

@@ -74,6 +74,9 @@ struct DeviceInfo {
 // "13.0" for 13000 (the encoding of DeviceInfo::driver_version and runtime_version).
 [[nodiscard]] std::string cuda_version_string(int version);
 
+// The cuBLAS library linked in, "13.0.2" (major.minor.patch).
+[[nodiscard]] std::string cublas_version();
+
 // Throws flashlab::Unsupported when the current device's compute capability is below major.minor, e.g.
 // "GPU NVIDIA T4 has compute capability 7.5; flashlab's CUDA variants need >= 8.0".
 void require_compute_capability(int major, int minor);
