@@ -18,6 +18,7 @@
 #include "flashlab/core/bytes.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/harness/backend.hpp"
+#include "flashlab/harness/cost.hpp"
 #include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/run_info.hpp"
@@ -289,6 +290,23 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
   }
 }
 
+// A row whose estimated cost exceeds the suite's max_row_seconds: recorded as `skipped` with the estimate.
+std::optional<ResultRow> over_budget(const Suite& suite, const std::string& run_id, const RowSpec& row,
+                                     const std::optional<CostModel>& model) {
+  if (!model) return std::nullopt;
+  const kernels::Variant* variant = resolve_variant(row.variant).variant;
+  if (!variant) return std::nullopt;  // run_row records why
+  const RowCost cost = estimate_cost(row, suite.settings, *variant, *model);
+  if (cost.total() <= suite.settings.max_row_seconds) return std::nullopt;
+  ResultRow r = identity(suite, run_id, row);
+  r["status"] = "skipped";
+  r["reason"] = fmt::format("estimated cost {} exceeds the suite's max_row_seconds = {} ({:.1f} GFLOP/s on the CPU "
+                            "workers, {:.0f} TFLOP/s assumed on a GPU)",
+                            cost.describe(), suite.settings.max_row_seconds, model->cpu_flops_per_second / 1e9,
+                            model->gpu_flops_per_second / 1e12);
+  return r;
+}
+
 // The most recent run directory of a suite (run ids sort by time), or empty.
 std::string latest_run(const std::filesystem::path& suite_dir) {
   std::string latest;
@@ -348,7 +366,12 @@ int run_suite(const RunOptions& options) {
   if (!options.shard.empty()) rows = shard_rows(rows, options.shard);
 
   if (options.dry_run) {
-    fmt::print("{} rows of suite {} ({} before --filter/--shard)\n", rows.size(), suite.settings.name, suite.rows.size());
+    const CostModel model = CostModel::measure();
+    fmt::print("{} rows of suite {} ({} before --filter/--shard); estimated costs at {:.1f} GFLOP/s on the CPU "
+               "workers (measured), {:.0f} TFLOP/s on a GPU (assumed)\n",
+               rows.size(), suite.settings.name, suite.rows.size(), model.cpu_flops_per_second / 1e9,
+               model.gpu_flops_per_second / 1e12);
+    RowCost all;
     for (const RowSpec& row : rows) {
       const VariantChoice choice = resolve_variant(row.variant);
       const kernels::Variant* v = choice.variant;
@@ -362,8 +385,19 @@ int run_suite(const RunOptions& options) {
           status = std::string("error: ") + e.what();
         }
       }
-      fmt::print("{:>5}  {}  [{}]\n", row.index, row.key(), status);
+      std::string estimate;
+      if (status == "run") {
+        const RowCost cost = estimate_cost(row, suite.settings, *v, model);
+        all.run_seconds += cost.run_seconds;
+        all.verify_seconds += cost.verify_seconds;
+        estimate = "  " + cost.describe();
+        if (suite.settings.max_row_seconds > 0 && cost.total() > suite.settings.max_row_seconds) {
+          status = fmt::format("skipped: over max_row_seconds = {}", suite.settings.max_row_seconds);
+        }
+      }
+      fmt::print("{:>5}  {}  [{}]{}\n", row.index, row.key(), status, estimate);
     }
+    fmt::print("estimated total {}\n", all.describe());
     return kExitOk;
   }
 
@@ -429,6 +463,8 @@ int run_suite(const RunOptions& options) {
   }
   RunInfo info = start_run_info(run_dir / "run.json", suite, run_id, options, backends.gpu != nullptr);
 
+  const std::optional<CostModel> cost_model =
+      suite.settings.max_row_seconds > 0 ? std::optional<CostModel>(CostModel::measure()) : std::nullopt;
   std::size_t index = 0, skipped = 0;
   const auto started = std::chrono::steady_clock::now();
   std::size_t ran = 0;
@@ -441,7 +477,8 @@ int run_suite(const RunOptions& options) {
       ++skipped;
       continue;
     }
-    const ResultRow result = run_row(suite, run_id, row, backends, options.save_tensors, run_dir);
+    const std::optional<ResultRow> skip = over_budget(suite, run_id, row, cost_model);
+    const ResultRow result = skip ? *skip : run_row(suite, run_id, row, backends, options.save_tensors, run_dir);
     writer.append(result);
     ++ran;
     const std::string& status = result.at("status");
@@ -470,7 +507,7 @@ int run_suite(const RunOptions& options) {
   if (options.progress && options.progress_terminal) std::fprintf(stderr, "\n");
   finish_run_info(info, rows.size(), ran, skipped);
   std::string counts;
-  for (const char* status : {"ok", "oom", "unsupported", "error"}) {
+  for (const char* status : {"ok", "oom", "unsupported", "skipped", "error"}) {
     if (by_status.count(status)) counts += fmt::format(", {} {}", by_status.at(status), status);
   }
   fmt::print("{}: {} rows written{}; {} already present -> {}\n", suite.settings.name, ran, counts, skipped,

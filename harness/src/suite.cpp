@@ -247,10 +247,12 @@ class Parser {
         settings.verify_heads = small_integer(path, node, 1);
       } else if (name == "verify_rows") {
         settings.verify_rows = small_integer(path, node, 1);
+      } else if (name == "max_row_seconds") {
+        settings.max_row_seconds = number(path, node, true);
       } else {
         fail(path,
              "unknown key in [suite] (expected name, description, seed, warmup, repetitions, profile, verify, "
-             "verify_max_flops, verify_heads, verify_rows)",
+             "verify_max_flops, verify_heads, verify_rows, max_row_seconds)",
              &node);
       }
     }

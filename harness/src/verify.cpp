@@ -20,21 +20,26 @@ namespace {
 
 bool has_backward(Pass pass) { return pass != Pass::fwd; }
 
-// The group's own problem: one sequence, its G query heads and one kv head, scale made explicit.
-Problem group_problem(const Problem& p, std::int64_t b) {
-  const Sequence s = p.sequence(b);
+// A group's own problem: one sequence of lengths (nq, nk), the G query heads and one kv head, scale made explicit.
+Problem group_of(const Problem& p, std::int64_t nq, std::int64_t nk) {
   Problem sub;
   sub.batch = 1;
   sub.heads = p.group_size();
   sub.heads_kv = 1;
-  sub.seqlen_q = s.seqlen_q;
-  sub.seqlen_k = s.seqlen_k;
+  sub.seqlen_q = nq;
+  sub.seqlen_k = nk;
   sub.head_dim = p.head_dim;
   sub.head_dim_v = p.dv();
   sub.causal = p.causal;
   sub.window = p.window;
   sub.softmax_scale = p.scale();
   return sub;
+}
+
+// Group b's problem (sequence b).
+Problem group_problem(const Problem& p, std::int64_t b) {
+  const Sequence s = p.sequence(b);
+  return group_of(p, s.seqlen_q, s.seqlen_k);
 }
 
 // Cost of verifying every entry of a problem, in flop-equivalents: the fp64 reference, the fp32 upcast and the
@@ -249,6 +254,20 @@ GroupChoice choose_groups(const Problem& p, Pass pass, const SuiteSettings& sett
                   has_backward(pass) ? std::min<std::int64_t>(p.seqlen_k, settings.verify_rows + 2) : 0, p.seqlen_k);
   choose_rows(settings.verify_rows);
   return choice;
+}
+
+double check_flops(const Problem& p, Pass pass, const SuiteSettings& settings) {
+  if (settings.verify == "none") return 0;
+  const double every = verification_flops(p, pass);
+  if (settings.verify == "all" || every <= settings.verify_max_flops) return every;
+  // drawn groups: each the longest sequence, its query heads and one kv head; a backward check runs the group's
+  // fp64 forward over every query row (4 x its flops: exact values and bounds), then the chosen rows' checks
+  const Problem group = group_of(p, p.seqlen_q, p.seqlen_k);
+  const double groups = static_cast<double>(std::min<std::int64_t>(settings.verify_heads, p.batch * p.heads_kv));
+  const double rows = std::min(1.0, static_cast<double>(settings.verify_rows + 2) / static_cast<double>(std::max<std::int64_t>(p.seqlen_q, 1)));
+  const double chosen = rows * verification_flops(group, pass);
+  const double forward_all = has_backward(pass) ? 4 * attention_flops(group, Pass::fwd) : 0;
+  return groups * (chosen + forward_all);
 }
 
 struct GroupExpectation {

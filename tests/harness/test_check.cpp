@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +21,7 @@
 #include "flashlab/harness/compare.hpp"
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/runner.hpp"
+#include "flashlab/harness/verify.hpp"
 
 using namespace flashlab::harness;
 namespace fs = std::filesystem;
@@ -807,4 +809,68 @@ TEST_CASE("flashlab compare: summary and table, files, --fail-on slower, refusal
   CHECK(disjoint.code == 2);
   CHECK(contains(disjoint.output, "no row key in common"));
   fs::remove_all(root);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Estimated costs: --dry-run, max_row_seconds
+
+TEST_CASE("a dry run estimates each row's cost, and a row over max_row_seconds is skipped with its estimate, not run", "[harness][cost]") {
+  const fs::path root = fresh_directory("cost");
+  const fs::path suite = root / "big.toml";
+  std::ofstream(suite) << R"([suite]
+name = "big"
+warmup = 1
+repetitions = 2
+max_row_seconds = 60
+[fixed]
+heads = 1
+head_dim = 16
+dtype = "bf16"
+pass = "fwd"
+variant = "cpu-reference"
+[axes]
+seqlen = [64, 4194304]
+)";
+  const Outcome dry = run_flashlab("run " + suite.string() + " --dry-run");
+  CHECK(dry.code == 0);
+  CHECK(contains(dry.output, "GFLOP/s on the CPU workers (measured)"));
+  CHECK(contains(dry.output, "Nq=4194304") );
+  CHECK(contains(dry.output, "[skipped: over max_row_seconds = 60]"));
+  CHECK(contains(dry.output, "estimated total ~"));
+  CHECK(contains(dry.output, " h (run "));  // N = 4M in fp64 on the CPU: hours, whatever this machine's rate
+
+  const auto start = std::chrono::steady_clock::now();
+  const Outcome run = run_flashlab("run " + suite.string() + " --out " + (root / "out").string() + " --run-id r");
+  CHECK(run.code == 0);  // skipped rows are not failures
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));  // the N = 4M row never started
+  const std::vector<ResultRow> rows = read_results(root / "out" / "big" / "r" / "results.csv");
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0].at("status") == "ok");
+  CHECK(rows[1].at("status") == "skipped");
+  CHECK(contains(rows[1].at("reason"), "estimated cost ~"));
+  CHECK(contains(rows[1].at("reason"), "exceeds the suite's max_row_seconds = 60"));
+  CHECK(contains(run.output, "1 ok, 1 skipped"));
+  fs::remove_all(root);
+}
+
+TEST_CASE("check_flops: a sampled check costs less than checking every entry, and nothing with verify = none", "[harness][cost]") {
+  SuiteSettings settings;
+  flashlab::Problem p;
+  p.batch = 4;
+  p.heads = 16;
+  p.heads_kv = 16;
+  p.seqlen_q = p.seqlen_k = 8192;
+  p.head_dim = 128;
+  const double sampled = check_flops(p, flashlab::Pass::fwdbwd, settings);
+  settings.verify = "all";
+  const double every = check_flops(p, flashlab::Pass::fwdbwd, settings);
+  CHECK(sampled > 0);
+  CHECK(sampled < every / 10);
+  settings.verify = "none";
+  CHECK(check_flops(p, flashlab::Pass::fwdbwd, settings) == 0);
+  settings.verify = "auto";
+  p.seqlen_q = p.seqlen_k = 64;  // small: every entry, as choose_groups decides
+  SuiteSettings every_entry;
+  every_entry.verify = "all";
+  CHECK(check_flops(p, flashlab::Pass::fwd, settings) == Approx(check_flops(p, flashlab::Pass::fwd, every_entry)));
 }

@@ -811,3 +811,13 @@ TEST_CASE("suite: a malformed random table is one line naming the key") {
     }
   }
 }
+
+TEST_CASE("suite: max_row_seconds is a positive number, 0 (no limit) by default") {
+  const std::string rows = "[fixed]\nvariant = \"cpu-reference\"\nseqlen = 8\n";
+  CHECK(parse_suite("[suite]\nname = \"s\"\n" + rows, "s.toml").settings.max_row_seconds == 0);
+  CHECK(parse_suite("[suite]\nname = \"s\"\nmax_row_seconds = 90\n" + rows, "s.toml").settings.max_row_seconds == 90);
+  CHECK(parse_suite("[suite]\nname = \"s\"\nmax_row_seconds = 2.5\n" + rows, "s.toml").settings.max_row_seconds == 2.5);
+  CHECK(error_of("[suite]\nname = \"s\"\nmax_row_seconds = 0\n" + rows).find("suite.max_row_seconds") != std::string::npos);
+  CHECK(error_of("[suite]\nname = \"s\"\nmax_row_seconds = -1\n" + rows).find("must be finite and > 0") != std::string::npos);
+  CHECK(error_of("[suite]\nname = \"s\"\nmax_row_seconds = \"1h\"\n" + rows).find("must be a number") != std::string::npos);
+}

@@ -36,6 +36,9 @@ struct SuiteSettings {
   double verify_max_flops = 2e10;
   int verify_heads = 3;
   int verify_rows = 64;
+  // A row whose estimated cost (cost.hpp) exceeds this many seconds is recorded as `skipped` with the estimate,
+  // not run; 0: no limit.
+  double max_row_seconds = 0;
 };
 
 // One expanded row: what to run. Its key() identifies it in results.csv (resume) and is stable across runs.

@@ -87,6 +87,10 @@ struct GroupChoice {
 };
 [[nodiscard]] GroupChoice choose_groups(const Problem& problem, Pass pass, const SuiteSettings& settings,
                                         std::uint64_t row_seed = 0);
+// The cost of verifying a row as choose_groups decides it, in flop-equivalents (0 with verify = "none"): every entry
+// when that stays under verify_max_flops, else the drawn groups and rows. For --dry-run's estimates and the suite's
+// max_row_seconds.
+[[nodiscard]] double check_flops(const Problem& problem, Pass pass, const SuiteSettings& settings);
 
 // Reads rows of one head of an output for sequence b: rows.size() x dim values in row-major order (for "lse" dim
 // 1), row k being row rows[k] of the head. `head` is a query head for o, lse, dq and a kv head for dk, dv; `rows`
