@@ -163,7 +163,7 @@ def figure2(results: Results, context: Context) -> Optional[Drawn]:
     setting = _setting(problem, key)
 
     fig = style.new_figure(2, 1)
-    fig.suptitle(f"FlashAttention Figure 2: {setting}")
+    fig.suptitle(context.title(f"FlashAttention Figure 2: {setting}", []))  # the setting names B and H
     grid = fig.add_gridspec(2, 2, height_ratios=[style.PANEL_SIZE[1], 0.5])
     variants = sorted({r["variant"] for r in versus if r["pass"] == "fwdbwd"}, key=order)
     _draw_table(fig.add_subplot(grid[0, 0]), variants, versus, compared, context)

@@ -102,7 +102,7 @@ def error(results: Results, context: Context) -> Optional[Drawn]:
     if marks[UNVERIFIED]:
         legend.append((unverified_handle(), "not verified"))
     columns = min(len({p.grid_col for p in panels}), MAX_COLUMNS)
-    fig, _ = draw_grid("error", "Error vs N", panels, ("tensor",), panel_columns, N_LABEL,
+    fig, _ = draw_grid("error", context.title("Error vs N", rows), panels, ("tensor",), panel_columns, N_LABEL,
                        "absolute error vs fp64", legend, axes=style.error_axes, legend_columns=max(3, 2 * columns))
     return Drawn(fig, [], merged_note("error", measured), _marked_rows(rows))
 

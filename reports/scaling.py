@@ -43,6 +43,7 @@ class Series:
     linestyle: str = "-"
     oom: List[int] = field(default_factory=list)  # N of out-of-memory rows
     oom_color: Optional[str] = None  # of the "OOM" text beside the markers; default: the line's color
+    label_color: Optional[str] = None  # of the slope text; default: the line's color (a dtype's shade: the base)
     print_slope: bool = True     # "slope 2.00" on the line (model lines leave it to the table)
     label_below: bool = False    # put the slope under the line instead of above it
     merged: int = 0              # values merged by median at a repeated N
@@ -181,14 +182,14 @@ def _draw_panel(ax, figure: str, panel: Panel, xlim: Tuple[float, float]) -> Lis
             slopes.append(SlopeRow(figure, panel.title, s.line, s.quantity, fit))
             if s.print_slope:
                 x, y = _slope_anchor(s, fit)
-                text = f"slope {fit.slope:.2f}"
-                if not any(t == text and col == s.color and abs(lx - math.log2(x)) < 0.6
+                text, color = f"slope {fit.slope:.2f}", s.label_color or s.color
+                if not any(t == text and col == color and abs(lx - math.log2(x)) < 0.6
                            and abs(ly - math.log2(y)) < 0.6 for t, col, lx, ly in labels):
-                    labels.append((text, s.color, math.log2(x), math.log2(y)))
+                    labels.append((text, color, math.log2(x), math.log2(y)))
                     below = s.label_below
                     ax.annotate(text, (x, y), xytext=(5, -5) if below else (-5, 5), textcoords="offset points",
                                 ha="left" if below else "right", va="top" if below else "bottom",
-                                color=s.color, fontsize=7,
+                                color=color, fontsize=7,
                                 bbox=dict(boxstyle="square,pad=0.15", facecolor="white", edgecolor="none",
                                           alpha=0.75))
         oom_color = s.oom_color or s.color

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,6 +54,20 @@ FLOOR_GRAY = "#9a9a9a"       # the floor of the verification rule: a thin line
 UNVERIFIED_GRAY = "#7f7f7f"  # hollow markers of rows not verified
 DTYPE_MARKERS = {"fp64": "D", "fp32": "s", "fp16": "o", "bf16": "^", "fp8_e4m3": "v"}
 OTHER_MARKERS = ("P", "X", "*", "h", "<", ">")
+# A line's dtype beyond its marker, by the dtype's place among the figure's dtypes (canonical order): a line
+# style where line styles mean nothing else (speed), a shade of the line's color where they mean measured vs
+# model (memory, traffic): 0 the color itself, > 0 towards white, < 0 towards black.
+DTYPE_LINESTYLES = ("-", "--", ":", "-.")
+DTYPE_SHADES = (0.0, -0.3, 0.4, -0.55)
+LEGEND_GRAY = "#7f7f7f"      # dtype entries of a legend, shaded as the dtype's lines
+# Model lines drawn over measured ones (memory): thin dark dashes stay visible where the two coincide.
+MODEL_SHADE = -0.7
+MODEL_WIDTH = 0.9
+MODEL_DASHES = (3.0, 3.0)    # dash and gap (in line widths): the measured line shows through the gaps
+MODEL_ZORDER = 2.5           # above lines (2), below text (3)
+# Speed units: the largest in which the figure's fastest point is at least 1, so a CPU run reads 30 GFLOP/s and
+# not 0.03 TFLOP/s (whose ticks read 0.000, 0.005, ...).
+FLOPS_UNITS = (("TFLOP/s", 1.0), ("GFLOP/s", 1e3), ("MFLOP/s", 1e6), ("kFLOP/s", 1e9))
 
 
 @contextlib.contextmanager
@@ -75,6 +89,27 @@ def markers(dtypes: Sequence[str]) -> Dict[str, str]:
     out = {d: DTYPE_MARKERS[d] for d in dtypes if d in DTYPE_MARKERS}
     out.update({d: OTHER_MARKERS[i % len(OTHER_MARKERS)] for i, d in enumerate(others)})
     return out
+
+
+def dtype_styles(dtypes: Sequence[str]) -> Dict[str, Tuple[str, float]]:
+    """(line style, shade) of each dtype, by its place in `dtypes` (a figure's, in canonical order)."""
+    return {d: (DTYPE_LINESTYLES[i % len(DTYPE_LINESTYLES)], DTYPE_SHADES[i % len(DTYPE_SHADES)])
+            for i, d in enumerate(dtypes)}
+
+
+def shade(color: str, amount: float) -> str:
+    """`color` ('#rrggbb') mixed with white (amount > 0) or black (amount < 0) by |amount|."""
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    target = 255 if amount > 0 else 0
+    return "#" + "".join(f"{round(c + (target - c) * abs(amount)):02x}" for c in rgb)
+
+
+def flops_unit(top_tflops: float) -> Tuple[str, float]:
+    """(unit, factor from TFLOP/s) of FLOPS_UNITS in which `top_tflops` reads at least 1."""
+    for unit, factor in FLOPS_UNITS:
+        if top_tflops * factor >= 1:
+            return unit, factor
+    return FLOPS_UNITS[-1]
 
 
 def format_n(n: float) -> str:
