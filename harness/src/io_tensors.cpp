@@ -8,6 +8,7 @@
 #include "flashlab/core/storage.hpp"
 #include "flashlab/harness/npy.hpp"
 #include "flashlab/harness/registry.hpp"
+#include "flashlab/reference/attention_data.hpp"
 
 namespace flashlab::harness {
 
@@ -68,6 +69,34 @@ void write_tensor_npy(const std::string& dir, const IoTensor& tensor, const void
   std::vector<float> widened(static_cast<std::size_t>(n));
   for (std::int64_t e = 0; e < n; ++e) widened[static_cast<std::size_t>(e)] = static_cast<float>(load(host_data, e, dtype));
   write_npy(file, widened.data(), "<f4", shape);
+}
+
+void write_reference_npy(const std::string& dir, const Problem& problem, Pass pass, const InputSpec& inputs) {
+  std::filesystem::create_directories(dir);
+  reference::AttentionData<double> data(problem);
+  data.randomize(inputs);  // the generator's values rounded to the run's dtype: the variant's inputs exactly
+  data.run_forward();
+  auto write = [&](const std::string& name, const auto& tensor) {
+    const auto& shape = tensor.shape();
+    write_npy(std::filesystem::path(dir) / (name + ".npy"), tensor.values().data(), "<f8",
+              std::vector<std::int64_t>(shape.begin(), shape.end()));
+  };
+  write("o_ref", data.o);
+  write("lse_ref", data.lse);
+  if (pass != Pass::fwd) {
+    data.run_backward();
+    write("dq_ref", data.dq);
+    write("dk_ref", data.dk);
+    write("dv_ref", data.dv);
+  }
+  if (problem.is_varlen()) {
+    for (const auto& [name, offsets] : {std::pair{"cu_seqlens_q", &problem.cu_seqlens_q},
+                                        std::pair{"cu_seqlens_k", &problem.cu_seqlens_k}}) {
+      const std::vector<std::int32_t> narrow(offsets->begin(), offsets->end());
+      write_npy(std::filesystem::path(dir) / (std::string(name) + ".npy"), narrow.data(), "<i4",
+                {static_cast<std::int64_t>(narrow.size())});
+    }
+  }
 }
 
 }  // namespace flashlab::harness

@@ -62,8 +62,10 @@ int main(int argc, char** argv) {
   run->add_option("--shard", options.shard, "i/n: run rows whose index % n == i (shards' CSVs concatenate)");
   run->add_option("--filter", options.filter, "key=value[,key=value...]: run matching rows only");
   run->add_flag("--dry-run", options.dry_run, "print the expanded rows and what would run; run nothing");
-  std::int64_t save_row = -1;
-  run->add_option("--save-tensors", save_row, "row index whose inputs and outputs are written as .npy");
+  std::string save_rows;
+  run->add_option("--save-tensors", save_rows,
+                  "rows (3, 0,5,7, 10-12) whose inputs and outputs are written as .npy under tensors/row-N/, with the "
+                  "fp64 reference outputs (o_ref, ...) and a varlen row's cu_seqlens");
   std::uint64_t seed = 0;
   CLI::Option* seed_option = run->add_option("--seed", seed, "input seed, in place of the suite's [suite] seed");
 
@@ -155,7 +157,14 @@ int main(int argc, char** argv) {
     options.command_line = command_line(argc, argv);
     options.progress = true;
     options.progress_terminal = isatty(fileno(stderr)) != 0;
-    if (save_row >= 0) options.save_tensors = save_row;
+    if (!save_rows.empty()) {
+      try {
+        options.save_tensors = parse_row_list(save_rows);
+      } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "flashlab: --save-tensors: %s\n", e.what());
+        return kExitUsage;
+      }
+    }
     if (seed_option->count() > 0) options.seed = seed;
     return run_suite(options);
   } catch (const CheckError& e) {

@@ -13,12 +13,14 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <tuple>
 
 #include "flashlab/core/bytes.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/harness/backend.hpp"
 #include "flashlab/harness/cost.hpp"
+#include "flashlab/harness/io_tensors.hpp"
 #include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/run_info.hpp"
@@ -158,7 +160,7 @@ struct Backends {
 
 // Runs one row and returns its result columns.
 ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& row, Backends& backends,
-                  const std::optional<std::int64_t>& save_tensors, const std::filesystem::path& run_dir) {
+                  const std::set<std::int64_t>& save_tensors, const std::filesystem::path& run_dir) {
   ResultRow r = identity(suite, run_id, row);
   auto finish = [&](const char* status, const std::string& reason) {
     r["status"] = status;
@@ -267,8 +269,10 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
         r["reason"] = "traffic not measured: " + why;
       }
     }
-    if (save_tensors && *save_tensors == row.index) {
-      backend->save_tensors((run_dir / "tensors" / fmt::format("row-{}", row.index)).string(), row.pass);
+    if (save_tensors.count(row.index)) {
+      const std::string dir = (run_dir / "tensors" / fmt::format("row-{}", row.index)).string();
+      backend->save_tensors(dir, row.pass);
+      write_reference_npy(dir, p, row.pass, {settings.seed, row.distribution, row.dtype});
     }
     backend->release();
     if (verification.verified() && !verification.pass) return finish("error", "verification failed: " + verification.failure);
@@ -328,6 +332,33 @@ std::string format_duration(double seconds) {
 
 }  // namespace
 
+std::set<std::int64_t> parse_row_list(const std::string& text) {
+  std::set<std::int64_t> rows;
+  auto index = [&](const std::string& part) {
+    if (part.empty() || part.size() > 12 || part.find_first_not_of("0123456789") != std::string::npos) {
+      throw std::invalid_argument(fmt::format("'{}' in '{}' is not a row index (rows: 3, 0,5,7, 10-12)", part, text));
+    }
+    return std::stoll(part);
+  };
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = text.find(',', start);
+    const std::string part = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const std::size_t dash = part.find('-');
+    if (dash == std::string::npos) {
+      rows.insert(index(part));
+    } else {
+      const std::int64_t first = index(part.substr(0, dash)), last = index(part.substr(dash + 1));
+      if (first > last) throw std::invalid_argument(fmt::format("range '{}' in '{}' runs backwards", part, text));
+      if (last - first >= 100000) throw std::invalid_argument(fmt::format("range '{}' in '{}' is over 100000 rows", part, text));
+      for (std::int64_t r = first; r <= last; ++r) rows.insert(r);
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return rows;
+}
+
 int run_suite(const RunOptions& options) {
   kernels::Fault fault = kernels::Fault::none;
   try {
@@ -353,6 +384,12 @@ int run_suite(const RunOptions& options) {
                    list.c_str(), variant_id_list().c_str());
       return kExitUsage;
     }
+  }
+  if (!options.save_tensors.empty() && *options.save_tensors.rbegin() >= static_cast<std::int64_t>(suite.rows.size())) {
+    std::fprintf(stderr, "flashlab: --save-tensors: row %lld is not a row of suite %s (rows 0 ... %zu)\n",
+                 static_cast<long long>(*options.save_tensors.rbegin()), suite.settings.name.c_str(),
+                 suite.rows.size() - 1);
+    return kExitUsage;
   }
   std::vector<RowSpec> rows = suite.rows;
   if (!options.filter.empty()) {

@@ -295,7 +295,7 @@ TEST_CASE("output hashes repeat for a seed, differ for another, and hash the ten
   options.seed = 5;
   options.filter = "variant=cpu-standard,pass=fwd,dtype=fp16";
   const std::int64_t row = 4;  // (cpu-standard, fwd, fp16): variant 1, pass 0, dtype 0 of 2 each, variant slowest
-  options.save_tensors = row;
+  options.save_tensors = {row};
   REQUIRE(run_suite(options) == kExitOk);
   const auto saved = read_results(options.out / "hashes" / "saved" / "results.csv");
   REQUIRE(saved.size() == 1);

@@ -8,6 +8,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <stdexcept>
+#include <cstring>
 #include <iterator>
 #include <set>
 #include <thread>
@@ -421,35 +424,104 @@ batch = [1, 2, 3, 4]
   fs::remove_all(dir);
 }
 
-TEST_CASE("save-tensors writes the row tensors as .npy", "[harness][run]") {
+namespace {
+
+// The payload of an .npy file as doubles ('<f8' or '<f4'), and its header.
+std::vector<double> npy_values(const fs::path& file, std::string* header_out = nullptr) {
+  std::ifstream in(file, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::size_t header = 10 + (static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8));
+  if (header_out) *header_out = bytes.substr(0, header);
+  const bool f8 = bytes.find("'descr': '<f8'") < header;
+  std::vector<double> values;
+  for (std::size_t at = header; at + (f8 ? 8 : 4) <= bytes.size(); at += f8 ? 8 : 4) {
+    if (f8) {
+      double x;
+      std::memcpy(&x, bytes.data() + at, 8);
+      values.push_back(x);
+    } else {
+      float x;
+      std::memcpy(&x, bytes.data() + at, 4);
+      values.push_back(x);
+    }
+  }
+  return values;
+}
+
+}  // namespace
+
+TEST_CASE("save-tensors writes the rows' tensors and their fp64 reference as .npy, for a list or ranges of rows", "[harness][run]") {
   const fs::path dir = fresh_directory("save");
   RunOptions options;
   options.suite = write_suite(dir, kSmallSuite);
   options.out = dir / "results";
   options.run_id = "r";
-  options.filter = "variant=cpu-standard,pass=fwdbwd,dtype=bf16,seqlen=17,heads_kv=2";
-  options.save_tensors = 0;
-  for (const ResultRow& r : [&] {
-         run_suite(options);
-         return read_results(options.out / "small" / "r" / "results.csv");
-       }()) {
-    options.save_tensors = std::stoll(r.at("row_index"));
-  }
-  fs::remove_all(options.out);
+  options.filter = "variant=cpu-standard,dtype=bf16,seqlen=17,heads_kv=2";  // its fwd and fwdbwd rows
   run_suite(options);
-  const fs::path tensors = options.out / "small" / "r" / "tensors" / ("row-" + std::to_string(*options.save_tensors));
+  std::map<std::string, std::int64_t> index_of;  // by pass
+  for (const ResultRow& r : read_results(options.out / "small" / "r" / "results.csv")) {
+    index_of[r.at("pass")] = std::stoll(r.at("row_index"));
+  }
+  REQUIRE(index_of.size() == 2);
+  const std::int64_t index = index_of.at("fwdbwd"), forward = index_of.at("fwd");
+  fs::remove_all(options.out);
+  options.save_tensors = parse_row_list(std::to_string(forward) + "," + std::to_string(index) + "-" + std::to_string(index));
+  run_suite(options);
+  const fs::path tensors = options.out / "small" / "r" / "tensors" / ("row-" + std::to_string(index));
   for (const char* t : {"q", "k", "v", "o", "lse", "d_out", "dq", "dk", "dv"}) {
     INFO(t);
-    const fs::path file = tensors / (std::string(t) + ".npy");
-    REQUIRE(fs::exists(file));
-    std::ifstream in(file, std::ios::binary);
-    std::string header(128, '\0');
-    in.read(header.data(), 128);
+    std::string header;
+    REQUIRE(fs::exists(tensors / (std::string(t) + ".npy")));
+    (void)npy_values(tensors / (std::string(t) + ".npy"), &header);
     CHECK(header.substr(1, 5) == "NUMPY");
     CHECK(header.find("'descr': '<f4'") != std::string::npos);  // bf16 widened to float32
   }
   CHECK(fs::file_size(tensors / "q.npy") == 128 + 2 * 17 * 4 * 16 * 4);
+  // the fp64 reference of the same inputs: the row's bf16 outputs lie within bf16 rounding of it
+  for (const char* t : {"o", "dq", "dk", "dv"}) {
+    INFO(t);
+    std::string header;
+    const std::vector<double> exact = npy_values(tensors / (std::string(t) + "_ref.npy"), &header);
+    CHECK(header.find("'descr': '<f8'") != std::string::npos);
+    const std::vector<double> got = npy_values(tensors / (std::string(t) + ".npy"));
+    REQUIRE(exact.size() == got.size());
+    double worst = 0, scale = 0;
+    for (std::size_t e = 0; e < got.size(); ++e) {
+      worst = std::max(worst, std::abs(got[e] - exact[e]));
+      scale = std::max(scale, std::abs(exact[e]));
+    }
+    CHECK(scale > 0);
+    CHECK(worst <= 0.05 * scale);  // bf16 (u = 2^-8) and its propagation, not another problem's values
+    CHECK(worst > 0);              // the outputs are rounded, the reference is not
+  }
+  CHECK(fs::exists(tensors / "lse_ref.npy"));
+  CHECK_FALSE(fs::exists(tensors / "cu_seqlens_q.npy"));  // a dense problem
+  // the forward row is saved too, without gradients, and no other row
+  std::set<std::string> saved;
+  for (const auto& entry : fs::directory_iterator(options.out / "small" / "r" / "tensors")) {
+    saved.insert(entry.path().filename().string());
+  }
+  CHECK(saved == std::set<std::string>{"row-" + std::to_string(forward), "row-" + std::to_string(index)});
+  const fs::path forward_dir = options.out / "small" / "r" / "tensors" / ("row-" + std::to_string(forward));
+  CHECK(fs::exists(forward_dir / "o_ref.npy"));
+  CHECK_FALSE(fs::exists(forward_dir / "dq_ref.npy"));
+
+  // a row outside the suite is refused before anything runs
+  options.run_id = "outside";
+  options.save_tensors = {0, 9999};
+  CHECK(run_suite(options) == kExitUsage);
+  CHECK_FALSE(fs::exists(options.out / "small" / "outside"));
   fs::remove_all(dir);
+}
+
+TEST_CASE("parse_row_list takes single rows, lists and ranges and refuses anything else", "[harness][run]") {
+  CHECK(parse_row_list("3") == std::set<std::int64_t>{3});
+  CHECK(parse_row_list("0,5,7") == std::set<std::int64_t>{0, 5, 7});
+  CHECK(parse_row_list("10-12,4") == std::set<std::int64_t>{4, 10, 11, 12});
+  for (const char* bad : {"", "a", "3,", "-1", "5-3", "1-", "1.5", "0-200000"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(parse_row_list(bad), std::invalid_argument);
+  }
 }
 
 TEST_CASE("variant options are parsed, checked and applied", "[harness][registry]") {

@@ -28,6 +28,10 @@ struct IoTensor {
 // and its .npy file from a host copy of its buffer (fp16 as <f2, bf16 widened to float32, LSE float32).
 [[nodiscard]] bool saved_tensor(const IoTensor& tensor, Pass pass);
 void write_tensor_npy(const std::string& dir, const IoTensor& tensor, const void* host_data, DType dtype);
+// --save-tensors, beside the row's own tensors: the fp64 reference outputs of the row's inputs (o_ref, lse_ref; with
+// a backward dq_ref, dk_ref, dv_ref; <f8, the shapes of o, lse, dq, dk, dv: the full reference, so as costly as a
+// cpu-reference row) and, for a varlen problem, cu_seqlens_q and cu_seqlens_k (<i4, B + 1 offsets).
+void write_reference_npy(const std::string& dir, const Problem& problem, Pass pass, const InputSpec& inputs);
 
 }  // namespace flashlab::harness
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace flashlab::harness {
@@ -24,13 +25,16 @@ struct RunOptions {
   std::string shard;   // "i/n"
   std::string filter;  // "key=value,..."
   bool dry_run = false;
-  std::optional<std::int64_t> save_tensors;  // row index
+  std::set<std::int64_t> save_tensors;       // row indices (parse_row_list); each must be a row of the suite
   std::optional<std::uint64_t> seed;         // overrides the suite's seed
   std::string command_line;
   bool progress = false;           // progress on stderr
   bool progress_terminal = false;  // stderr is a terminal: one line rewritten in place; else a line per row at most
                                    // every kProgressSeconds, and the first and the last row
 };
+
+// "3", "0,5,7", "10-12", "0,4-6": row indices; throws std::invalid_argument naming the bad part.
+[[nodiscard]] std::set<std::int64_t> parse_row_list(const std::string& text);
 
 // Runs a suite; returns an ExitCode. Throws SuiteError (malformed suite) before anything runs.
 int run_suite(const RunOptions& options);
