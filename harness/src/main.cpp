@@ -10,6 +10,7 @@
 
 #include "flashlab/harness/check.hpp"
 #include "flashlab/harness/compare.hpp"
+#include "flashlab/harness/devices.hpp"
 #include "flashlab/core/parallel.hpp"
 #include "flashlab/harness/run_info.hpp"
 #include "flashlab/harness/runner.hpp"
@@ -66,6 +67,10 @@ int main(int argc, char** argv) {
   run->add_option("--save-tensors", save_rows,
                   "rows (3, 0,5,7, 10-12) whose inputs and outputs are written as .npy under tensors/row-N/, with the "
                   "fp64 reference outputs (o_ref, ...) and a varlen row's cu_seqlens");
+  std::string devices;
+  run->add_option("--devices", devices,
+                  "0,1,...: one process per GPU (CUDA_VISIBLE_DEVICES), each a shard i/n of the rows, merged in row "
+                  "order into the run's folder");
   std::uint64_t seed = 0;
   CLI::Option* seed_option = run->add_option("--seed", seed, "input seed, in place of the suite's [suite] seed");
 
@@ -106,6 +111,15 @@ int main(int argc, char** argv) {
   compare->add_option("--same", compare_options.same, "relative difference of the medians within which a row is the same")
       ->capture_default_str();
 
+  CLI::App* merge = app.add_subcommand(
+      "merge", "merge the shard folders RUN_DIR-shard-i-N of one run (flashlab run --run-id ID --shard i/N, e.g. a "
+               "SLURM array) into RUN_DIR, rows in row order");
+  std::string merge_dir;
+  std::size_t merge_shard_count = 0;
+  merge->add_option("run_dir", merge_dir, "OUT/<suite>/<run-id>: the shards are its siblings <run-id>-shard-i-N")
+      ->required();
+  merge->add_option("--shards", merge_shard_count, "N, the shard count")->required()->check(CLI::PositiveNumber);
+
   // A first word that is no subcommand is named as such (CLI11 would say "A subcommand is required").
   if (argc > 1 && argv[1][0] != '-') {
     std::string names;
@@ -139,6 +153,17 @@ int main(int argc, char** argv) {
   }
   try {
     if (app.got_subcommand("list")) return list_variants(list_kernels);
+    if (app.got_subcommand("merge")) {
+      std::size_t rows = 0;
+      try {
+        rows = merge_shards(merge_dir, merge_shard_count, {}, true);
+      } catch (const std::runtime_error& e) {
+        std::fprintf(stderr, "flashlab merge: %s\n", e.what());
+        return kExitUsage;
+      }
+      std::printf("merged %zu rows of %zu shards into %s/results.csv\n", rows, merge_shard_count, merge_dir.c_str());
+      return 0;
+    }
     if (app.got_subcommand("compare")) {
       compare_options.fail_on_slower = fail_on == "slower";
       return compare_command(compare_options);
@@ -166,6 +191,18 @@ int main(int argc, char** argv) {
       }
     }
     if (seed_option->count() > 0) options.seed = seed;
+    if (!devices.empty()) {
+      std::vector<std::string> list;
+      try {
+        list = parse_devices(devices);
+      } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "flashlab: --devices %s\n", e.what());
+        return kExitUsage;
+      }
+      std::error_code ec;
+      const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+      return run_on_devices(options, list, ec ? std::string(argv[0]) : self.string());
+    }
     return run_suite(options);
   } catch (const CheckError& e) {
     std::fprintf(stderr, "flashlab: %s\n", e.what());

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -52,7 +53,9 @@ nlohmann::json host_block() {
   utsname u{};
   const bool named = uname(&u) == 0;
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   return {{"threads", default_worker_count()},
+          {"cuda_visible_devices", visible ? nlohmann::json(visible) : nlohmann::json(nullptr)},
           {"cpu_model", cpu_model()},
           {"cores", std::thread::hardware_concurrency()},
           {"memory_bytes", pages > 0 && page > 0 ? static_cast<std::int64_t>(pages) * page : 0},

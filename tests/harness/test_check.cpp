@@ -174,7 +174,7 @@ TEST_CASE("command-line errors are one line with the program's name, and --versi
   const Outcome bogus = run_flashlab("bogus");
   CHECK(bogus.code == 2);
   CHECK(lines_of(bogus.output) ==
-        std::vector<std::string>{"flashlab: unknown subcommand 'bogus' (subcommands: list, run, check, compare; flashlab --help)"});
+        std::vector<std::string>{"flashlab: unknown subcommand 'bogus' (subcommands: list, run, check, compare, merge; flashlab --help)"});
   for (const char* args : {"run", "run --no-such-flag x.toml", "check record --out", "list extra"}) {
     INFO(args);
     const Outcome o = run_flashlab(args);
@@ -873,4 +873,68 @@ TEST_CASE("check_flops: a sampled check costs less than checking every entry, an
   SuiteSettings every_entry;
   every_entry.verify = "all";
   CHECK(check_flops(p, flashlab::Pass::fwd, settings) == Approx(check_flops(p, flashlab::Pass::fwd, every_entry)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// --devices: one process per device, shards merged in row order
+
+TEST_CASE("run --devices runs a shard per device and merges them in row order into the run's folder", "[harness][devices]") {
+  const fs::path root = fresh_directory("devices");
+  const fs::path suite = root / "dev.toml";
+  std::ofstream(suite) << R"([suite]
+name = "dev"
+warmup = 1
+repetitions = 2
+[fixed]
+heads = 2
+head_dim = 16
+dtype = "bf16"
+[axes]
+variant = ["cpu-reference", "cpu-standard"]
+pass = ["fwd", "fwdbwd"]
+seqlen = [17, 64, 97]
+)";
+  const std::string out = (root / "out").string();
+  const Outcome run = run_flashlab("run " + suite.string() + " --out " + out + " --run-id x --devices 4,7,5");
+  CHECK(run.code == 0);
+  CHECK(contains(run.output, "3 devices (4,7,5), 12 rows merged in row order"));
+  const std::vector<ResultRow> rows = read_results(root / "out" / "dev" / "x" / "results.csv");
+  REQUIRE(rows.size() == 12);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    CHECK(rows[i].at("row_index") == std::to_string(i));
+    CHECK(rows[i].at("status") == "ok");
+  }
+  // shard i ran with CUDA_VISIBLE_DEVICES = device i, on rows i mod 3
+  const char* devices[] = {"4", "7", "5"};
+  for (int i = 0; i < 3; ++i) {
+    const fs::path shard = root / "out" / "dev" / ("x-shard-" + std::to_string(i) + "-3");
+    CHECK(contains(read_text(shard / "run.json"), std::string("\"cuda_visible_devices\": \"") + devices[i] + "\""));
+    for (const ResultRow& r : read_results(shard / "results.csv")) CHECK(std::stoi(r.at("row_index")) % 3 == i);
+  }
+  const std::string merged_json = read_text(root / "out" / "dev" / "x" / "run.json");
+  CHECK(contains(merged_json, "\"devices\""));
+  CHECK(contains(merged_json, "x-shard-2-3"));
+  // resume: nothing runs again, the merged file is rewritten whole
+  const Outcome again = run_flashlab("run " + suite.string() + " --out " + out + " --run-id x --devices 4,7,5 --resume");
+  CHECK(again.code == 0);
+  CHECK(contains(again.output, "0 rows written; 4 already present"));
+  CHECK(read_results(root / "out" / "dev" / "x" / "results.csv").size() == 12);
+  // shards run by hand (a SLURM array) merged afterwards: the same rows
+  for (int i = 0; i < 2; ++i) {
+    CHECK(run_flashlab("run " + suite.string() + " --out " + out + " --run-id s --shard " + std::to_string(i) + "/2").code == 0);
+  }
+  const Outcome merged = run_flashlab("merge " + (root / "out" / "dev" / "s").string() + " --shards 2");
+  CHECK(merged.code == 0);
+  CHECK(contains(merged.output, "merged 12 rows of 2 shards"));
+  const std::vector<ResultRow> by_hand = read_results(root / "out" / "dev" / "s" / "results.csv");
+  REQUIRE(by_hand.size() == 12);
+  for (std::size_t i = 0; i < by_hand.size(); ++i) CHECK(by_hand[i].at("key") == rows[i].at("key"));
+  const Outcome missing = run_flashlab("merge " + (root / "out" / "dev" / "s").string() + " --shards 3");
+  CHECK(missing.code == 2);
+  CHECK(contains(missing.output, "s-shard-0-3"));
+  // refusals
+  CHECK(run_flashlab("run " + suite.string() + " --out " + out + " --devices 0,0").code == 2);
+  CHECK(run_flashlab("run " + suite.string() + " --out " + out + " --devices 0,").code == 2);
+  CHECK(run_flashlab("run " + suite.string() + " --out " + out + " --devices 0,1 --shard 0/2").code == 2);
+  fs::remove_all(root);
 }
