@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <fstream>
@@ -14,8 +15,9 @@
 #include <iterator>
 #include <limits>
 #include <map>
-#include <set>
 #include <optional>
+#include <random>
+#include <set>
 #include <string_view>
 #include <variant>
 
@@ -40,6 +42,9 @@ enum Field : int {
   kSeqlen,
   kSeqlenQ,
   kSeqlenK,
+  kSeqlensQ,
+  kSeqlensK,
+  kSeqlens,
   kHeadDim,
   kHeadDimV,
   kCausal,
@@ -51,7 +56,8 @@ enum Field : int {
 };
 
 // What a key holds: its TOML type and the values allowed.
-enum class Kind { text, pass, dtype, distribution, count, flag, window, scale };
+// `lengths`: a list of sequence lengths (seqlens_q, seqlens_k); `drawn`: the table of drawn lengths (seqlens).
+enum class Kind { text, pass, dtype, distribution, count, flag, window, scale, lengths, drawn };
 
 struct FieldSpec {
   std::string_view name;
@@ -69,6 +75,9 @@ constexpr std::array<FieldSpec, kFieldCount> kFields = {{
     {"seqlen", Kind::count},
     {"seqlen_q", Kind::count},
     {"seqlen_k", Kind::count},
+    {"seqlens_q", Kind::lengths},
+    {"seqlens_k", Kind::lengths},
+    {"seqlens", Kind::drawn},
     {"head_dim", Kind::count},
     {"head_dim_v", Kind::count},
     {"causal", Kind::flag},
@@ -81,7 +90,15 @@ constexpr std::array<FieldSpec, kFieldCount> kFields = {{
 // The suite's dtypes: fp64 is the reference's type, not a run's.
 constexpr std::array<DType, 4> kSuiteDTypes = {DType::fp32, DType::fp16, DType::bf16, DType::fp8_e4m3};
 
-using Value = std::variant<std::string, Pass, DType, Distribution, std::int64_t, bool, Window, double>;
+// A varlen row's per-sequence lengths: a list from the file, or drawn from a `seqlens` table (`drawn` then holds the
+// table as read, with its defaults, for messages). Two are the same value when their lengths are.
+struct Lengths {
+  std::vector<std::int64_t> lengths;
+  std::string drawn;
+  friend bool operator==(const Lengths& a, const Lengths& b) { return a.lengths == b.lengths; }
+};
+
+using Value = std::variant<std::string, Pass, DType, Distribution, std::int64_t, bool, Window, double, Lengths>;
 
 // The values of one key: one when it stands in [fixed], the axis values when in [axes]; none when unset.
 struct Values {
@@ -118,6 +135,9 @@ std::string value_text(const Value& value) {
     std::string operator()(bool v) const { return v ? "true" : "false"; }
     std::string operator()(const Window& v) const { return fmt::format("[{}, {}]", v.left, v.right); }
     std::string operator()(double v) const { return fmt::format("{}", v); }
+    std::string operator()(const Lengths& v) const {
+      return v.drawn.empty() ? fmt::format("[{}]", fmt::join(v.lengths, ", ")) : v.drawn;
+    }
   };
   return std::visit(Visitor{}, value);
 }
@@ -135,6 +155,54 @@ std::string one_line(const std::string& message) {
     }
   }
   return line;
+}
+
+// ---- drawn varlen lengths (a `seqlens` table, experiments/README.md)
+// Integer draws from std::mt19937_64's raw words only: the engine's output is fixed by the C++ standard, while
+// std::uniform_int_distribution (and every floating-point distribution, and exp/log in the C library) differ between
+// standard libraries, so a seed gives the same lengths on every machine.
+enum class LengthDistribution { uniform, loguniform };
+
+struct LengthDraw {
+  std::int64_t tokens = 1;  // the budget the lengths fill exactly
+  LengthDistribution distribution = LengthDistribution::uniform;
+  std::uint64_t seed = 0;
+  std::int64_t min = 1;
+  std::int64_t max = 1;
+};
+
+// A varlen batch of more sequences than this is certainly a mistake (min = 0, max = 1 and a large budget).
+constexpr std::size_t kMaxSequences = 1'000'000;
+// The tokens of a batch stay within the element bound of Problem::validate (and exact in doubles).
+constexpr std::int64_t kMaxTokens = std::int64_t{1} << 53;
+
+// A uniform integer of [0, span), span >= 1: words below 2^64 mod span are drawn again, so that the words kept are
+// a whole number of copies of [0, span) and every value is equally likely.
+std::uint64_t uniform_below(std::mt19937_64& engine, std::uint64_t span) {
+  const std::uint64_t reject_below = (0 - span) % span;  // 2^64 mod span
+  for (;;) {
+    const std::uint64_t word = engine();
+    if (word >= reject_below) return word % span;
+  }
+}
+
+// One length of [min, max]. uniform: every length equally likely. loguniform (Zipf-like, P(n) ~ 1/n): an octave
+// [2^e, 2^(e+1)) of those meeting [max(min, 1), max] uniformly, zero as one more octave when min = 0, then a length
+// uniformly within the octave (clipped to [min, max]): many short sequences and a few long ones, as in packed data.
+std::int64_t draw_length(std::mt19937_64& engine, const LengthDraw& d) {
+  if (d.distribution == LengthDistribution::uniform) {
+    return d.min + static_cast<std::int64_t>(uniform_below(engine, static_cast<std::uint64_t>(d.max - d.min) + 1));
+  }
+  const std::int64_t low = std::max<std::int64_t>(d.min, 1);
+  const int e_low = static_cast<int>(std::bit_width(static_cast<std::uint64_t>(low))) - 1;
+  const int e_high = static_cast<int>(std::bit_width(static_cast<std::uint64_t>(d.max))) - 1;
+  const auto octaves = static_cast<std::uint64_t>(e_high - e_low + 1);
+  const std::uint64_t pick = uniform_below(engine, octaves + (d.min == 0 ? 1 : 0));
+  if (pick == octaves) return 0;
+  const int e = e_low + static_cast<int>(pick);
+  const std::int64_t lo = std::max(low, std::int64_t{1} << e);
+  const std::int64_t hi = std::min(d.max, static_cast<std::int64_t>((std::uint64_t{2} << e) - 1));
+  return lo + static_cast<std::int64_t>(uniform_below(engine, static_cast<std::uint64_t>(hi - lo) + 1));
 }
 
 class Parser {
@@ -351,8 +419,96 @@ class Parser {
       case Kind::flag: return flag(path, node);
       case Kind::window: return window(path, node);
       case Kind::scale: return number(path, node, true);
+      case Kind::lengths: return length_list(path, node);
+      case Kind::drawn: return drawn_lengths(path, node);
     }
     fail(path, "unhandled kind");
+  }
+
+  // seqlens_q, seqlens_k: one varlen batch, a length >= 0 per sequence.
+  Lengths length_list(const std::string& path, const toml::node& node) const {
+    const toml::array* list = node.as_array();
+    if (list == nullptr) {
+      fail(path, fmt::format("must be a list of sequence lengths (integers >= 0), found {}", type_name(node)), &node);
+    }
+    if (list->empty()) fail(path, "must not be empty (a length per sequence of the batch)", &node);
+    Lengths out;
+    std::int64_t total = 0;
+    for (std::size_t i = 0; i < list->size(); ++i) {
+      const std::string element = fmt::format("{}[{}]", path, i);
+      const std::int64_t length = integer(element, (*list)[i], 0);
+      if (length > kMaxTokens - total) {
+        fail(path, fmt::format("the lengths add up to more than {} tokens", kMaxTokens), &node);
+      }
+      total += length;
+      out.lengths.push_back(length);
+    }
+    if (out.lengths.size() > kMaxSequences) fail(path, fmt::format("has more than {} sequences", kMaxSequences), &node);
+    return out;
+  }
+
+  // seqlens: {tokens = T, distribution = "uniform" | "loguniform", seed = S, min = A, max = B}: lengths of [A, B]
+  // drawn until they fill T tokens, the last cut to what is left.
+  Lengths drawn_lengths(const std::string& path, const toml::node& node) const {
+    static constexpr std::array<std::string_view, 5> kDrawKeys = {"tokens", "distribution", "seed", "min", "max"};
+    const toml::table* table = node.as_table();
+    if (table == nullptr) {
+      fail(path,
+           fmt::format(
+               "must be a table {{tokens = T, distribution = \"uniform\", seed = S, min = A, max = B}}, found {}",
+               type_name(node)),
+           &node);
+    }
+    for (auto&& [key, value] : *table) {
+      if (std::find(kDrawKeys.begin(), kDrawKeys.end(), key.str()) == kDrawKeys.end()) {
+        fail(fmt::format("{}.{}", path, key.str()),
+             fmt::format("unknown field of a seqlens table (expected {})", fmt::join(kDrawKeys, ", ")), &value);
+      }
+    }
+    const toml::node* tokens = table->get("tokens");
+    if (tokens == nullptr) {
+      fail(path + ".tokens", "missing: a seqlens table needs tokens (the batch's token budget)", &node);
+    }
+    LengthDraw d;
+    d.tokens = integer(path + ".tokens", *tokens, 1);
+    if (d.tokens > kMaxTokens) fail(path + ".tokens", fmt::format("is {}, at most {}", d.tokens, kMaxTokens), tokens);
+    std::string distribution = "uniform";
+    if (const toml::node* value = table->get("distribution")) {
+      distribution = text(path + ".distribution", *value, false);
+      if (distribution == "loguniform") {
+        d.distribution = LengthDistribution::loguniform;
+      } else if (distribution != "uniform") {
+        fail(path + ".distribution", fmt::format("is \"{}\", must be one of \"uniform\", \"loguniform\"", distribution),
+             value);
+      }
+    }
+    if (const toml::node* value = table->get("seed")) {
+      d.seed = static_cast<std::uint64_t>(integer(path + ".seed", *value, 0));
+    }
+    if (const toml::node* value = table->get("min")) d.min = integer(path + ".min", *value, 0);
+    d.max = d.tokens;
+    if (const toml::node* value = table->get("max")) d.max = integer(path + ".max", *value, 1);
+    if (d.min > d.max) {
+      fail(
+          path,
+          fmt::format("min = {} > max = {}{}", d.min, d.max, table->contains("max") ? "" : " (max defaults to tokens)"),
+          &node);
+    }
+    Lengths out;
+    out.drawn = fmt::format("{{tokens = {}, distribution = \"{}\", seed = {}, min = {}, max = {}}}", d.tokens,
+                            distribution, d.seed, d.min, d.max);
+    std::mt19937_64 engine(d.seed);
+    for (std::int64_t left = d.tokens; left > 0;) {
+      const std::int64_t length = std::min(draw_length(engine, d), left);
+      out.lengths.push_back(length);
+      left -= length;
+      if (out.lengths.size() > kMaxSequences) {
+        fail(path,
+             fmt::format("draws more than {} sequences before filling {} tokens; raise min", kMaxSequences, d.tokens),
+             &node);
+      }
+    }
+    return out;
   }
 
   // {from = A, to = B}: the powers of two A, 2A, ..., B.
@@ -395,6 +551,9 @@ class Parser {
            &node);
     }
     if (list->empty()) fail(path, "an axis must not be empty", &node);
+    if (kind == Kind::lengths && !list->front().is_array()) {
+      fail(path, "an axis of lengths is a list of lists, one per varlen batch (in [fixed]: a single list)", &node);
+    }
     std::vector<Value> values;
     for (std::size_t i = 0; i < list->size(); ++i) {
       const std::string element = fmt::format("{}[{}]", path, i);
@@ -448,13 +607,42 @@ class Parser {
     exclusive(kModelDim, kHeads, "heads = model_dim / head_dim");
     exclusive(kSeqlen, kSeqlenQ, "seqlen sets both seqlen_q and seqlen_k");
     exclusive(kSeqlen, kSeqlenK, "seqlen sets both seqlen_q and seqlen_k");
+    // Varlen rows: the lengths set the batch size and every sequence's N_q and N_k.
+    exclusive(kSeqlens, kSeqlensQ, "seqlens draws the lengths that seqlens_q lists");
+    exclusive(kSeqlens, kSeqlensK, "seqlens draws N_k = N_q per sequence");
+    if (fields[kSeqlensK].set() && !fields[kSeqlensQ].set()) {
+      fail(fields[kSeqlensK].path, "needs seqlens_q (seqlens_k only sets different key lengths)",
+           fields[kSeqlensK].node);
+    }
+    for (const Field varlen : {kSeqlensQ, kSeqlensK, kSeqlens}) {
+      for (const Field dense : {kBatch, kSeqlen, kSeqlenQ, kSeqlenK, kTokens}) {
+        exclusive(varlen, dense, "a varlen row's batch size and lengths come from its per-sequence lengths");
+      }
+    }
+    if (fields[kSeqlensK].set()) {
+      for (std::size_t i = 0; i < fields[kSeqlensQ].values.size(); ++i) {
+        for (std::size_t j = 0; j < fields[kSeqlensK].values.size(); ++j) {
+          const std::size_t q = std::get<Lengths>(fields[kSeqlensQ].values[i]).lengths.size();
+          const std::size_t k = std::get<Lengths>(fields[kSeqlensK].values[j]).lengths.size();
+          if (q == k) continue;
+          auto element = [](const Values& v, std::size_t at) {
+            return v.axis ? fmt::format("{}[{}]", v.path, at) : v.path;
+          };
+          fail(element(fields[kSeqlensK], j),
+               fmt::format("has {} lengths, '{}' has {}: both give one length per sequence", k,
+                           element(fields[kSeqlensQ], i), q),
+               fields[kSeqlensK].node);
+        }
+      }
+    }
     if (!fields[kVariant].set()) fail("variant", "missing: every row needs a variant (in [fixed] or [axes])");
     if (fields[kSeqlenQ].set() != fields[kSeqlenK].set()) {
       const Field given = fields[kSeqlenQ].set() ? kSeqlenQ : kSeqlenK;
       fail(fields[given].path, "needs both seqlen_q and seqlen_k (or seqlen for N_q = N_k)", fields[given].node);
     }
-    if (!fields[kSeqlen].set() && !fields[kSeqlenQ].set()) {
-      fail("seqlen", "missing: set seqlen (or seqlen_q and seqlen_k) in [fixed] or [axes]");
+    if (!fields[kSeqlen].set() && !fields[kSeqlenQ].set() && !fields[kSeqlensQ].set() && !fields[kSeqlens].set()) {
+      fail("seqlen",
+           "missing: set seqlen (or seqlen_q and seqlen_k, or varlen seqlens_q or seqlens) in [fixed] or [axes]");
     }
     auto divides = [&](Field whole, Field part, std::int64_t part_default) {
       if (!fields[whole].set()) return;
@@ -634,17 +822,25 @@ class Parser {
     row.dtype = get(kDType, row.dtype);
     row.distribution = get(kDistribution, row.distribution);
     Problem& p = row.problem;
-    p.head_dim = get(kHeadDim, p.head_dim);
-    p.head_dim_v = get(kHeadDimV, std::int64_t{0});
-    if (has(kSeqlen)) {
-      p.seqlen_q = p.seqlen_k = get(kSeqlen, std::int64_t{1});
+    const std::int64_t head_dim = get(kHeadDim, p.head_dim);
+    const std::int64_t heads = has(kModelDim) ? get(kModelDim, std::int64_t{1}) / head_dim : get(kHeads, p.heads);
+    const std::int64_t heads_kv = get(kHeadsKv, heads);
+    if (has(kSeqlens) || has(kSeqlensQ)) {
+      const Lengths q = get(has(kSeqlens) ? kSeqlens : kSeqlensQ, Lengths{});
+      p = Problem::varlen(heads, heads_kv, head_dim, q.lengths, get(kSeqlensK, q).lengths);
     } else {
-      p.seqlen_q = get(kSeqlenQ, p.seqlen_q);
-      p.seqlen_k = get(kSeqlenK, p.seqlen_k);
+      if (has(kSeqlen)) {
+        p.seqlen_q = p.seqlen_k = get(kSeqlen, std::int64_t{1});
+      } else {
+        p.seqlen_q = get(kSeqlenQ, p.seqlen_q);
+        p.seqlen_k = get(kSeqlenK, p.seqlen_k);
+      }
+      p.batch = has(kTokens) ? get(kTokens, std::int64_t{1}) / p.seqlen_q : get(kBatch, p.batch);
+      p.heads = heads;
+      p.heads_kv = heads_kv;
+      p.head_dim = head_dim;
     }
-    p.batch = has(kTokens) ? get(kTokens, std::int64_t{1}) / p.seqlen_q : get(kBatch, p.batch);
-    p.heads = has(kModelDim) ? get(kModelDim, std::int64_t{1}) / p.head_dim : get(kHeads, p.heads);
-    p.heads_kv = get(kHeadsKv, p.heads);
+    p.head_dim_v = get(kHeadDimV, std::int64_t{0});
     p.causal = get(kCausal, false);
     p.window = get(kWindow, Window{});
     if (has(kSoftmaxScale)) p.softmax_scale = get(kSoftmaxScale, 0.0);

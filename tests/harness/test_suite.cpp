@@ -1,4 +1,6 @@
-// Suite files: parsing, expansion order, row keys, every class of malformed input, --filter and --shard.
+// Suite files: parsing, expansion order, row keys, varlen lengths (listed and drawn), every class of malformed input,
+// --filter and --shard.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -820,4 +822,245 @@ TEST_CASE("suite: max_row_seconds is a positive number, 0 (no limit) by default"
   CHECK(error_of("[suite]\nname = \"s\"\nmax_row_seconds = 0\n" + rows).find("suite.max_row_seconds") != std::string::npos);
   CHECK(error_of("[suite]\nname = \"s\"\nmax_row_seconds = -1\n" + rows).find("must be finite and > 0") != std::string::npos);
   CHECK(error_of("[suite]\nname = \"s\"\nmax_row_seconds = \"1h\"\n" + rows).find("must be a number") != std::string::npos);
+}
+
+namespace {
+
+// A varlen row's per-sequence lengths, from its cumulative offsets.
+std::vector<std::int64_t> lengths_of(const std::vector<std::int64_t>& cu_seqlens) {
+  std::vector<std::int64_t> lengths;
+  for (std::size_t b = 0; b + 1 < cu_seqlens.size(); ++b) lengths.push_back(cu_seqlens[b + 1] - cu_seqlens[b]);
+  return lengths;
+}
+
+using Lengths = std::vector<std::int64_t>;
+
+}  // namespace
+
+TEST_CASE("suite: seqlens_q and seqlens_k make varlen rows with the row's heads, dims and mask", "[suite][varlen]") {
+  const Suite fixed = parse_suite(R"(
+[fixed]
+variant = "v"
+heads = 4
+heads_kv = 2
+head_dim = 40
+head_dim_v = 24
+causal = true
+window = [8, 0]
+softmax_scale = 0.25
+seqlens_q = [17, 0, 129]
+seqlens_k = [33, 5, 1]
+)",
+                                  "v.toml");
+  REQUIRE(fixed.rows.size() == 1);
+  const flashlab::Problem& p = fixed.rows[0].problem;
+  CHECK(p.is_varlen());
+  CHECK(p.batch == 3);
+  CHECK(p.cu_seqlens_q == Lengths{0, 17, 17, 146});
+  CHECK(p.cu_seqlens_k == Lengths{0, 33, 38, 39});
+  CHECK(p.seqlen_q == 129);  // the longest sequence
+  CHECK(p.seqlen_k == 33);
+  CHECK(p.heads == 4);
+  CHECK(p.heads_kv == 2);
+  CHECK(p.head_dim == 40);
+  CHECK(p.head_dim_v == 24);
+  CHECK(p.causal);
+  CHECK(p.window == Window{8, 0});
+  CHECK(p.softmax_scale == 0.25);
+  CHECK_NOTHROW(p.validate());
+  CHECK(fixed.rows[0].key().find("|cu_q=0,17,17,146|cu_k=0,33,38,39") != std::string::npos);
+
+  // in [axes] a list of lists, each one batch; seqlens_k defaults to seqlens_q; model_dim still sets heads
+  const Suite axes = parse_suite(R"(
+[fixed]
+variant = "v"
+model_dim = 128
+[axes]
+head_dim = [32, 64]
+seqlens_q = [[5, 0, 7], [1]]
+)",
+                                 "v.toml");
+  REQUIRE(axes.rows.size() == 4);
+  // canonical order: seqlens_q varies slower than head_dim
+  CHECK(lengths_of(axes.rows[0].problem.cu_seqlens_q) == Lengths{5, 0, 7});
+  CHECK(axes.rows[0].problem.head_dim == 32);
+  CHECK(axes.rows[0].problem.heads == 4);
+  CHECK(axes.rows[1].problem.head_dim == 64);
+  CHECK(axes.rows[1].problem.heads == 2);
+  CHECK(lengths_of(axes.rows[2].problem.cu_seqlens_q) == Lengths{1});
+  for (const RowSpec& row : axes.rows) {
+    INFO(row.key());
+    CHECK(row.problem.cu_seqlens_k == row.problem.cu_seqlens_q);
+    CHECK(row.problem.heads_kv == row.problem.heads);
+    CHECK(row.problem.batch + 1 == static_cast<std::int64_t>(row.problem.cu_seqlens_q.size()));
+    CHECK_NOTHROW(row.problem.validate());
+  }
+
+  // both as axes: the cross-product, every pair of one batch size
+  const Suite both = parse_suite(R"(
+[fixed]
+variant = "v"
+[axes]
+seqlens_q = [[3, 4], [0, 9]]
+seqlens_k = [[4, 4], [1, 0]]
+)",
+                                 "v.toml");
+  REQUIRE(both.rows.size() == 4);
+  CHECK(lengths_of(both.rows[1].problem.cu_seqlens_q) == Lengths{3, 4});
+  CHECK(lengths_of(both.rows[1].problem.cu_seqlens_k) == Lengths{1, 0});
+  CHECK(lengths_of(both.rows[2].problem.cu_seqlens_q) == Lengths{0, 9});
+  CHECK(lengths_of(both.rows[2].problem.cu_seqlens_k) == Lengths{4, 4});
+
+  // varlen and dense rows side by side in sweeps
+  const Suite mixed = parse_suite(R"(
+[fixed]
+variant = "v"
+[[sweep]]
+fixed = { seqlen = 8 }
+[[sweep]]
+fixed = { seqlens_q = [8] }
+)",
+                                  "v.toml");
+  REQUIRE(mixed.rows.size() == 2);
+  CHECK_FALSE(mixed.rows[0].problem.is_varlen());
+  CHECK(mixed.rows[1].problem.is_varlen());
+  CHECK(mixed.rows[0].key() != mixed.rows[1].key());
+}
+
+TEST_CASE("suite: a seqlens table draws lengths that fill its token budget, the same for the same seed",
+          "[suite][varlen]") {
+  auto drawn = [](const std::string& table) {
+    const Suite suite = parse_suite("[fixed]\nvariant = \"v\"\nseqlens = " + table + "\n", "d.toml");
+    REQUIRE(suite.rows.size() == 1);
+    const flashlab::Problem& p = suite.rows[0].problem;
+    REQUIRE(p.is_varlen());
+    CHECK(p.cu_seqlens_k == p.cu_seqlens_q);  // N_k = N_q per sequence
+    CHECK_NOTHROW(p.validate());
+    return lengths_of(p.cu_seqlens_q);
+  };
+  // Expected lists from an independent Python implementation of MT19937-64 (Matsumoto and Nishimura's reference
+  // algorithm; its first 1000 words for seeds 0, 2, 42 and 5489 equal std::mt19937_64's, and its 10000th for 5489 is
+  // the standard's 9981545732273789042) and the draw as experiments/README.md states it: a change in the draw, or an
+  // engine that is not the standard's, fails here.
+  CHECK(drawn(R"({ tokens = 1000, distribution = "uniform", seed = 42, min = 0, max = 300 })") ==
+        Lengths{125, 206, 5, 193, 20, 132, 151, 168});
+  CHECK(drawn(R"({ tokens = 3000, distribution = "loguniform", seed = 2, min = 0, max = 1000 })") ==
+        Lengths{57, 19, 3,  35,  454, 19, 68,  80,  19,  11, 33,  1,  494, 24, 44,
+                19, 0,  31, 123, 152, 2,  599, 145, 120, 1,  237, 14, 25,  171});
+  CHECK(drawn("{ tokens = 64, seed = 0, min = 0, max = 16 }") == Lengths{3, 12, 7, 0, 11, 6, 3, 3, 12, 7});
+  // defaults: uniform, seed 0, min 1, max = tokens; the order of the fields does not matter
+  CHECK(drawn("{ tokens = 500 }") ==
+        drawn(R"({ max = 500, seed = 0, min = 1, distribution = "uniform", tokens = 500 })"));
+  CHECK(drawn("{ tokens = 1 }") == Lengths{1});
+
+  // every seed: the lengths add up to the budget, each drawn one lies in [min, max], only the last is cut
+  for (const char* distribution : {"uniform", "loguniform"}) {
+    std::set<Lengths> distinct;
+    std::int64_t zeros = 0, short_ones = 0, long_ones = 0, count = 0;
+    for (int seed = 0; seed < 40; ++seed) {
+      INFO(distribution << " seed " << seed);
+      const Lengths lengths = drawn(fmt::format(
+          R"({{ tokens = 4096, distribution = "{}", seed = {}, min = 0, max = 1024 }})", distribution, seed));
+      std::int64_t total = 0;
+      for (std::size_t i = 0; i < lengths.size(); ++i) {
+        CHECK(lengths[i] >= 0);
+        CHECK(lengths[i] <= 1024);
+        total += lengths[i];
+        zeros += lengths[i] == 0;
+        short_ones += lengths[i] > 0 && lengths[i] < 32;
+        long_ones += lengths[i] >= 512;
+        ++count;
+      }
+      CHECK(total == 4096);
+      CHECK(lengths.back() > 0);  // the budget ends with a token, not an empty sequence
+      distinct.insert(lengths);
+    }
+    CHECK(distinct.size() == 40);
+    if (std::string(distribution) == "loguniform") {
+      CHECK(zeros > 0);               // min = 0: zero is one of the 12 octaves (with 2^0 ... 2^10)
+      CHECK(short_ones * 4 > count);  // Zipf-like: 5 of the 12 octaves lie in 1 ... 31
+      CHECK(long_ones > 0);
+    } else {
+      CHECK(short_ones * 10 < count);  // uniform: 31 of 1025 lengths are short
+    }
+  }
+  // with min > 0, every length but the cut last one is at least min
+  for (int seed = 0; seed < 20; ++seed) {
+    const Lengths lengths = drawn(fmt::format("{{ tokens = 5000, seed = {}, min = 300, max = 700 }}", seed));
+    for (std::size_t i = 0; i + 1 < lengths.size(); ++i) CHECK((lengths[i] >= 300 && lengths[i] <= 700));
+  }
+
+  // in [axes] a list of tables, one row each
+  const Suite axes = parse_suite(R"(
+[fixed]
+variant = "v"
+heads = 2
+[axes]
+seqlens = [{ tokens = 256, seed = 1 }, { tokens = 256, seed = 2, distribution = "loguniform" }]
+)",
+                                 "d.toml");
+  REQUIRE(axes.rows.size() == 2);
+  CHECK(axes.rows[0].problem.heads == 2);
+  CHECK(lengths_of(axes.rows[0].problem.cu_seqlens_q) == drawn("{ tokens = 256, seed = 1 }"));
+  CHECK(lengths_of(axes.rows[1].problem.cu_seqlens_q) ==
+        drawn(R"({ tokens = 256, seed = 2, distribution = "loguniform" })"));
+  CHECK(axes.rows[0].key() != axes.rows[1].key());
+}
+
+TEST_CASE("suite: malformed varlen keys are one line naming the key", "[suite][varlen]") {
+  const std::string v = "[fixed]\nvariant = \"v\"\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      // explicit lengths
+      {v + "seqlens_q = [4, -1]\n", "'fixed.seqlens_q[1]': is -1, must be >= 0"},
+      {v + "seqlens_q = []\n", "'fixed.seqlens_q': must not be empty"},
+      {v + "seqlens_q = 4\n", "'fixed.seqlens_q': must be a list of sequence lengths"},
+      {v + "seqlens_q = [4, 2.5]\n", "'fixed.seqlens_q[1]': must be an integer"},
+      {v + "seqlens_q = [4, 5]\nseqlens_k = [4]\n", "'fixed.seqlens_k': has 1 lengths, 'fixed.seqlens_q' has 2"},
+      {v + "[axes]\nseqlens_q = [[1, 2], [3]]\nseqlens_k = [[1, 2]]\n",
+       "'axes.seqlens_k[0]': has 2 lengths, 'axes.seqlens_q[1]' has 1"},
+      {v + "seqlens_k = [4]\n", "'fixed.seqlens_k': needs seqlens_q"},
+      {v + "[axes]\nseqlens_q = [4, 5]\n", "'axes.seqlens_q': an axis of lengths is a list of lists"},
+      {v + "[axes]\nseqlens_q = []\n", "'axes.seqlens_q': an axis must not be empty"},
+      {v + "[axes]\nseqlens_q = [[4], []]\n", "'axes.seqlens_q[1]': must not be empty"},
+      {v + "[axes]\nseqlens_q = [[4, 0], [4, 0]]\n", "'axes.seqlens_q[1]': [4, 0] is listed twice"},
+      {v + "seqlens_q = [4611686018427387904, 4611686018427387904]\n",
+       "'fixed.seqlens_q': the lengths add up to more than"},
+      // with the dense keys they replace
+      {v + "seqlens_q = [4]\nbatch = 2\n", "'fixed.seqlens_q': cannot be set together with 'fixed.batch'"},
+      {v + "seqlens_q = [4]\nseqlen = 4\n", "'fixed.seqlens_q': cannot be set together with 'fixed.seqlen'"},
+      {v + "seqlens_q = [4]\nseqlen_q = 4\nseqlen_k = 4\n",
+       "'fixed.seqlens_q': cannot be set together with 'fixed.seqlen_q'"},
+      {v + "seqlens_q = [4]\n[axes]\ntokens = [4]\n", "'fixed.seqlens_q': cannot be set together with 'axes.tokens'"},
+      {v + "seqlens = { tokens = 8 }\nseqlen = 8\n", "'fixed.seqlens': cannot be set together with 'fixed.seqlen'"},
+      {v + "seqlens = { tokens = 8 }\nseqlens_q = [8]\n",
+       "'fixed.seqlens': cannot be set together with 'fixed.seqlens_q'"},
+      {v + "seqlens_q = [8]\n[axes]\nseqlens = [{ tokens = 8 }]\n",
+       "'axes.seqlens': cannot be set together with 'fixed.seqlens_q'"},
+      {v + "seqlens_q = [8]\nseqlens_k = [8]\n[axes]\nseqlens_q = [[8]]\n",
+       "'axes.seqlens_q': already set as 'fixed.seqlens_q'"},
+      // drawn lengths
+      {v + "seqlens = { tokens = 0 }\n", "'fixed.seqlens.tokens': is 0, must be >= 1"},
+      {v + "seqlens = { seed = 1 }\n", "'fixed.seqlens.tokens': missing"},
+      {v + "seqlens = { tokens = 8, mean = 3 }\n", "'fixed.seqlens.mean': unknown field of a seqlens table"},
+      {v + "seqlens = { tokens = 8, min = 5, max = 4 }\n", "'fixed.seqlens': min = 5 > max = 4"},
+      {v + "seqlens = { tokens = 8, min = 9 }\n", "'fixed.seqlens': min = 9 > max = 8 (max defaults to tokens)"},
+      {v + "seqlens = { tokens = 8, min = -1 }\n", "'fixed.seqlens.min': is -1, must be >= 0"},
+      {v + "seqlens = { tokens = 8, min = 0, max = 0 }\n", "'fixed.seqlens.max': is 0, must be >= 1"},
+      {v + "seqlens = { tokens = 8, seed = -3 }\n", "'fixed.seqlens.seed': is -3, must be >= 0"},
+      {v + "seqlens = { tokens = 8, distribution = \"zipf\" }\n",
+       "'fixed.seqlens.distribution': is \"zipf\", must be one of"},
+      {v + "seqlens = { tokens = 8.0 }\n", "'fixed.seqlens.tokens': must be an integer"},
+      {v + "seqlens = [8, 8]\n", "'fixed.seqlens': must be a table {tokens = T"},
+      {v + "seqlens = { tokens = 4000000, min = 0, max = 1 }\n", "'fixed.seqlens': draws more than 1000000 sequences"},
+      {v + "[axes]\nseqlens = [{ tokens = 8, seed = 1 }, { tokens = 8, seed = 1 }]\n",
+       "'axes.seqlens[1]': {tokens = 8, distribution = \"uniform\", seed = 1, min = 1, max = 8} is listed twice"},
+      {v + "[axes]\nseqlens = [{ tokens = 8, min = 3, max = 2 }]\n", "'axes.seqlens[0]': min = 3 > max = 2"},
+  };
+  for (const auto& [text, expected] : cases) {
+    INFO(text);
+    const std::string message = error_of(text);
+    INFO(message);
+    CHECK(message.rfind("bad.toml: key " + expected, 0) == 0);
+    CHECK(message.find('\n') == std::string::npos);
+  }
 }

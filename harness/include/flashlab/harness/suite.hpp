@@ -48,7 +48,7 @@ struct RowSpec {
   Pass pass = Pass::fwd;
   DType dtype = DType::fp16;
   Distribution distribution = Distribution::normal;
-  Problem problem;
+  Problem problem;  // varlen (Problem::varlen) for rows of seqlens_q / seqlens_k or drawn seqlens
   [[nodiscard]] std::string key() const;
 };
 
