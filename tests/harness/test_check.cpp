@@ -20,7 +20,9 @@
 #include "flashlab/harness/check.hpp"
 #include "flashlab/harness/compare.hpp"
 #include "flashlab/harness/results.hpp"
+#include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/runner.hpp"
+#include "flashlab/harness/suite.hpp"
 #include "flashlab/harness/verify.hpp"
 
 using namespace flashlab::harness;
@@ -937,4 +939,11 @@ seqlen = [17, 64, 97]
   CHECK(run_flashlab("run " + suite.string() + " --out " + out + " --devices 0,").code == 2);
   CHECK(run_flashlab("run " + suite.string() + " --out " + out + " --devices 0,1 --shard 0/2").code == 2);
   fs::remove_all(root);
+}
+
+TEST_CASE("experiments/smoke.toml covers every variant the project defines, as it says", "[harness][suite]") {
+  const Suite smoke = load_suite(source_path("experiments/smoke.toml"));
+  std::set<std::string> variants;
+  for (const RowSpec& row : smoke.rows) variants.insert(row.variant);
+  CHECK(variants == std::set<std::string>(std::begin(kVariantIds), std::end(kVariantIds)));
 }
