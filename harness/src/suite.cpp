@@ -87,8 +87,9 @@ constexpr std::array<FieldSpec, kFieldCount> kFields = {{
     {"model_dim", Kind::count},
 }};
 
-// The suite's dtypes: fp64 is the reference's type, not a run's.
-constexpr std::array<DType, 4> kSuiteDTypes = {DType::fp32, DType::fp16, DType::bf16, DType::fp8_e4m3};
+// The suite's dtypes. fp64 rows run on the CPU variants (the GPU variants report them unsupported); their check
+// adds the fp64 reference's own rounding to each bound.
+constexpr std::array<DType, 5> kSuiteDTypes = {DType::fp64, DType::fp32, DType::fp16, DType::bf16, DType::fp8_e4m3};
 
 // A varlen row's per-sequence lengths: a list from the file, or drawn from a `seqlens` table (`drawn` then holds the
 // table as read, with its defaults, for messages). Two are the same value when their lengths are.

@@ -565,3 +565,52 @@ TEST_CASE("variant options are parsed, checked and applied", "[harness][registry
     CHECK(resolve_variant("flash2[br=99999999,bc=64]").error.find("positive integer") != std::string::npos);
   }
 }
+
+TEST_CASE("fp64 rows run on the CPU variants and are verified, the reference's own rounding added to each bound", "[harness][run]") {
+  const fs::path dir = fresh_directory("fp64");
+  RunOptions options;
+  options.suite = write_suite(dir, R"([suite]
+name = "f64"
+warmup = 0
+repetitions = 1
+[fixed]
+pass = "fwdbwd"
+heads = 4
+heads_kv = 2
+head_dim = 32
+dtype = "fp64"
+[axes]
+variant = ["cpu-reference", "cpu-standard", "flash2"]
+seqlen = [17, 129]
+causal = [false, true]
+distribution = ["normal", "outliers", "large_logits"]
+)");
+  options.out = dir / "results";
+  options.run_id = "r";
+  CHECK(run_suite(options) == kExitOk);
+  const auto rows = read_results(options.out / "f64" / "r" / "results.csv");
+  REQUIRE(rows.size() == 3 * 2 * 2 * 3);
+  int ok = 0;
+  for (const ResultRow& r : rows) {
+    INFO(r.at("key") << " " << r.at("reason"));
+    CHECK(r.at("dtype") == "fp64");
+    if (r.at("variant") == "flash2") {  // no fp64 GPU kernel (or no GPU variant in this build)
+      CHECK(r.at("status") == "unsupported");
+      continue;
+    }
+    CHECK(r.at("status") == "ok");
+    CHECK(r.at("verify_pass") == "1");
+    for (const char* t : {"o", "lse", "dq", "dk", "dv"}) {
+      CHECK(r.at(std::string("err_") + t + "_bound_pass") == "1");
+      CHECK(std::stod(r.at(std::string("err_") + t + "_bound")) > 0);
+      // normal inputs: O at fp64's rounding; LSE is stored in fp32 (the API's type), and the backward recomputes P
+      // from it, so LSE and the gradients err at fp32's (large_logits cancel in dS further; its bounds say so)
+      if (r.at("distribution") == "normal") {
+        CHECK(std::stod(r.at(std::string("err_") + t + "_rel_fro")) < (std::string(t) == "o" ? 1e-12 : 1e-6));
+      }
+    }
+    ++ok;
+  }
+  CHECK(ok == 2 * 2 * 2 * 3);
+  fs::remove_all(dir);
+}

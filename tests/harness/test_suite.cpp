@@ -482,7 +482,6 @@ TEST_CASE("suite: every class of malformed input is one line naming the file and
       {"integer for a bool", "[fixed]\n" + ok + "[axes]\ncausal = [0, 1]\n", "'axes.causal[0]'"},
       {"integer for a string", "[fixed]\nvariant = 3\nseqlen = 64\n", "'fixed.variant'"},
       {"unknown dtype", "[fixed]\n" + ok + "dtype = \"fp17\"\n", "'fixed.dtype'"},
-      {"fp64 is not a run dtype", "[fixed]\n" + ok + "dtype = \"fp64\"\n", "'fixed.dtype'"},
       {"unknown pass", "[fixed]\n" + ok + "[axes]\npass = [\"fwd\", \"backward\"]\n", "'axes.pass[1]'"},
       {"unknown distribution", "[fixed]\n" + ok + "distribution = \"gauss\"\n", "'fixed.distribution'"},
       {"string for softmax_scale", "[fixed]\n" + ok + "softmax_scale = \"0.1\"\n", "'fixed.softmax_scale'"},
