@@ -1,0 +1,119 @@
+"""ctypes bindings of libflashlab's C ABI (abi/include/flashlab/flashlab.h, version 1).
+
+The library is found through the environment variable FLASHLAB_LIBRARY (a path to libflashlab.so), else next to
+the repository's build folders (build/cpu/abi, build/cuda/abi), else by the loader's search path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+ABI_VERSION = 1
+
+OK, INVALID, UNSUPPORTED, OUT_OF_MEMORY, CUDA, INTERNAL = range(6)
+FP64, FP32, FP16, BF16 = range(4)
+FORWARD, BACKWARD = range(2)
+
+
+class FlashlabError(RuntimeError):
+    """A failed call: `status` is the flashlab_status, the message the library's one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidArgument(FlashlabError, ValueError):
+    pass
+
+
+class Unsupported(FlashlabError):
+    pass
+
+
+class Problem(ctypes.Structure):
+    _fields_ = [("batch", ctypes.c_int64), ("heads", ctypes.c_int64), ("heads_kv", ctypes.c_int64),
+                ("seqlen_q", ctypes.c_int64), ("seqlen_k", ctypes.c_int64), ("head_dim", ctypes.c_int64),
+                ("head_dim_v", ctypes.c_int64), ("causal", ctypes.c_int), ("window_left", ctypes.c_int64),
+                ("window_right", ctypes.c_int64), ("softmax_scale", ctypes.c_double),
+                ("seqlens_q", ctypes.POINTER(ctypes.c_int64)), ("seqlens_k", ctypes.POINTER(ctypes.c_int64))]
+
+
+class Strides(ctypes.Structure):
+    _fields_ = [("batch", ctypes.c_int64), ("token", ctypes.c_int64), ("head", ctypes.c_int64)]
+
+
+class Tensors(ctypes.Structure):
+    _fields_ = [("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("o", ctypes.c_void_p),
+                ("lse", ctypes.c_void_p), ("d_out", ctypes.c_void_p), ("dq", ctypes.c_void_p),
+                ("dk", ctypes.c_void_p), ("dv", ctypes.c_void_p)] + \
+               [(name, Strides) for name in ("q_strides", "k_strides", "v_strides", "o_strides", "d_out_strides",
+                                             "dq_strides", "dk_strides", "dv_strides")] + \
+               [("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p)]
+
+
+def _candidates():
+    env = os.environ.get("FLASHLAB_LIBRARY")
+    if env:
+        yield env
+        return
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for preset in ("cuda", "cpu"):
+        yield os.path.join(root, "build", preset, "abi", "libflashlab.so")
+    yield "libflashlab.so.1"
+
+
+_library: Optional[ctypes.CDLL] = None
+
+
+def library() -> ctypes.CDLL:
+    """The loaded libflashlab, its ABI version checked against this module's."""
+    global _library
+    if _library is not None:
+        return _library
+    tried = []
+    for path in _candidates():
+        if os.sep in path and not os.path.exists(path):
+            tried.append(path)
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            tried.append(f"{path} ({e})")
+            continue
+        lib.flashlab_abi_version.restype = ctypes.c_int
+        lib.flashlab_last_error.restype = ctypes.c_char_p
+        lib.flashlab_variant_count.restype = ctypes.c_int
+        lib.flashlab_variant_id.restype = ctypes.c_char_p
+        lib.flashlab_variant_id.argtypes = [ctypes.c_int]
+        for name in ("flashlab_forward", "flashlab_backward"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(Problem), ctypes.c_int, ctypes.POINTER(Tensors),
+                           ctypes.c_void_p, ctypes.c_void_p]
+        version = lib.flashlab_abi_version()
+        if version != ABI_VERSION:
+            raise ImportError(f"{path}: libflashlab ABI version {version}, this package speaks {ABI_VERSION}")
+        _library = lib
+        return lib
+    raise ImportError("libflashlab not found (set FLASHLAB_LIBRARY to the built abi/libflashlab.so); tried: "
+                      + "; ".join(tried))
+
+
+def check(status: int) -> None:
+    """Raises the exception of a failed call, with the library's message."""
+    if status == OK:
+        return
+    message = library().flashlab_last_error().decode()
+    if status == INVALID:
+        raise InvalidArgument(status, message)
+    if status == UNSUPPORTED:
+        raise Unsupported(status, message)
+    raise FlashlabError(status, message)
+
+
+def variants() -> list:
+    lib = library()
+    return [lib.flashlab_variant_id(i).decode() for i in range(lib.flashlab_variant_count())]
