@@ -38,15 +38,6 @@ std::optional<double> parse_number(const std::string& text) {
   return value;
 }
 
-namespace {
-
-std::string number(double x) {
-  return fmt::format("{}", x);
-}
-std::string shown(double x) {
-  return fmt::format("{:.4g}", x);
-}
-
 std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;
   std::size_t start = 0;
@@ -56,6 +47,15 @@ std::vector<std::string> split(const std::string& text, char separator) {
     if (at == std::string::npos) return parts;
     start = at + 1;
   }
+}
+
+namespace {
+
+std::string number(double x) {
+  return fmt::format("{}", x);
+}
+std::string shown(double x) {
+  return fmt::format("{:.4g}", x);
 }
 
 // One value of a run's row that must be a number (its verification columns).

@@ -13,6 +13,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "flashlab/harness/check.hpp"
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/run_info.hpp"
 #include "flashlab/harness/suite.hpp"
@@ -41,18 +42,14 @@ int severity(int code) {  // 3 (output) > 2 (usage) > 1 (rows failed) > 0
 
 std::vector<std::string> parse_devices(const std::string& text) {
   std::vector<std::string> devices;
-  std::size_t start = 0;
-  while (true) {
-    const std::size_t comma = text.find(',', start);
-    const std::string d = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+  for (const std::string& d : split(text, ',')) {
     if (d.empty()) throw std::invalid_argument(fmt::format("'{}': an empty device in the list (e.g. 0,1,2)", text));
     if (std::find(devices.begin(), devices.end(), d) != devices.end()) {
       throw std::invalid_argument(fmt::format("'{}': device {} given twice", text, d));
     }
     devices.push_back(d);
-    if (comma == std::string::npos) return devices;
-    start = comma + 1;
   }
+  return devices;
 }
 
 std::size_t merge_shards(const std::filesystem::path& run_dir, std::size_t n, const std::vector<std::string>& devices,

@@ -19,6 +19,7 @@
 #include "flashlab/core/bytes.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/harness/backend.hpp"
+#include "flashlab/harness/check.hpp"
 #include "flashlab/harness/cost.hpp"
 #include "flashlab/harness/io_tensors.hpp"
 #include "flashlab/harness/registry.hpp"
@@ -340,10 +341,7 @@ std::set<std::int64_t> parse_row_list(const std::string& text) {
     }
     return std::stoll(part);
   };
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const std::size_t comma = text.find(',', start);
-    const std::string part = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+  for (const std::string& part : split(text, ',')) {
     const std::size_t dash = part.find('-');
     if (dash == std::string::npos) {
       rows.insert(index(part));
@@ -353,8 +351,6 @@ std::set<std::int64_t> parse_row_list(const std::string& text) {
       if (last - first >= 100000) throw std::invalid_argument(fmt::format("range '{}' in '{}' is over 100000 rows", part, text));
       for (std::int64_t r = first; r <= last; ++r) rows.insert(r);
     }
-    if (comma == std::string::npos) break;
-    start = comma + 1;
   }
   return rows;
 }

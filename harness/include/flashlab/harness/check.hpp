@@ -58,6 +58,8 @@ struct Band {
 [[nodiscard]] const std::string& field(const ResultRow& row, const std::string& column);
 // The number a whole field holds; none for an empty field or one that is not a number.
 [[nodiscard]] std::optional<double> parse_number(const std::string& text);
+// The parts of `text` between separators: "a,,b" -> {"a", "", "b"}, "" -> {""}.
+[[nodiscard]] std::vector<std::string> split(const std::string& text, char separator);
 
 // One run directory: its results.csv and what run.json says of the machine.
 struct RunTable {
