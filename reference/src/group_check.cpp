@@ -72,11 +72,11 @@ Shape shape_of(const GroupInputs& in, bool backward) {
   return s;
 }
 
-// max_j |m_jc| per column c (0 for a matrix without rows: a sequence with no keys).
+// max_j m_jc per column c of a matrix of magnitudes (0 for a matrix without rows: a sequence with no keys).
 template <class M>
-Vec<double> column_max_abs(const Eigen::MatrixBase<M>& m) {
-  if (m.rows() == 0) return Vec<double>::Zero(m.cols());
-  return m.cwiseAbs().colwise().maxCoeff().transpose();
+Vec<double> column_max(const Eigen::MatrixBase<M>& magnitudes) {
+  if (magnitudes.rows() == 0) return Vec<double>::Zero(magnitudes.cols());
+  return magnitudes.colwise().maxCoeff().transpose();
 }
 
 // Rows [0, n) as a choice.
@@ -422,8 +422,8 @@ struct Magnitudes {
     k_abs = ConstRows(in.k.data(), sh.nk, sh.d).cwiseAbs();
     v_abs = ConstRows(in.v.data(), sh.nk, sh.dv).cwiseAbs();
     v_sq = ConstRows(in.v.data(), sh.nk, sh.dv).cwiseAbs2();
-    k_max = column_max_abs(k_abs);
-    v_max = column_max_abs(v_abs);
+    k_max = column_max(k_abs);
+    v_max = column_max(v_abs);
     if (!backward) return;
     for (std::int64_t h = 0; h < sh.g; ++h) {
       q_abs.emplace_back(ConstRows(in.q.data() + h * sh.nq * sh.d, sh.nq, sh.d).cwiseAbs());
