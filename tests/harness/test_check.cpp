@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "catch.hpp"
+#include "npy_file.hpp"
 #include "flashlab/harness/check.hpp"
 #include "flashlab/harness/compare.hpp"
 #include "flashlab/harness/results.hpp"
@@ -302,13 +303,12 @@ TEST_CASE("output hashes repeat for a seed, differ for another, and hash the ten
   const auto saved = read_results(options.out / "hashes" / "saved" / "results.csv");
   REQUIRE(saved.size() == 1);
   REQUIRE(saved[0].at("row_index") == std::to_string(row));
-  const std::string npy =
-      read_text(options.out / "hashes" / "saved" / "tensors" / ("row-" + std::to_string(row)) / "o.npy");
-  const std::size_t header = 10 + (static_cast<unsigned char>(npy[8]) | (static_cast<unsigned char>(npy[9]) << 8));
-  REQUIRE(npy.size() == header + 33 * 4 * 16 * 2);
+  const flashlab::test::NpyFile npy =
+      flashlab::test::read_npy(options.out / "hashes" / "saved" / "tensors" / ("row-" + std::to_string(row)) / "o.npy");
+  REQUIRE(npy.payload.size() == 33 * 4 * 16 * 2);
   std::uint64_t hash = 0xcbf29ce484222325ULL;  // FNV-1a 64, written out here
-  for (std::size_t i = header; i < npy.size(); ++i) {
-    hash ^= static_cast<unsigned char>(npy[i]);
+  for (const char byte : npy.payload) {
+    hash ^= static_cast<unsigned char>(byte);
     hash *= 0x100000001b3ULL;
   }
   char hex[17];

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "catch.hpp"
+#include "npy_file.hpp"
 #include "flashlab/harness/backend.hpp"
 #include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/results.hpp"
@@ -428,20 +429,18 @@ namespace {
 
 // The payload of an .npy file as doubles ('<f8' or '<f4'), and its header.
 std::vector<double> npy_values(const fs::path& file, std::string* header_out = nullptr) {
-  std::ifstream in(file, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::size_t header = 10 + (static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8));
-  if (header_out) *header_out = bytes.substr(0, header);
-  const bool f8 = bytes.find("'descr': '<f8'") < header;
+  const flashlab::test::NpyFile npy = flashlab::test::read_npy(file);
+  if (header_out) *header_out = npy.header;
+  const bool f8 = npy.header.find("'descr': '<f8'") != std::string::npos;
   std::vector<double> values;
-  for (std::size_t at = header; at + (f8 ? 8 : 4) <= bytes.size(); at += f8 ? 8 : 4) {
+  for (std::size_t at = 0; at + (f8 ? 8 : 4) <= npy.payload.size(); at += f8 ? 8 : 4) {
     if (f8) {
       double x;
-      std::memcpy(&x, bytes.data() + at, 8);
+      std::memcpy(&x, npy.payload.data() + at, 8);
       values.push_back(x);
     } else {
       float x;
-      std::memcpy(&x, bytes.data() + at, 4);
+      std::memcpy(&x, npy.payload.data() + at, 4);
       values.push_back(x);
     }
   }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "npy_file.hpp"
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/runner.hpp"
 #include "flashlab/harness/suite.hpp"
@@ -110,14 +111,11 @@ TEST_CASE("a varlen suite runs on the CPU variants: every row ok, verified and m
   for (const auto& [name, expected] : {std::pair{"cu_seqlens_q", std::vector<std::int32_t>{0, 17, 17, 18, 147}},
                                        std::pair{"cu_seqlens_k", std::vector<std::int32_t>{0, 33, 38, 38, 167}}}) {
     INFO(name);
-    std::ifstream in(saved / (std::string(name) + ".npy"), std::ios::binary);
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    REQUIRE(bytes.size() > 10);
-    const std::size_t header = 10 + (static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8));
-    CHECK(bytes.substr(0, header).find("'descr': '<i4'") != std::string::npos);
-    REQUIRE(bytes.size() == header + 4 * expected.size());
+    const flashlab::test::NpyFile npy = flashlab::test::read_npy(saved / (std::string(name) + ".npy"));
+    CHECK(npy.header.find("'descr': '<i4'") != std::string::npos);
+    REQUIRE(npy.payload.size() == 4 * expected.size());
     std::vector<std::int32_t> offsets(expected.size());
-    std::memcpy(offsets.data(), bytes.data() + header, 4 * expected.size());
+    std::memcpy(offsets.data(), npy.payload.data(), 4 * expected.size());
     CHECK(offsets == expected);
   }
   CHECK(fs::exists(saved / "o_ref.npy"));
