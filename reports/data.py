@@ -184,6 +184,44 @@ def load_run(path: str) -> Optional[Dict[str, Any]]:
     return run
 
 
+COMMIT_DIGITS = 12  # of run.json's git_commit in a figure's caption and footer
+
+
+def run_device(run: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The device of a run as the figures name it: run.json's `device.name`; for a CPU-only run (`device` null)
+    "CPU", with the host's `cpu_model` where recorded ("CPU (Intel(R) Xeon(R) Processor)"); None when not
+    recorded (no run.json, no device block, or one without a name)."""
+    if run is None or "device" not in run:
+        return None
+    device = run["device"]
+    if device is None:
+        host = run.get("host")
+        model = str(host.get("cpu_model") or "").strip() if isinstance(host, dict) else ""
+        return f"CPU ({model})" if model and model != "unknown" else "CPU"
+    return str(device["name"]) if isinstance(device, dict) and device.get("name") else None
+
+
+def run_commit(run: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The commit a run was built from, short: the first COMMIT_DIGITS characters of run.json's `git_commit`, and
+    "(dirty)" where the checkout had uncommitted changes (`git_dirty` true, or the harness's "+dirty" suffix);
+    None when not recorded (the harness writes "unknown" where git found no commit)."""
+    commit = str((run or {}).get("git_commit") or "").strip()
+    dirty = commit.endswith("+dirty") or (run or {}).get("git_dirty") is True
+    commit = commit.removesuffix("+dirty")
+    if not commit or commit == "unknown":
+        return None
+    return commit[:COMMIT_DIGITS] + (" (dirty)" if dirty else "")
+
+
+def run_stamp(run: Optional[Dict[str, Any]]) -> str:
+    """The device and commit of a run, as each figure's caption and footer state them:
+    "NVIDIA H200, commit 11ae650b498d (dirty)"; "device not recorded" / "commit not recorded" where run.json (or
+    the field) is missing."""
+    device = run_device(run) or "device not recorded"
+    commit = run_commit(run)
+    return f"{device}, " + (f"commit {commit}" if commit else "commit not recorded")
+
+
 # --- variant names --------------------------------------------------------------------------------------
 
 def split_variant(name: str) -> Tuple[str, Dict[str, str]]:

@@ -18,8 +18,9 @@ from matplotlib.lines import Line2D
 
 from . import style
 from .data import (UNVERIFIED, Results, Row, column, column_sum, group_by, oom_ns, order_key, ordered,
-                   plotted_rows, points, setting_columns, verification)
-from .scaling import MAX_COLUMNS, Panel, Series, SlopeRow, TooManyPanels, draw_grid, line_handle, oom_handle
+                   plotted_rows, points, run_device, run_stamp, setting_columns, verification)
+from .scaling import (MAX_COLUMNS, Panel, Series, SlopeRow, TooManyPanels, draw_grid, draw_legend,
+                      fit_legend_columns, line_handle, oom_handle)
 
 
 @dataclass
@@ -31,7 +32,8 @@ class Context:
     materializes: Dict[str, bool]   # variant -> materializes the N x N matrix
     settings: List[str]             # extra panel columns (data.setting_columns)
     device_memory: Optional[float]  # bytes of device memory (run.json device.memory_bytes), if recorded
-    device: Optional[str] = None    # run.json device.name, "CPU" for a null device; None: not recorded
+    device: Optional[str] = None    # data.run_device: device.name, "CPU (model)" for a null device; None: not recorded
+    stamp: str = ""                 # data.run_stamp: device and commit, the footer of every figure
 
     @classmethod
     def of(cls, results: Results, run: Optional[Dict[str, Any]]) -> "Context":
@@ -39,14 +41,10 @@ class Context:
         materializing = {row["variant"] for row in results.rows if row.get("materializes") == 1}
         device = (run or {}).get("device")
         memory = device.get("memory_bytes") if isinstance(device, dict) else None
-        if run is not None and "device" in run and device is None:
-            name: Optional[str] = "CPU"
-        else:
-            name = str(device["name"]) if isinstance(device, dict) and device.get("name") else None
         return cls(colors=style.palette(variants), markers=style.markers(results.distinct("dtype")),
                    materializes={v: v in materializing for v in variants}, settings=setting_columns(results),
                    device_memory=float(memory) if isinstance(memory, (int, float)) and memory > 0 else None,
-                   device=name)
+                   device=run_device(run), stamp=run_stamp(run))
 
     def title(self, title: str, rows: Sequence[Row]) -> str:
         """The figure's title and under it the batch B and heads H where one value holds for all its rows, and the
@@ -129,6 +127,7 @@ def render_all(results: Results, run: Optional[Dict[str, Any]], out_dir: str) ->
                 if drawn is None and not outcome.skipped:
                     outcome.skipped = "no ok row with a positive value to plot"
                 elif drawn is not None:
+                    style.footer(drawn.figure, context.stamp)
                     outcome.files = style.save(drawn.figure, out_dir, spec.name)
                     outcome.slopes, outcome.notes, outcome.markdown = drawn.slopes, drawn.notes, drawn.markdown
         if outcome.skipped:
@@ -442,10 +441,7 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
                               linestyle="none"), "p20–p80 time"))
     if any_hollow:
         legend.append((unverified_handle(), "not verified"))
-    legend_ax = fig.add_subplot(grid[nrows, :])
-    legend_ax.axis("off")
-    legend_ax.legend([h for h, _ in legend], [label for _, label in legend], loc="center",
-                     ncol=max(1, min(len(legend), 3 * ncols)), frameon=False, handlelength=2.6)
+    draw_legend(fig.add_subplot(grid[nrows, :]), legend, fit_legend_columns(fig, legend, 3 * ncols))
     notes = [f"speed: {merged} values at an N already measured for their line were merged (median)"] if merged else []
     return Drawn(fig, [], notes)
 

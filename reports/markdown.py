@@ -10,7 +10,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .data import STATUSES, Results, order_key, ordered
+from .data import STATUSES, Results, order_key, ordered, run_stamp
 from .fit import MIN_POINTS
 from .style import format_bytes, format_n
 from .tables import TABLES_DIR, Code, Strong, Table, Tables, markdown_cell
@@ -130,6 +130,7 @@ def write(path: str, results: Results, run: Optional[Dict[str, Any]], outcomes: 
         lines += [f"Note: {n}." for n in results.notes] + [""]
 
     lines += ["## Figures", ""]
+    stamp = run_stamp(run)  # device and commit, also each figure's footer
     for o in outcomes:
         if not o.applies:
             continue
@@ -138,7 +139,7 @@ def write(path: str, results: Results, run: Optional[Dict[str, Any]], outcomes: 
             continue
         png, svg = o.files
         lines += [f"### {o.spec.title}", "", f"![{o.spec.title}]({png})", "",
-                  f"[SVG]({svg}). {o.spec.caption[0].upper()}{o.spec.caption[1:]}", ""]
+                  f"[SVG]({svg}). {o.spec.caption[0].upper()}{o.spec.caption[1:]} Run: {stamp}.", ""]
         lines += [f"Note: {n}." for n in o.notes] + ([""] if o.notes else [])
         lines += o.markdown
 

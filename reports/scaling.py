@@ -23,11 +23,17 @@ OOM_TRACK_STEP = 0.07  # one track per line with out-of-memory rows, downwards
 MAX_COLUMNS = 4        # a grid row with more panels wraps onto several rows of panels
 MAX_PANELS = 48        # panels of one or two points each: more than this is a random-problem suite, not a figure
 MAX_SWEEP_PANELS = 256  # panels of sweeps over N: more than this is too large to draw or read
+MIN_SCALING_POINTS = 3
+LEGEND_STYLE = dict(frameon=False, handlelength=2.6)  # the legend under the panels
+# Inches of the figure's width the legend leaves to the panels' y label and tick labels (the legend row spans the
+# panels, not the margin left of them: measured 0.49 in speed, 0.57 in error, 0.72 in memory and traffic, whose
+# ticks read "512 MiB") and to the layout's pad on the right (0.04), with room for text measured at 100 dpi and
+# drawn at 72 (SVG) or 150 (PNG).
+LEGEND_MARGIN = 0.9
 
 
 class TooManyPanels(Exception):
     """A figure would need more than MAX_PANELS panels: it is skipped, with this as the reason."""
-MIN_SCALING_POINTS = 3
 
 
 @dataclass
@@ -109,8 +115,9 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
     """Draws the panels in a grid (rows: distinct grid_row values, columns: distinct grid_col values, both in
     canonical order; more than MAX_COLUMNS columns wrap), with shared log-log axes (set up by `axes`: base 2 and
     bytes by default) and one legend under the grid; hline (y, label) is a dotted reference level in every
-    panel; legend_columns (default 3 per panel column) is for long legend labels. Returns the figure and the
-    fitted slope of every series that has one."""
+    panel; legend_columns (default 3 per panel column) is the most columns of the legend, for long labels: fewer
+    where the legend would be wider than the figure (fit_legend_columns). Returns the figure and the fitted slope of
+    every series that has one."""
     # A panel is a scaling plot only with a line of at least MIN_SCALING_POINTS sequence lengths: rows of a suite
     # that are not a sweep over N (verification shapes, say) would otherwise each get a panel of one or two points.
     sweeps = [p for p in panels if any(len(s.ns) + len(s.oom) >= MIN_SCALING_POINTS for s in p.series)]
@@ -125,10 +132,10 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
     cols = sorted({p.grid_col for p in panels}, key=tuple_key(col_columns))
     wraps = math.ceil(len(cols) / MAX_COLUMNS)
     nrows, ncols = len(rows) * wraps, min(len(cols), MAX_COLUMNS)
-    ncol_legend = max(1, min(len(legend), legend_columns or max(2, 3 * ncols)))
-    legend_rows = math.ceil(len(legend) / ncol_legend)
 
     fig = style.new_figure(ncols, nrows)
+    ncol_legend = fit_legend_columns(fig, legend, legend_columns or max(2, 3 * ncols))
+    legend_rows = math.ceil(len(legend) / ncol_legend)
     fig.set_figheight(fig.get_figheight() + 0.2 * max(legend_rows - 2, 0))
     fig.suptitle(title)
     grid = fig.add_gridspec(nrows + 1, ncols,
@@ -162,11 +169,31 @@ def draw_grid(name: str, title: str, panels: Sequence[Panel], row_columns: Seque
             ax.set_xlim(*xlim)
             ax.set_ylim(*ylim)
 
-    legend_ax = fig.add_subplot(grid[nrows, :])
-    legend_ax.axis("off")
-    legend_ax.legend([h for h, _ in legend], [label for _, label in legend], loc="center",
-                     ncol=ncol_legend, frameon=False, handlelength=2.6)
+    draw_legend(fig.add_subplot(grid[nrows, :]), legend, ncol_legend)
     return fig, slopes
+
+
+def fit_legend_columns(fig: Figure, legend: Sequence[Tuple[Any, str]], most: int) -> int:
+    """The most columns, at most `most`, in which the legend under the panels (draw_legend) is no wider than the
+    figure less LEGEND_MARGIN, as the figure's renderer measures it. A wider legend is cut at the figure's edges,
+    and constrained layout squeezes the panels to make room for it: to nothing ("axes sizes collapsed to zero")
+    in an error figure of one panel column, whose labels name the bounds."""
+    width = (fig.get_figwidth() - LEGEND_MARGIN) * fig.dpi
+    renderer = fig.canvas.get_renderer()
+    handles, labels = [h for h, _ in legend], [label for _, label in legend]
+    for ncol in range(min(len(legend), most), 1, -1):
+        trial = fig.legend(handles, labels, ncol=ncol, **LEGEND_STYLE)
+        fits = trial.get_window_extent(renderer).width <= width
+        trial.remove()
+        if fits:
+            return ncol
+    return 1
+
+
+def draw_legend(ax, legend: Sequence[Tuple[Any, str]], ncol: int) -> None:
+    """The legend (handle, label) centered in `ax`, the row of the grid under the panels, in `ncol` columns."""
+    ax.axis("off")
+    ax.legend([h for h, _ in legend], [label for _, label in legend], loc="center", ncol=ncol, **LEGEND_STYLE)
 
 
 def _draw_panel(ax, figure: str, panel: Panel, xlim: Tuple[float, float]) -> List[SlopeRow]:

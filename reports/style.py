@@ -22,6 +22,10 @@ SOFTWARE = "flashlab reports"
 PNG_DPI = 150
 PANEL_SIZE = (4.2, 3.1)   # inches per panel
 LEGEND_HEIGHT = 0.75      # inches for the legend row under the panels
+FOOTER_HEIGHT = 0.2       # inches of the strip under the layout that holds the footer (device and commit)
+FOOTER_PAD = 0.08         # inches from the figure's left edge to the footer
+FOOTER_SIZE = 6.5         # points
+FOOTER_GRAY = "#8a8a8a"
 
 RC = {
     "font.family": "sans-serif",
@@ -161,6 +165,18 @@ def new_figure(ncols: int, nrows: int) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def footer(fig: Figure, text: str) -> None:
+    """`text` (the run's device and commit, data.run_stamp) in small grey type at the bottom left of the figure,
+    in a strip of FOOTER_HEIGHT added under the area the constrained layout fills, so that it overlaps nothing
+    (the layout ignores a figure's text)."""
+    height = fig.get_figheight() + FOOTER_HEIGHT
+    fig.set_figheight(height)
+    strip = FOOTER_HEIGHT / height
+    fig.get_layout_engine().set(rect=(0.0, strip, 1.0, 1.0 - strip))
+    fig.text(FOOTER_PAD / fig.get_figwidth(), strip / 2, text, ha="left", va="center", fontsize=FOOTER_SIZE,
+             color=FOOTER_GRAY)
 
 
 def save(fig: Figure, out_dir: str, name: str) -> List[str]:

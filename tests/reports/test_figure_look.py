@@ -1,13 +1,16 @@
 """Regression tests of the figures' look (a users' issue): the speed figure's unit and p20-p80 bars, dtypes told
-apart beyond the marker, the memory model line drawn over the measured one with legend handles as drawn, and
-the batch, heads and device in the titles. Each builds the matplotlib Figure and inspects what is on it.
+apart beyond the marker, the memory model line drawn over the measured one with legend handles as drawn, the
+batch, heads and device in the titles, and the device and commit in every figure's footer. Each builds the
+matplotlib Figure and inspects what is on it.
 """
 
 import os
 import sys
 import tempfile
 import unittest
+import warnings
 from pathlib import Path
+from unittest import mock
 
 from matplotlib.collections import LineCollection
 from matplotlib.container import ErrorbarContainer
@@ -207,6 +210,57 @@ class Titles(unittest.TestCase):
                 results, figures.Context.of(results, data.load_run(str(RUN_DIR / "run.json"))))
         self.assertIn("B=64, H=16", suptitle(drawn))
         self.assertIn("NVIDIA H100 80GB HBM3", suptitle(drawn))
+
+class Provenance(unittest.TestCase):
+    """Every figure states the run's device and commit: in its caption in report.md (test_reports) and in a footer
+    on the figure itself."""
+
+    def test_stamp(self):
+        gpu = {"device": {"name": "NVIDIA H200"}, "git_commit": "11ae650b498d0c2f1b7c5ad6e3b1f0c9d8e7a6b5"}
+        self.assertEqual(data.run_stamp(gpu), "NVIDIA H200, commit 11ae650b498d")
+        self.assertEqual(data.run_stamp(dict(gpu, git_commit=gpu["git_commit"] + "+dirty", git_dirty=True)),
+                         "NVIDIA H200, commit 11ae650b498d (dirty)")
+        self.assertEqual(data.run_stamp(dict(gpu, git_dirty=True)), "NVIDIA H200, commit 11ae650b498d (dirty)")
+        cpu = {"device": None, "host": {"cpu_model": "Intel(R) Xeon(R) Processor"}, "git_commit": "abc1234"}
+        self.assertEqual(data.run_stamp(cpu), "CPU (Intel(R) Xeon(R) Processor), commit abc1234")
+        self.assertEqual(data.run_stamp({"device": None, "host": {"cpu_model": "unknown"}}),
+                         "CPU, commit not recorded")
+        for run in (None, {}, {"device": {"sm_count": 132}, "git_commit": "unknown"}, {"git_commit": ""}):
+            self.assertEqual(data.run_stamp(run), "device not recorded, commit not recorded", run)
+
+    def footers(self, run_dir):
+        """{figure name: (figure, its footer text)} of every figure render_all draws for a fixture run, each
+        laid out with warnings as errors."""
+        results, run = data.load_results(str(run_dir / "results.csv")), data.load_run(str(run_dir / "run.json"))
+        drawn = {}
+
+        def capture(fig, out_dir, name):
+            drawn[name] = fig
+            return []
+
+        with tempfile.TemporaryDirectory(prefix="reports-test-") as out, \
+                mock.patch.object(style, "save", side_effect=capture):
+            figures.render_all(results, run, out)
+        self.assertTrue(drawn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for fig in drawn.values():
+                fig.canvas.draw()
+        return drawn
+
+    def test_footer_on_every_figure(self):
+        numerics = Path(__file__).resolve().parent / "fixtures" / "numerics"
+        drawn = {**self.footers(RUN_DIR), **self.footers(numerics)}
+        self.assertEqual(sorted(drawn), ["error", "memory", "memory_device", "speed", "traffic"])
+        for name, fig in drawn.items():
+            texts = [t for t in fig.texts if t.get_text() == "NVIDIA H100 80GB HBM3, commit 76ef99e2c4d1"]
+            self.assertEqual(len(texts), 1, name)
+            renderer = fig.canvas.get_renderer()
+            box = texts[0].get_window_extent(renderer)
+            self.assertTrue(fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0, name)
+            for ax in fig.axes:  # under everything the layout placed, the legend included
+                self.assertLess(box.y1, ax.get_tightbbox(renderer).y0, (name, ax.get_title()))
+
 
 if __name__ == "__main__":
     unittest.main()

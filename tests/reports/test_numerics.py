@@ -14,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import unittest
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,6 +321,39 @@ class ErrorFigure(unittest.TestCase):
         # The fp16 forward rows of two distributions at the same N are two panels, not one merged line.
         self.assertIn("distribution", self.context.settings)
         self.assertEqual(self.drawn.notes, [])
+
+
+class OneColumnLegend(unittest.TestCase):
+    """The error figure of one panel column (the fixture's forward rows on normal inputs): its legend, whose labels
+    name the bounds, was wider than the figure in 3 * 1 columns, cut at the figure's edges, and in the SVG
+    constrained layout gave up with "axes sizes collapsed to zero"."""
+
+    def draw(self):
+        results, _ = load()
+        results = data.Results("results.csv", results.columns,
+                               [r for r in results.rows if r["pass"] == "fwd" and r["distribution"] == "normal"])
+        context = figures.Context.of(results, data.load_run(str(NUMERICS_DIR / "run.json")))
+        with style.fixed_style():
+            drawn = numerics.error(results, context)
+            self.assertEqual({ax.get_title() for ax in drawn.figure.axes if ax.get_title()},
+                             {"O, forward, d=64", "LSE, forward, d=64"})
+            style.footer(drawn.figure, context.stamp)
+            with tempfile.TemporaryDirectory(prefix="reports-test-") as out, warnings.catch_warnings():
+                warnings.simplefilter("error")  # "constrained_layout not applied" fails the test
+                style.save(drawn.figure, out, "error")
+                drawn.figure.canvas.draw()
+        return drawn.figure
+
+    def test_legend_within_the_figure_and_no_layout_warning(self):
+        fig = self.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = [ax for ax in fig.axes if not ax.get_title()][0].get_legend()
+        box, page = legend.get_window_extent(renderer), fig.bbox
+        self.assertTrue(box.x0 >= page.x0 and box.x1 <= page.x1 and box.y0 >= page.y0 and box.y1 <= page.y1,
+                        (box, page))
+        for ax in fig.axes:
+            if ax.get_title():  # the panels keep their width (the layout squeezed them to make room)
+                self.assertGreater(ax.get_window_extent(renderer).width, 0.6 * style.PANEL_SIZE[0] * fig.dpi)
 
 
 class SpeedMarksUnverified(unittest.TestCase):

@@ -147,6 +147,12 @@ class ReportOfFixture(unittest.TestCase):
             b = Path(self.out[1], name).read_bytes()
             self.assertTrue(a == b, f"{name} differs between two runs")
 
+    def test_captions_state_device_and_commit(self):
+        captions = [line for line in self.report.splitlines() if line.startswith("[SVG](")]
+        self.assertEqual(len(captions), len(FIGURE_NAMES))
+        for line in captions:  # run.json: device.name and the first 12 characters of git_commit
+            self.assertTrue(line.endswith(" Run: NVIDIA H100 80GB HBM3, commit 76ef99e2c4d1."), line)
+
     def test_no_error_figure_nor_tables_without_errors(self):
         # The fixture's verification columns are those of an older harness, and empty: no error figure, no line.
         self.assertFalse(os.path.exists(os.path.join(self.out[0], "error.png")))
@@ -320,6 +326,8 @@ class Tolerant(unittest.TestCase):
                   [r for r in self.rows if r["device"] == "cpu"])
         run = json.loads((RUN_DIR / "run.json").read_text(encoding="utf-8"))
         run["device"] = None
+        run["host"] = {"cpu_model": "AMD EPYC 9654 96-Core Processor", "cores": 192}
+        run["git_commit"] += "+dirty"
         del run["finished"]
         Path(self.dir, "run.json").write_text(json.dumps(run), encoding="utf-8")
         out = os.path.join(self.dir, "report")
@@ -335,6 +343,7 @@ class Tolerant(unittest.TestCase):
             self.assertEqual(len(notes), 1, name)
             self.assertIn("not measured in this run", notes[0])
         self.assertIn("Device: none (a CPU-only run).", report)
+        self.assertIn(" Run: CPU (AMD EPYC 9654 96-Core Processor), commit 76ef99e2c4d1 (dirty).\n", report)
         self.assertIn("- **finished**: (not recorded)", report)
         self.assertEqual(markdown_table(report, "## Rows by status")[-1], ["all", "3", "0", "0", "0", "3"])
 
@@ -372,6 +381,10 @@ class Tolerant(unittest.TestCase):
         report = Path(self.dir, "out", "report.md").read_text(encoding="utf-8")
         self.assertIn("ignored an incomplete last line", report)
         self.assertIn("run.json not found", report)
+        captions = [line for line in report.splitlines() if line.startswith("[SVG](")]
+        self.assertTrue(captions)
+        for line in captions:
+            self.assertTrue(line.endswith(" Run: device not recorded, commit not recorded."), line)
         self.assertEqual(markdown_table(report, "## Rows by status")[-1], ["all", "67", "8", "1", "0", "76"])
 
     def test_setting_columns(self):
