@@ -19,6 +19,7 @@
 #include "flashlab/kernels/device.hpp"
 #include "src/check.hpp"
 #include "src/device_common.cuh"
+#include "src/launch_common.cuh"
 #include "src/launch_checks.hpp"
 
 namespace flashlab::kernels::flash2 {
@@ -169,52 +170,9 @@ inline void require(bool ok, const char* field, const std::string& message) {
   detail::require(ok, "flash2", field, message);
 }
 
-// What the current device reports for a kernel (Variant::kernels).
-template <class Kernel>
-KernelInfo kernel_info(Kernel* kernel, std::string name, std::int64_t dynamic_shared_bytes) {
-  cudaFuncAttributes a{};
-  FL_CUDA_CHECK(cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(kernel)));
-  return {std::move(name), a.numRegs, static_cast<std::int64_t>(a.localSizeBytes),
-          static_cast<std::int64_t>(a.sharedSizeBytes), dynamic_shared_bytes};
-}
-
-// Compute capability of each device, checked once per device and process (the property query costs more than
-// a launch).
-inline void require_sm80() {
-  int device = 0;
-  FL_CUDA_CHECK(cudaGetDevice(&device));
-  static std::atomic<std::uint64_t> checked{0};
-  const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
-  if (bit != 0 && (checked.load(std::memory_order_relaxed) & bit) != 0) return;
-  require_compute_capability(8, 0);
-  checked.fetch_or(bit, std::memory_order_relaxed);
-}
-
-// The dynamic shared memory a block may opt in to on the current device (cudaDevAttrMaxSharedMemoryPerBlockOptin:
-// 163 KB on A100, 227 KB on H100/H200, 99 KB on sm_86/sm_89 GPUs), queried once per device and process.
-inline int shared_bytes_per_block() {
-  constexpr int kDevices = 64;
-  static std::atomic<int> known[kDevices] = {};
-  int device = 0;
-  FL_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < kDevices) {
-    if (const int bytes = known[device].load(std::memory_order_relaxed); bytes > 0) return bytes;
-  }
-  int bytes = 0;
-  FL_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (device < kDevices) known[device].store(bytes, std::memory_order_relaxed);
-  return bytes;
-}
-
-// `what` (a kernel and its tile) needs `bytes` of shared memory per block: Unsupported, naming both sizes, where
-// this GPU offers less.
+// `what` needs `bytes` of shared memory per block (src/launch_common.cuh, with the variant's name).
 inline void require_shared_bytes(int bytes, const std::string& what) {
-  const int available = shared_bytes_per_block();
-  if (bytes > available) {
-    throw Unsupported("flash2: " + what + " needs " + std::to_string(bytes / 1024) +
-                      " KB of shared memory per block; this GPU offers " + std::to_string(available / 1024) +
-                      " KB (A100: 163 KB, H100/H200: 227 KB)");
-  }
+  kernels::require_shared_bytes("flash2", bytes, what);
 }
 
 }  // namespace flashlab::kernels::flash2

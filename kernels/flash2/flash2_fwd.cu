@@ -43,6 +43,7 @@
 #include "flashlab/core/errors.hpp"
 #include "flashlab/kernels/device.hpp"
 #include "src/check.hpp"
+#include "src/flash_data_path.hpp"
 
 namespace flashlab::kernels {
 namespace flash2 {
@@ -616,22 +617,8 @@ numerics::DataPath data_path(const Problem& p, DType dtype, const AttentionParam
   for (const ForwardConfig& c : kForwardConfigs) {
     if (block_n == 0 && c.head_dim == p.head_dim) block_n = c.block_n;  // the default: the head dim's first entry
   }
-  numerics::DataPath path;
-  path.summary = "S fp32 (mma, truncating); online softmax, lazy max, " + std::to_string(block_n) + "-key tiles; P " +
-                 std::string(name(dtype)) + " before PV; O = acc/l; bwd: P, dS " + std::string(name(dtype)) +
-                 ", dQ fp32 atomics";
-  path.u_arith = u32;
-  path.qk = {u32, true};
-  path.u_exp = 3 * u32;  // ex2.approx: 2 ulp of the correctly rounded result, plus its rounding
-  path.u_p = u;
-  path.p_dtype = dtype;
-  path.p_normalized = false;
-  path.pv = {u32, true};
-  path.row_sum = {u32, false};
-  path.row_sum_chains = 4;  // the 4 threads of an mma row each sum their columns, then two shuffle additions
-  path.key_tile = block_n;
-  path.u_out = u;
-  path.out_dtype = dtype;
+  numerics::DataPath path = online_softmax_forward_path(dtype, block_n, "mma");
+  path.summary += "; bwd: P, dS " + std::string(name(dtype)) + ", dQ fp32 atomics";
   path.u_p_bwd = u;
   path.ds_from_rounded_p = false;
   path.dp = {u32, true};

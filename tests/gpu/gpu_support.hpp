@@ -24,6 +24,7 @@
 #include "flashlab/harness/io_tensors.hpp"
 #include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/verify.hpp"
+#include "flashlab/reference/attention_data.hpp"
 
 namespace flashlab::gpu_test {
 
@@ -292,7 +293,8 @@ inline HostOutputs host_outputs(const DeviceTensors& t, bool backward) {
 
 // Every entry of every group of `out` (a run of variant `v` with `params` on inputs of `seed` and `distribution`)
 // against the fp64 reference: the deterministic bound of v's data path and, unless v materializes, the
-// FlashAttention rule with `baseline` (the standard variant's outputs on the same inputs) as the baseline.
+// FlashAttention rule with `baseline` (the standard variant's outputs on the same inputs) as the baseline; with no
+// baseline given, the bound alone (as the harness judges a row whose baseline cannot run).
 inline harness::Verification verify_outputs(const kernels::Variant& v, const AttentionParams& params, Pass pass,
                                             Distribution distribution, std::uint64_t seed, const HostOutputs& out,
                                             const HostOutputs* baseline) {
@@ -302,8 +304,7 @@ inline harness::Verification verify_outputs(const kernels::Variant& v, const Att
   subject.path = v.data_path(params.problem, params.dtype, params);
   subject.materializing = v.materializes;
   harness::FetchOutput baseline_fetch;
-  if (!v.materializes) {
-    REQUIRE(baseline != nullptr);
+  if (!v.materializes && baseline != nullptr) {
     subject.baseline_path = variant("standard").data_path(params.problem, params.dtype, params);
     baseline_fetch = baseline->fetch();
     subject.baseline = &baseline_fetch;
@@ -325,6 +326,79 @@ inline void check_verified(const harness::Verification& v) {
     CHECK(e.above_bound == 0);
     CHECK(e.pass);
   }
+}
+
+// One forward of the non-materializing variant `id` under `options` against the fp64 reference under the one
+// verification rule (harness/verify.hpp): every entry within the deterministic bound of its data path, and (unless
+// `with_baseline` is false: a sanitizer run of the variant's kernels alone) the FlashAttention rule with the standard
+// variant on the same inputs as the baseline; every output written (outputs NaN-poisoned before the launch), no
+// workspace, the inputs the generator's bit for bit, and fully masked rows O = 0, LSE = -inf exactly.
+inline void check_forward(const std::string& id, const Case& c, DType dtype, const kernels::LaunchOptions& options,
+                          std::uint64_t seed, Distribution distribution = Distribution::normal,
+                          bool with_baseline = true) {
+  INFO(id << ": " << c.name << " [" << c.problem.describe() << "] " << name(dtype) << " tile " << options.block_m << "x"
+          << options.block_n << " " << name(distribution));
+  const Problem& p = c.problem;
+  const kernels::Variant& flash = variant(id);
+  const kernels::Variant& baseline = variant("standard");
+  REQUIRE(flash.supports(p, dtype, Pass::fwd).ok);
+  REQUIRE(baseline.supports(p, dtype, Pass::fwd).ok);
+  Stream stream;
+  DeviceTensors t(p, dtype, seed, stream.get(), distribution);
+  AttentionParams params = t.params();
+
+  // the baseline: standard attention in the same dtype on the same inputs
+  HostOutputs standard_out;
+  if (with_baseline) {
+    CountingAllocator baseline_allocator;
+    baseline.forward(params, {baseline_allocator, stream.get()});
+    stream.sync();
+    CHECK(baseline_allocator.live_count() == 0);
+    standard_out = host_outputs(t, false);
+  }
+
+  t.poison(stream.get());
+  CountingAllocator allocator;
+  params.options = options;
+  flash.forward(params, {allocator, stream.get()});
+  stream.sync();
+  CHECK(allocator.calls() == 0);  // the forward allocates nothing (workspace model 0)
+  CHECK(flash.workspace_model(p, dtype, Pass::fwd) == 0);
+  const HostOutputs flash_out = host_outputs(t, false);
+  const std::vector<double>& o = flash_out.tensors.at("o");
+  const std::vector<double>& lse = flash_out.tensors.at("lse");
+
+  // the device's inputs are the generator's, bit for bit
+  reference::AttentionData<double> ref(p);
+  ref.randomize({seed, distribution, dtype});
+  CHECK(bit_mismatches(decode(t.q, dtype), ref.q.values()) == 0);
+  CHECK(bit_mismatches(decode(t.k, dtype), ref.k.values()) == 0);
+  CHECK(bit_mismatches(decode(t.v, dtype), ref.v.values()) == 0);
+
+  // every output element written, none NaN
+  CHECK(count_nan(o) == 0);
+  CHECK(count_nan(lse) == 0);
+
+  check_verified(verify_outputs(flash, params, Pass::fwd, distribution, seed, flash_out,
+                                with_baseline ? &standard_out : nullptr));
+
+  // fully masked rows: LSE = -inf and O = 0 exactly
+  const std::int64_t masked = fully_masked_rows(p);
+  const Shape<3> ls = t.shapes.lse;  // [B', H, T]
+  std::int64_t lse_inf = 0, nonzero = 0;
+  for (std::int64_t b = 0; b < ls[0]; ++b) {
+    for (std::int64_t h = 0; h < ls[1]; ++h) {
+      for (std::int64_t i = 0; i < ls[2]; ++i) {
+        if (!std::isinf(lse[static_cast<std::size_t>((b * ls[1] + h) * ls[2] + i)])) continue;
+        ++lse_inf;
+        for (std::int64_t col = 0; col < p.dv(); ++col) {
+          nonzero += o[static_cast<std::size_t>(((b * ls[2] + i) * ls[1] + h) * p.dv() + col)] != 0;
+        }
+      }
+    }
+  }
+  CHECK(lse_inf == masked);
+  CHECK(nonzero == 0);
 }
 
 // The input distributions the numerics tests run (core/generator.hpp): the FlashAttention-3 outlier inputs and the

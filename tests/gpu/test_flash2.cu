@@ -63,71 +63,14 @@ std::vector<Case> accuracy_cases() {
 
 constexpr std::uint64_t kSeed = 20261122;
 
-// One forward of flash2 (its default tile, or block_m x block_n) against the fp64 reference under the one
-// verification rule (harness/verify.hpp): every entry within the deterministic bound of flash2's data path, and the
-// FlashAttention rule with the standard variant on the same inputs as the baseline.
+// One forward of flash2 (its default tile, or block_m x block_n) under the one verification rule
+// (check_forward, gpu_support.hpp).
 void check_case(const Case& c, DType dtype, int block_m = 0, int block_n = 0,
                 Distribution distribution = Distribution::normal) {
-  INFO(c.name << " [" << c.problem.describe() << "] " << name(dtype) << " tile " << block_m << "x" << block_n << " "
-              << name(distribution));
-  const Problem& p = c.problem;
-  const kernels::Variant& flash = variant("flash2");
-  const kernels::Variant& baseline = variant("standard");
-  REQUIRE(flash.supports(p, dtype, Pass::fwd).ok);
-  REQUIRE(baseline.supports(p, dtype, Pass::fwd).ok);
-  Stream stream;
-  DeviceTensors t(p, dtype, kSeed, stream.get(), distribution);
-  AttentionParams params = t.params();
-
-  // the baseline: standard attention in the same dtype on the same inputs
-  CountingAllocator baseline_allocator;
-  baseline.forward(params, {baseline_allocator, stream.get()});
-  stream.sync();
-  CHECK(baseline_allocator.live_count() == 0);
-  const HostOutputs standard_out = host_outputs(t, false);
-
-  t.poison(stream.get());
-  CountingAllocator allocator;
-  params.options.block_m = block_m;
-  params.options.block_n = block_n;
-  flash.forward(params, {allocator, stream.get()});
-  stream.sync();
-  CHECK(allocator.calls() == 0);  // the forward allocates nothing (workspace model 0)
-  CHECK(flash.workspace_model(p, dtype, Pass::fwd) == 0);
-  const HostOutputs flash_out = host_outputs(t, false);
-  const std::vector<double>& o = flash_out.tensors.at("o");
-  const std::vector<double>& lse = flash_out.tensors.at("lse");
-
-  // the device's inputs are the generator's, bit for bit
-  reference::AttentionData<double> ref(p);
-  ref.randomize({kSeed, distribution, dtype});
-  CHECK(bit_mismatches(decode(t.q, dtype), ref.q.values()) == 0);
-  CHECK(bit_mismatches(decode(t.k, dtype), ref.k.values()) == 0);
-  CHECK(bit_mismatches(decode(t.v, dtype), ref.v.values()) == 0);
-
-  // every output element written, none NaN
-  CHECK(count_nan(o) == 0);
-  CHECK(count_nan(lse) == 0);
-
-  check_verified(verify_outputs(flash, params, Pass::fwd, distribution, kSeed, flash_out, &standard_out));
-
-  // fully masked rows: LSE = -inf and O = 0 exactly
-  const std::int64_t masked = fully_masked_rows(p);
-  const Shape<3> ls = t.shapes.lse;  // [B', H, T]
-  std::int64_t lse_inf = 0, nonzero = 0;
-  for (std::int64_t b = 0; b < ls[0]; ++b) {
-    for (std::int64_t h = 0; h < ls[1]; ++h) {
-      for (std::int64_t i = 0; i < ls[2]; ++i) {
-        if (!std::isinf(lse[static_cast<std::size_t>((b * ls[1] + h) * ls[2] + i)])) continue;
-        ++lse_inf;
-        for (std::int64_t col = 0; col < p.dv(); ++col) {
-          nonzero += o[static_cast<std::size_t>(((b * ls[2] + i) * ls[1] + h) * p.dv() + col)] != 0;
-        }
-      }
-    }
-  }
-  CHECK(lse_inf == masked);
-  CHECK(nonzero == 0);
+  kernels::LaunchOptions options;
+  options.block_m = block_m;
+  options.block_n = block_n;
+  check_forward("flash2", c, dtype, options, kSeed, distribution);
 }
 
 // Run options with a forward tile (0, 0: the default).

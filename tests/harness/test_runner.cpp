@@ -343,7 +343,7 @@ TEST_CASE("the list of variant ids is the registry's", "[harness][registry]") {
   for (const std::string& id : registered) CHECK(listed.count(id) == 1);
   // a CUDA build registers every variant
   if (!kernels::gpu_variants().empty()) CHECK(registered == listed);
-  CHECK(variant_id_list() == "cpu-reference, cpu-standard, standard, flash2");
+  CHECK(variant_id_list() == "cpu-reference, cpu-standard, standard, flash2, flash3");
 }
 
 TEST_CASE("resume refuses a suite edited since the run started, and leaves the run as it was", "[harness][run]") {

@@ -44,6 +44,8 @@ struct LaunchOptions {
   // Forward tile (query rows x keys per tile) where a variant offers a choice; 0 and 0: the variant's default.
   int block_m = 0;
   int block_n = 0;
+  int stages = 0;     // pipeline stages of the K/V ring where a variant offers a choice; 0: its default
+  int pingpong = -1;  // warpgroup ping-pong scheduling where a variant offers it: 1 on, 0 off, -1 its default
 };
 
 // Everything a forward or backward launch needs. Tensors are in `dtype` (fp32, fp16 or bf16 storage)
@@ -125,7 +127,7 @@ struct VariantOption {
 // Every variant id the project defines, whatever the build compiled (a CPU build has no GPU variants): a suite that
 // names another id is malformed, one this build lacks gets `unsupported` rows. A test keeps it equal to the registry
 // of a CUDA build.
-inline constexpr std::string_view kVariantIds[] = {"cpu-reference", "cpu-standard", "standard", "flash2"};
+inline constexpr std::string_view kVariantIds[] = {"cpu-reference", "cpu-standard", "standard", "flash2", "flash3"};
 
 // One registry entry (STYLE.md 1). `flashlab list`, the README table and the harness all read these.
 struct Variant {

@@ -1,0 +1,157 @@
+// The `flash3` registry entry: support rules, run options, memory and bytes models, data path. Built with every CUDA
+// build; the kernels (flash3_fwd.cu) only where the build targets sm_90a (FLASHLAB_HAS_SM90a), and they run only on
+// a compute capability 9.0 GPU (require_architecture gives the `unsupported` row elsewhere).
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "flash3/flash3.hpp"
+#include "flashlab/core/bytes.hpp"
+#include "flashlab/core/errors.hpp"
+#include "flashlab/kernels/device.hpp"
+#include "src/flash_data_path.hpp"
+#include "src/launch_checks.hpp"
+
+namespace flashlab::kernels {
+namespace flash3 {
+
+const ForwardTile* find_tile(std::int64_t head_dim, int block_n, int stages) {
+  for (const ForwardTile& t : kForwardTiles) {
+    if (t.head_dim == head_dim && (block_n == 0 || t.block_n == block_n) && (stages == 0 || t.stages == stages)) {
+      return &t;
+    }
+  }
+  return nullptr;
+}
+
+// On at every head dim: measured ahead (d = 256: +1.6% over 6 rows) or level (d = 64, 128: within 0.5%) with the
+// default tiles (experiments/flash3_tiles.toml, kernels/README.md).
+bool default_pingpong(std::int64_t) { return true; }
+
+std::string tiles_of(std::int64_t head_dim) {
+  std::string list;
+  for (const ForwardTile& t : kForwardTiles) {
+    if (t.head_dim != head_dim) continue;
+    list += (list.empty() ? "" : ", ") + std::to_string(t.block_m) + "x" + std::to_string(t.block_n) + "/" +
+            std::to_string(t.stages) + (list.empty() ? " (default)" : "");
+  }
+  return list;
+}
+
+namespace {
+
+constexpr std::int64_t kMaxGridYZ = 65535;  // heads on gridDim.y, batch entries on gridDim.z
+
+Support supports(const Problem& p, DType dtype, Pass pass) {
+  if (dtype != DType::fp16 && dtype != DType::bf16) {
+    return Support::no("flash3 runs fp16 and bf16 (wgmma); " + std::string(name(dtype)) +
+                       (dtype == DType::fp32 ? " has no path here: use standard" : " is not implemented"));
+  }
+  if (pass != Pass::fwd) {
+    return Support::no("flash3 is a forward kernel; its backward is not written yet (flash2 runs the backward)");
+  }
+  const std::int64_t d = p.head_dim;
+  if (d != 64 && d != 128 && d != 256) {
+    return Support::no("flash3 has kernels for head_dim 64, 128 and 256; head_dim = " + std::to_string(d) +
+                       " is not one of them (pad it with zeros to the next one, or use flash2)");
+  }
+  if (p.dv() != d) {
+    return Support::no("flash3 needs head_dim_v == head_dim (head_dim_v = " + std::to_string(p.dv()) +
+                       ", head_dim = " + std::to_string(d) + ")");
+  }
+  constexpr std::int64_t kMaxLength = std::int64_t{1} << 30;
+  if (p.seqlen_q >= kMaxLength || p.seqlen_k >= kMaxLength || p.total_q() >= kMaxLength || p.total_k() >= kMaxLength) {
+    return Support::no("flash3 indexes tokens in 32 bits (TMA coordinates): N_q, N_k and the varlen totals must be "
+                       "below 2^30");
+  }
+  if (p.heads > kMaxGridYZ || p.batch > kMaxGridYZ) {
+    return Support::no("flash3 puts heads and batch entries on gridDim.y and .z: at most 65535 each");
+  }
+  return Support::yes();
+}
+
+const ForwardTile& tile_of(const Problem& p, const LaunchOptions& options) {
+  const ForwardTile* tile = find_tile(p.head_dim, options.block_n, options.stages);
+  if (tile == nullptr) {
+    throw Unsupported("flash3: no forward tile with bc = " + std::to_string(options.block_n) + ", stages = " +
+                      std::to_string(options.stages) + " at head_dim " + std::to_string(p.head_dim) +
+                      " (compiled, rows x keys / stages: " + tiles_of(p.head_dim) + ")");
+  }
+  return *tile;
+}
+
+void forward(const AttentionParams& params, const LaunchContext& ctx) {
+  detail::check_launch("flash3", params, Pass::fwd, supports);
+#if defined(FLASHLAB_HAS_SM90a)
+  require_architecture("flash3", 9, 0, "sm_90a");
+  const LaunchOptions& o = params.options;
+  launch_forward(params, tile_of(params.problem, o), o.pingpong < 0 ? default_pingpong(params.problem.head_dim) : o.pingpong == 1,
+                 ctx.stream);
+#else
+  (void)ctx;
+  throw Unsupported("flash3: this build has no sm_90a code (configure with CMAKE_CUDA_ARCHITECTURES including 90a)");
+#endif
+}
+
+void backward(const AttentionParams& params, const LaunchContext&) {
+  detail::check_launch("flash3", params, Pass::bwd, supports);  // throws: flash3 has no backward
+}
+
+std::vector<KernelInfo> kernels() {
+#if defined(FLASHLAB_HAS_SM90a)
+  return forward_kernels();
+#else
+  return {};
+#endif
+}
+
+// FlashAttention's bytes model with flash3's 128 query rows per CTA: K and V are streamed once per query block.
+double bytes_model(const Problem& p, DType dtype, Pass pass, const LaunchOptions& options) {
+  return flash_bytes(p, dtype, pass, tile_of(p, options).block_m);
+}
+
+// Where flash3 rounds (reference/NUMERICS.md): flash2's forward on other instructions (wgmma; P from registers).
+numerics::DataPath data_path(const Problem& p, DType dtype, const AttentionParams& params) {
+  return online_softmax_forward_path(dtype, tile_of(p, params.options).block_n, "wgmma");
+}
+
+}  // namespace
+}  // namespace flash3
+
+Variant flash3_variant() {
+  Variant v;
+  v.id = "flash3";
+  std::string tiles;
+  for (const int d : {64, 128, 256}) tiles += (tiles.empty() ? "d = " : "; d = ") + std::to_string(d) + ": " + flash3::tiles_of(d);
+  v.options = {size_option("bc", "forward tile: keys per K/V tile (rows x keys / stages: " + tiles + ")",
+                           &LaunchOptions::block_n),
+               size_option("stages", "stages of the K and V rings (of the tiles above)", &LaunchOptions::stages),
+               VariantOption{"pingpong", "1: the consumer warpgroups take turns to issue their GEMMs; 0: they do not",
+                             [](std::string_view value, LaunchOptions& o) {
+                               if (value != "0" && value != "1") return std::string("pingpong takes 0 or 1");
+                               o.pingpong = value == "1";
+                               return std::string();
+                             }}};
+  v.check_options = [](const LaunchOptions& o) {
+    return o.block_m == 0 ? std::string() : std::string("flash3 takes no br: its CTA has 128 query rows (two warpgroups)");
+  };
+  v.description =
+      "FlashAttention-3 style forward for Hopper (sm_90a): TMA loads by a producer warpgroup, two consumer "
+      "warpgroups on wgmma with the next S = Q K^T overlapping the softmax, mbarrier pipelines, O(N) memory";
+  v.device = Device::cuda;
+  v.materializes = false;
+  v.supported =
+      "fp16, bf16; head_dim 64, 128, 256 with head_dim_v == head_dim; causal, sliding window, GQA/MQA, varlen, "
+      "N_q != N_k; fwd only; compute capability 9.0 (sm_90a build)";
+  v.supports = flash3::supports;
+  v.workspace_model = [](const Problem&, DType, Pass) -> std::int64_t { return 0; };
+  v.bytes_model = flash3::bytes_model;
+  v.forward = flash3::forward;
+  v.backward = flash3::backward;
+  v.kernels = flash3::kernels;
+  v.data_path = flash3::data_path;
+  return v;
+}
+
+}  // namespace flashlab::kernels

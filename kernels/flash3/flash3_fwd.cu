@@ -1,0 +1,560 @@
+// The `flash3` variant, forward kernels (sm_90a only): FlashAttention on Hopper's asynchronous tensor cores, in the
+// structure of FlashAttention-3 (Shah et al., 2024, §3), written from the PTX ISA (wgmma, cp.async.bulk.tensor,
+// mbarrier, setmaxnreg) without CUTLASS.
+//
+// One CTA of 384 threads per (query block of 128 rows, head h, batch entry b); kv head g = h / (H / H_kv):
+//   warpgroup 0, the producer (24 registers after setmaxnreg): one thread issues every TMA load: the Q tile once, then
+//     the K and V tiles of the CTA's key range into a ring of kStages stages. A stage's K and V each complete on their
+//     own "full" mbarrier (transaction bytes), so S = Q K^T may start before V lands; the stage is reused once both
+//     consumers have arrived on its "empty" mbarrier.
+//   warpgroups 1 and 2, the consumers (240 registers): each owns 64 query rows and runs, per key tile j,
+//       S_j = Q K_j^T                 wgmma m64nBk16, Q and K from shared memory (K-major, 128-byte swizzle)
+//       O += P_{j-1} V_{j-1}          wgmma m64nDk16 issued right behind it, P from registers (the S accumulator
+//                                     layout is the A-operand layout), V from shared memory (MN-major: transposed)
+//       softmax of S_j                while P_{j-1} V_{j-1} runs on the tensor cores (FA3's intra-warpgroup overlap):
+//                                     mask on boundary tiles; lazy running max m (moves by more than 2^8 only);
+//                                     P_j = exp2(S c - m) in place (c = scale log2 e), l += rowsum P_j
+//       wait for P_{j-1} V_{j-1}      release the stage of j-1; O *= 2^(m_old - m) where m moved; P_j to fp16/bf16
+//     then O += P_last V_last, and the epilogue: O = acc / l staged through the warpgroup's (now free) Q rows in the
+//     same swizzled layout, written with 16-byte stores; LSE = m ln 2 + ln l in fp32.
+// A row that sees no key keeps m = -inf: its shift is 0, so P = 0, l = 0, O = 0 and LSE = -inf (flash2's convention).
+//
+// Tiles (flash3.hpp kForwardTiles): 128 query rows per CTA (two consumers of 64, the wgmma M); the defaults, measured
+// with experiments/flash3_tiles.toml on an H200 (kernels/README.md has the table; the others are within 1.5%):
+//   d = 64:  128 keys, 2 stages, ping-pong (S and O: 64 + 32 fp32 accumulators per thread)
+//   d = 128: 128 keys, 2 stages, ping-pong (64 + 64; FA3 uses 176 keys non-causal: here 160 and 176 spill)
+//   d = 256: 64 keys,  2 stages, ping-pong (32 + 128; Q 64 KB + 2 x (K 32 KB + V 32 KB) = 192 KB of shared memory)
+// Non-persistent: one CTA per query block, the grid (query blocks, heads, batch entries) as flash2's.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "flash3/flash3.hpp"
+#include "flash3/hopper.cuh"
+#include "flash3/wgmma_ops.cuh"
+#include "flashlab/core/errors.hpp"
+#include "src/check.hpp"
+#include "src/device_common.cuh"
+#include "src/launch_common.cuh"
+
+namespace flashlab::kernels::flash3 {
+namespace {
+
+constexpr int kConsumers = 2;                    // consumer warpgroups, 64 query rows each
+constexpr int kThreads = 128 * (1 + kConsumers);  // + the producer warpgroup
+constexpr int kBlockM = 64 * kConsumers;
+constexpr int kProducerRegisters = 24;
+constexpr int kConsumerRegisters = 240;  // 128 (24 + 2 x 240) = 64512 <= 65536 registers of the SM
+static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536, "register budget of one CTA");
+
+constexpr float kLazyLog2 = 8.0f;  // the running max moves only by more than 2^8 in P (as flash2)
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct ForwardArgs {
+  void* o;
+  float* lse;
+  Strides o_strides;
+  std::int64_t lse_stride;  // N_q (dense) or total_q (varlen)
+  const std::int32_t* cu_seqlens_q;
+  const std::int32_t* cu_seqlens_k;
+  int seqlen_q;
+  int seqlen_k;
+  int heads;
+  int group;
+  int window_left;  // -1: unbounded (window_arg)
+  int window_right;
+  float scale_log2;
+};
+
+// Shared memory of one CTA; every tile is in 64-column chunks of 128-byte rows (the TMA box of the 128-byte swizzle),
+// each chunk 1024-byte aligned, as the wgmma descriptors expect.
+template <int kHeadDim, int kBlockN, int kStages>
+struct Layout {
+  static constexpr int kChunks = kHeadDim / 64;
+  static constexpr int kQChunkBytes = kBlockM * 128;
+  static constexpr int kKVChunkBytes = kBlockN * 128;
+  static constexpr int kQBytes = kChunks * kQChunkBytes;
+  static constexpr int kKVBytes = kChunks * kKVChunkBytes;  // one K or V tile
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kQBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
+  static constexpr int kBarrierOffset = kVOffset + kStages * kKVBytes;
+  static constexpr int kBarriers = 1 + 4 * kStages;  // Q full; K full, V full, K empty, V empty per stage
+  static constexpr int kSharedBytes = kBarrierOffset + 8 * kBarriers + 1024;  // + alignment of the base to 1024
+  static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256, "tile shape");
+  static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0, "chunks keep the 1024-byte swizzle atoms");
+};
+
+template <class T>
+__device__ inline std::uint32_t pack(float lo, float hi);
+template <>
+__device__ inline std::uint32_t pack<__half>(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&h);
+}
+template <>
+__device__ inline std::uint32_t pack<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&h);
+}
+
+// Whether a row whose running max (of S c) is m, -inf while it has seen no key, moves it to a tile max `tile`.
+__device__ inline bool moves_max(float m, float tile) {
+  return m == kNegInf ? tile != kNegInf : tile - m > kLazyLog2;
+}
+
+// S = Q K^T for one warpgroup: 64 rows of Q (q_rows: their first chunk) against the kBlockN keys of a K tile.
+template <class T, int kHeadDim, int kBlockN, int kStages>
+__device__ inline void gemm_qk(float (&s)[kBlockN / 2], std::uint32_t q_rows, std::uint32_t k_tile) {
+  using L = Layout<kHeadDim, kBlockN, kStages>;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    const std::uint32_t step = (kk % 4) * 32;  // 32 bytes per k16 step inside a 128-byte row
+    const std::uint64_t a = descriptor(q_rows + (kk / 4) * L::kQChunkBytes + step, 16, 1024);
+    const std::uint64_t b = descriptor(k_tile + (kk / 4) * L::kKVChunkBytes + step, 16, 1024);
+    Wgmma<T, kBlockN>::ss(s, a, b, kk > 0);
+  }
+}
+
+// O (+)= P V for one warpgroup: P (kBlockN / 16 k16 steps of A fragments) against the V tile.
+template <class T, int kHeadDim, int kBlockN, int kStages>
+__device__ inline void gemm_pv(float (&o)[kHeadDim / 2], const std::uint32_t (&p)[kBlockN / 16][4], std::uint32_t v_tile,
+                               bool accumulate) {
+  using L = Layout<kHeadDim, kBlockN, kStages>;
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    const std::uint64_t b = descriptor(v_tile + kk * 16 * 128, L::kKVChunkBytes, 1024);
+    Wgmma<T, kHeadDim>::rs(o, p[kk], b, accumulate || kk > 0);
+  }
+}
+
+template <class T, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
+__global__ void __launch_bounds__(kThreads, 1)
+    forward_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                   const __grid_constant__ CUtensorMap map_v, const ForwardArgs args) {
+  using L = Layout<kHeadDim, kBlockN, kStages>;
+  extern __shared__ __align__(1024) unsigned char shared_raw[];
+  const std::uint32_t raw = smem_address(shared_raw);
+  const std::uint32_t base = (raw + 1023) & ~1023u;
+  unsigned char* const shared = shared_raw + (base - raw);
+  const std::uint32_t s_q = base + L::kQOffset;
+  const std::uint32_t s_k = base + L::kKOffset;
+  const std::uint32_t s_v = base + L::kVOffset;
+  const std::uint32_t bar_q = base + L::kBarrierOffset;
+  const auto bar_full_k = [bar_q](int stage) { return bar_q + 8 * (1 + stage); };
+  const auto bar_full_v = [bar_q](int stage) { return bar_q + 8 * (1 + kStages + stage); };
+  const auto bar_empty_k = [bar_q](int stage) { return bar_q + 8 * (1 + 2 * kStages + stage); };
+  const auto bar_empty_v = [bar_q](int stage) { return bar_q + 8 * (1 + 3 * kStages + stage); };
+
+  const int head = static_cast<int>(blockIdx.y);
+  const CtaSequence seq =
+      sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, static_cast<int>(blockIdx.z), args.seqlen_q, args.seqlen_k);
+  const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
+  const int m_start = static_cast<int>(blockIdx.x) * kBlockM;
+  if (m_start >= seqlen_q) return;  // the grid covers the longest sequence of the batch (the whole CTA returns)
+  const int rows_here = min(kBlockM, seqlen_q - m_start);
+  const int kv_head = head / args.group;
+
+  // K/V tiles of the CTA: key ranges are monotone in the row, so the union runs from the first row's lo to the last
+  // row's hi (tiles the mask hides entirely are never loaded).
+  const KeyBounds first = key_bounds(args.window_left, args.window_right, m_start, seqlen_q, seqlen_k);
+  const KeyBounds last = key_bounds(args.window_left, args.window_right, m_start + rows_here - 1, seqlen_q, seqlen_k);
+  const int n_block_min = first.lo / kBlockN;
+  const int n_block_max = last.hi < 0 ? 0 : (last.hi + kBlockN) / kBlockN;  // exclusive
+  const int tiles = max(n_block_max - n_block_min, 0);
+
+  const int warpgroup = static_cast<int>(threadIdx.x) / 128;
+  if (threadIdx.x == 0) {
+    mbarrier_init(bar_q, 1);
+    for (int stage = 0; stage < kStages; ++stage) {
+      mbarrier_init(bar_full_k(stage), 1);
+      mbarrier_init(bar_full_v(stage), 1);
+      mbarrier_init(bar_empty_k(stage), 4 * kConsumers);  // one arrival per consumer warp
+      mbarrier_init(bar_empty_v(stage), 4 * kConsumers);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    // ------------------------------------------------------------------------------------------------------------
+    // producer
+    registers_decrease<kProducerRegisters>();
+    if (threadIdx.x == 0 && tiles > 0) {
+      const int q_row = static_cast<int>(seq.q_offset) + m_start;
+      const int k_row = static_cast<int>(seq.k_offset) + n_block_min * kBlockN;
+      const int slot = static_cast<int>(seq.slot);
+      mbarrier_expect_bytes(bar_q, L::kQBytes);
+#pragma unroll
+      for (int c = 0; c < L::kChunks; ++c) tma_load_4d(s_q + c * L::kQChunkBytes, &map_q, bar_q, c * 64, q_row, head, slot);
+      // K runs one tile ahead of V, as the consumers use them: K_0, K_1, V_0, K_2, V_1, ..., V_last
+      const auto load = [&](std::uint32_t tiles_at, const CUtensorMap* map, std::uint32_t full, std::uint32_t empty,
+                            int it) {
+        const int stage = it % kStages;
+        if (it >= kStages) mbarrier_wait(empty + 8 * stage, (it / kStages - 1) & 1);
+        mbarrier_expect_bytes(full + 8 * stage, L::kKVBytes);
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c) {
+          tma_load_4d(tiles_at + stage * L::kKVBytes + c * L::kKVChunkBytes, map, full + 8 * stage, c * 64,
+                      k_row + it * kBlockN, kv_head, slot);
+        }
+      };
+      for (int it = 0; it <= tiles; ++it) {
+        if (it < tiles) load(s_k, &map_k, bar_full_k(0), bar_empty_k(0), it);
+        if (it > 0) load(s_v, &map_v, bar_full_v(0), bar_empty_v(0), it - 1);
+      }
+    }
+    return;
+  }
+
+  // --------------------------------------------------------------------------------------------------------------
+  // consumers
+  registers_increase<kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int warp = static_cast<int>(threadIdx.x) / 32 % 4;  // in the warpgroup: rows 16 warp .. 16 warp + 15
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int wg_row0 = m_start + 64 * consumer;  // the warpgroup's first row, in the sequence
+  const std::uint32_t q_rows = s_q + consumer * 64 * 128;
+  // this thread's rows wg_row0 + 16 warp + lane / 4 + {0, 8}; columns 8 i + 2 (lane % 4) + {0, 1} of n8 tile i
+  const int row_a = wg_row0 + 16 * warp + lane / 4;
+  // keys every row of the warpgroup sees: tiles inside [full_lo, full_hi] need no mask (none when its rows are past
+  // the sequence: their scores are never stored)
+  const int wg_last = min(wg_row0 + 63, seqlen_q - 1);
+  int full_lo = 0, full_hi = -1;
+  if (wg_row0 < seqlen_q) {
+    full_lo = key_bounds(args.window_left, args.window_right, wg_last, seqlen_q, seqlen_k).lo;
+    full_hi = key_bounds(args.window_left, args.window_right, wg_row0, seqlen_q, seqlen_k).hi;
+  }
+
+  float o[kHeadDim / 2];
+#pragma unroll
+  for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.0f;
+  float m_i[2] = {kNegInf, kNegInf};  // running row max of S c, the shift of P
+  float l_i[2] = {0.0f, 0.0f};        // running row sum of P over this thread's columns
+  std::uint32_t p[kBlockN / 16][4];
+  float s[kBlockN / 2];
+
+  // softmax of S (in place: P = exp2(S c - m) in fp32) for the tile starting at key n_start; returns the rescale
+  // factor of each row's O (1 where m did not move) in `rescale` and whether any row of the warp moved.
+  const auto softmax = [&](int n_start, float (&rescale)[2]) {
+    if (n_start < full_lo || n_start + kBlockN - 1 > full_hi) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const KeyBounds kb = key_bounds(args.window_left, args.window_right, row_a + 8 * r, seqlen_q, seqlen_k);
+#pragma unroll
+        for (int i = 0; i < kBlockN / 8; ++i) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int col = n_start + 8 * i + 2 * (lane % 4) + c;
+            float& x = s[4 * i + 2 * r + c];
+            x = (col >= kb.lo && col <= kb.hi) ? x : kNegInf;
+          }
+        }
+      }
+    }
+    bool grow = false;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float row_max = kNegInf;
+#pragma unroll
+      for (int i = 0; i < kBlockN / 8; ++i) row_max = fmaxf(row_max, fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+      const float tile_max = row_max * args.scale_log2;
+      rescale[r] = 1.0f;
+      if (moves_max(m_i[r], tile_max)) {
+        rescale[r] = exp2_ftz(m_i[r] - tile_max);  // m_i = -inf: 0 (O and l are 0)
+        m_i[r] = tile_max;
+        grow = true;
+      }
+      l_i[r] *= rescale[r];
+      const float shift = m_i[r] == kNegInf ? 0.0f : m_i[r];  // no key seen yet: exp2(-inf - 0) = 0, never NaN
+      float row_sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kBlockN / 8; ++i) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float& x = s[4 * i + 2 * r + c];
+          x = exp2_ftz(fmaf(x, args.scale_log2, -shift));
+          row_sum += x;
+        }
+      }
+      l_i[r] += row_sum;
+    }
+    return __any_sync(0xffffffffu, grow);
+  };
+  const auto rescale_o = [&](const float (&rescale)[2]) {
+#pragma unroll
+    for (int i = 0; i < kHeadDim / 8; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[4 * i + e] *= rescale[e / 2];
+    }
+  };
+  // P in the dtype as the A fragments of P V: n8 tiles 2 kk and 2 kk + 1 of S make k16 step kk
+  const auto convert_p = [&]() {
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      p[kk][0] = pack<T>(s[8 * kk + 0], s[8 * kk + 1]);
+      p[kk][1] = pack<T>(s[8 * kk + 2], s[8 * kk + 3]);
+      p[kk][2] = pack<T>(s[8 * kk + 4], s[8 * kk + 5]);
+      p[kk][3] = pack<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+  const auto release = [&](std::uint32_t empty) {
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(empty);
+  };
+  // Ping-pong (kPingpong): the consumers take turns to issue their GEMMs, so one's softmax runs while the other's
+  // GEMMs occupy the tensor cores. Consumer c waits on barrier 3 + c (its 128 threads plus the other's 128
+  // arrivals), issues, then lets the other go; consumer 1 opens with one arrival so consumer 0 goes first, and skips
+  // its last, so every barrier ends with as many arrivals as waits.
+  const int issue_points = tiles + 1;  // S_0, then S_j with P_{j-1} V_{j-1} for j >= 1, then P_last V_last
+  int issued = 0;
+  const auto take_turn = [&]() {
+    if constexpr (kPingpong) named_barrier_sync(3 + consumer, 256);
+  };
+  const auto pass_turn = [&]() {
+    ++issued;
+    if constexpr (kPingpong) {
+      if (consumer == 0 || issued < issue_points) named_barrier_arrive(3 + (1 - consumer), 256);
+    }
+  };
+  if constexpr (kPingpong) {
+    if (consumer == 1 && tiles > 0) named_barrier_arrive(3, 256);
+  }
+
+  if (tiles > 0) {
+    mbarrier_wait(bar_q, 0);
+    const int n_first = n_block_min * kBlockN;
+    mbarrier_wait(bar_full_k(0), 0);
+    take_turn();
+    wgmma_fence();
+    gemm_qk<T, kHeadDim, kBlockN, kStages>(s, q_rows, s_k);
+    wgmma_commit();
+    pass_turn();
+    wgmma_wait<0>();
+    pin_registers(s);
+    release(bar_empty_k(0));
+    float rescale[2];
+    softmax(n_first, rescale);  // O is 0: nothing to rescale
+    convert_p();
+    for (int it = 1; it < tiles; ++it) {
+      const int stage = it % kStages, previous = (it - 1) % kStages;
+      mbarrier_wait(bar_full_k(stage), (it / kStages) & 1);
+      mbarrier_wait(bar_full_v(previous), ((it - 1) / kStages) & 1);
+      take_turn();
+      wgmma_fence();
+      gemm_qk<T, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + stage * L::kKVBytes);
+      wgmma_commit();
+      gemm_pv<T, kHeadDim, kBlockN, kStages>(o, p, s_v + previous * L::kKVBytes, true);
+      wgmma_commit();
+      pass_turn();
+      wgmma_wait<1>();  // S_it: K_it is free
+      pin_registers(s);
+      release(bar_empty_k(stage));
+      const bool grow = softmax(n_first + it * kBlockN, rescale);
+      wgmma_wait<0>();  // P_{it-1} V_{it-1}: V_{it-1} is free, O and P may be written
+      pin_registers(o);
+      pin_registers(p);
+      release(bar_empty_v(previous));
+      if (grow) rescale_o(rescale);
+      convert_p();
+    }
+    const int last_stage = (tiles - 1) % kStages;
+    mbarrier_wait(bar_full_v(last_stage), ((tiles - 1) / kStages) & 1);
+    take_turn();
+    wgmma_fence();
+    gemm_pv<T, kHeadDim, kBlockN, kStages>(o, p, s_v + last_stage * L::kKVBytes, true);
+    wgmma_commit();
+    pass_turn();
+    wgmma_wait<0>();
+    pin_registers(o);
+  }
+
+  // epilogue: O = acc / l into this warpgroup's Q rows (its S GEMMs are done; the other consumer's rows are apart),
+  // swizzled as the Q tile (16-byte unit u of row r at u ^ (r % 8): the warp's 8 rows x 4 threads hit 32 banks)
+  const int tid = static_cast<int>(threadIdx.x) % 128;
+  unsigned char* const s_o = shared + L::kQOffset + consumer * 64 * 128;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float row_sum = l_i[r];
+    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
+    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
+    const bool empty = m_i[r] == kNegInf;  // no visible key: O = 0, LSE = -inf
+    const float inv_sum = empty ? 0.0f : 1.0f / row_sum;
+    const int row = 16 * warp + lane / 4 + 8 * r;  // in the warpgroup
+#pragma unroll
+    for (int i = 0; i < kHeadDim / 8; ++i) {
+      const int chunk = i / 8, unit = i % 8;
+      *reinterpret_cast<std::uint32_t*>(s_o + chunk * L::kQChunkBytes + row * 128 + ((unit ^ (row % 8)) * 16) +
+                                        4 * (lane % 4)) = pack<T>(o[4 * i + 2 * r] * inv_sum, o[4 * i + 2 * r + 1] * inv_sum);
+    }
+    const int seq_row = wg_row0 + row;
+    if (lane % 4 == 0 && seq_row < seqlen_q) {
+      const std::int64_t index = (seq.slot * args.heads + head) * args.lse_stride + seq.q_offset + seq_row;
+      args.lse[index] = empty ? kNegInf : m_i[r] * kLn2 + logf(row_sum);  // m_i ln 2: back to the scale of S
+    }
+  }
+  named_barrier_sync(1 + consumer, 128);
+  T* const out = static_cast<T*>(args.o) + seq.slot * args.o_strides.batch + (seq.q_offset + wg_row0) * args.o_strides.token +
+                 std::int64_t{head} * args.o_strides.head;
+  constexpr int kUnitsPerRow = kHeadDim / 8;
+#pragma unroll
+  for (int index = tid; index < 64 * kUnitsPerRow; index += 128) {
+    const int row = index / kUnitsPerRow, unit = index % kUnitsPerRow;
+    if (wg_row0 + row < seqlen_q) {
+      const uint4 value = *reinterpret_cast<const uint4*>(s_o + (unit / 8) * L::kQChunkBytes + row * 128 +
+                                                          (((unit % 8) ^ (row % 8)) * 16));
+      *reinterpret_cast<uint4*>(out + row * args.o_strides.token + unit * 8) = value;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Host side
+
+using EncodeTiled = decltype(&cuTensorMapEncodeTiled);
+
+// The driver's cuTensorMapEncodeTiled, looked up once through the runtime (no link against libcuda).
+EncodeTiled encode_tiled() {
+  static EncodeTiled function = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* entry = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    FL_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000, cudaEnableDefault, &status));
+    if (status != cudaDriverEntryPointSuccess || entry == nullptr) {
+      throw CudaError("flash3: the driver has no cuTensorMapEncodeTiled (TMA needs a CUDA 12 driver)");
+    }
+    function = reinterpret_cast<EncodeTiled>(entry);
+  });
+  return function;
+}
+
+// The TMA map of a [batch, rows, heads, d] tensor (varlen: batch 1, rows = total) read in boxes of 64 columns x
+// box_rows rows of one head, 128-byte swizzled; reads past `rows` are zero-filled.
+CUtensorMap tensor_map(const void* data, DType dtype, const Strides& strides, std::int64_t batch, std::int64_t rows,
+                       std::int64_t heads, int head_dim, int box_rows) {
+  const std::int64_t e = size_bytes(dtype);
+  rows = rows > 0 ? rows : 1;  // an empty tensor is never read (no tile), but the map must be valid
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(rows),
+                              static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
+  const std::int64_t batch_stride = batch > 1 ? strides.batch : strides.token * rows;
+  const cuuint64_t byte_strides[3] = {static_cast<cuuint64_t>(strides.token * e), static_cast<cuuint64_t>(strides.head * e),
+                                      static_cast<cuuint64_t>(batch_stride * e)};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map{};
+  const CUresult status = encode_tiled()(
+      &map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+      const_cast<void*>(data), dims, byte_strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (status != CUDA_SUCCESS) {
+    throw InvalidProblem("strides", "flash3: cuTensorMapEncodeTiled refused a tensor (error " + std::to_string(status) +
+                                        "; token stride " + std::to_string(strides.token) + ", head stride " +
+                                        std::to_string(strides.head) + ", batch stride " + std::to_string(strides.batch) +
+                                        " elements)");
+  }
+  return map;
+}
+
+template <class T, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
+void launch(const AttentionParams& params, void* stream) {
+  using L = Layout<kHeadDim, kBlockN, kStages>;
+  const Problem& p = params.problem;
+  const std::int64_t m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
+  require_shared_bytes("flash3", L::kSharedBytes,
+                       "forward tile " + std::to_string(kBlockM) + "x" + std::to_string(kBlockN) + " at head_dim " +
+                           std::to_string(kHeadDim));
+  const bool varlen = p.is_varlen();
+  const std::int64_t batch = varlen ? 1 : p.batch;
+  const std::int64_t rows_q = varlen ? p.total_q() : p.seqlen_q;
+  const std::int64_t rows_k = varlen ? p.total_k() : p.seqlen_k;
+  const CUtensorMap map_q = tensor_map(params.q, params.dtype, params.q_strides, batch, rows_q, p.heads, kHeadDim, kBlockM);
+  const CUtensorMap map_k =
+      tensor_map(params.k, params.dtype, params.k_strides, batch, rows_k, p.heads_kv, kHeadDim, kBlockN);
+  const CUtensorMap map_v =
+      tensor_map(params.v, params.dtype, params.v_strides, batch, rows_k, p.heads_kv, kHeadDim, kBlockN);
+
+  const Window w = p.effective_window();
+  ForwardArgs args{};
+  args.o = params.o;
+  args.lse = params.lse;
+  args.o_strides = params.o_strides;
+  args.lse_stride = varlen ? p.total_q() : p.seqlen_q;
+  args.cu_seqlens_q = varlen ? params.cu_seqlens_q : nullptr;
+  args.cu_seqlens_k = varlen ? params.cu_seqlens_k : nullptr;
+  args.seqlen_q = static_cast<int>(p.seqlen_q);
+  args.seqlen_k = static_cast<int>(p.seqlen_k);
+  args.heads = static_cast<int>(p.heads);
+  args.group = static_cast<int>(p.group_size());
+  args.window_left = window_arg(w.left);
+  args.window_right = window_arg(w.right);
+  args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
+
+  auto* kernel = forward_kernel<T, kHeadDim, kBlockN, kStages, kPingpong>;
+  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSharedBytes));
+  const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, kThreads, L::kSharedBytes, static_cast<cudaStream_t>(stream)>>>(map_q, map_k, map_v, args);
+  FL_CUDA_CHECK_LAUNCH("flash3 forward_kernel");
+}
+
+constexpr int kTileCount = sizeof(kForwardTiles) / sizeof(kForwardTiles[0]);
+
+template <class T, int kIndex = 0>
+void dispatch(const AttentionParams& params, const ForwardTile& tile, bool pingpong, void* stream) {
+  if constexpr (kIndex < kTileCount) {
+    constexpr ForwardTile t = kForwardTiles[kIndex];
+    if (t.head_dim == tile.head_dim && t.block_n == tile.block_n && t.stages == tile.stages) {
+      return pingpong ? launch<T, t.head_dim, t.block_n, t.stages, true>(params, stream)
+                      : launch<T, t.head_dim, t.block_n, t.stages, false>(params, stream);
+    }
+    return dispatch<T, kIndex + 1>(params, tile, pingpong, stream);
+  } else {
+    throw Unsupported("flash3: no compiled forward tile for head_dim " + std::to_string(tile.head_dim));
+  }
+}
+
+template <class T, std::size_t... kIndices>
+void add_kernels(std::vector<KernelInfo>& list, std::index_sequence<kIndices...>) {
+  const auto add = [&list](auto index) {
+    constexpr ForwardTile t = kForwardTiles[decltype(index)::value];
+    using L = Layout<t.head_dim, t.block_n, t.stages>;
+    const std::string tile = "forward d=" + std::to_string(t.head_dim) + " " + std::to_string(t.block_m) + "x" +
+                             std::to_string(t.block_n) + " stages=" + std::to_string(t.stages) + " " +
+                             (std::is_same_v<T, __half> ? "fp16" : "bf16");
+    list.push_back(kernel_info(forward_kernel<T, t.head_dim, t.block_n, t.stages, true>, tile + " pingpong",
+                               L::kSharedBytes));
+    list.push_back(kernel_info(forward_kernel<T, t.head_dim, t.block_n, t.stages, false>, tile, L::kSharedBytes));
+  };
+  (add(std::integral_constant<std::size_t, kIndices>{}), ...);
+}
+
+}  // namespace
+
+void launch_forward(const AttentionParams& params, const ForwardTile& tile, bool pingpong, void* stream) {
+  switch (params.dtype) {
+    case DType::fp16: return dispatch<__half>(params, tile, pingpong, stream);
+    case DType::bf16: return dispatch<__nv_bfloat16>(params, tile, pingpong, stream);
+    default: break;
+  }
+  throw Unsupported("flash3: no kernel for dtype " + std::string(name(params.dtype)) + " (fp16, bf16)");
+}
+
+std::vector<KernelInfo> forward_kernels() {
+  std::vector<KernelInfo> list;
+  add_kernels<__half>(list, std::make_index_sequence<kTileCount>{});
+  add_kernels<__nv_bfloat16>(list, std::make_index_sequence<kTileCount>{});
+  return list;
+}
+
+}  // namespace flashlab::kernels::flash3

@@ -1,0 +1,270 @@
+// GPU tests of the flash3 variant (Hopper forward: wgmma, TMA, warp specialization): the flash2 test matrix under the
+// one verification rule (check_forward, gpu_support.hpp) with standard as the baseline, the stress inputs, the support
+// rules, launch-time refusals and the kernels' resources. On a GPU other than compute capability 9.0 every launch is
+// refused with `Unsupported` naming the GPU, which is what the accuracy tests then check instead.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "gpu_support.hpp"
+#include "flashlab/core/bytes.hpp"
+#include "flashlab/core/errors.hpp"
+#include "flashlab/kernels/attention.hpp"
+#include "flashlab/kernels/device.hpp"
+
+namespace {
+
+using namespace flashlab;
+using namespace flashlab::gpu_test;
+
+constexpr std::uint64_t kSeed = 20261130;
+
+// Whether this GPU runs flash3's sm_90a kernels (compute capability 9.0).
+bool hopper() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  cudaDeviceProp prop{};
+  check_cuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  return prop.major == 9 && prop.minor == 0;
+}
+
+// The flash2 matrix on flash3's head dims: N in {1, 17, 97, 128, 129, 255, 1025, 4097} (partial query and key
+// tiles, one-row sequences, tile multiples), each mask kind, N_q != N_k both ways, GQA, MQA and varlen with empty
+// sequences.
+std::vector<Case> accuracy_cases() {
+  std::vector<Case> cases;
+  cases.push_back({"dense N=1, d=64", dense(2, 2, 2, 1, 1, 64)});
+  cases.push_back({"dense N=17, d=128", dense(2, 3, 3, 17, 17, 128)});
+  cases.push_back({"dense N=97, d=256", dense(1, 2, 2, 97, 97, 256)});
+  cases.push_back({"causal N=128, d=128", causal(dense(2, 2, 2, 128, 128, 128))});
+  cases.push_back({"dense N=129, d=64", dense(1, 2, 2, 129, 129, 64)});
+  cases.push_back({"dense N=129, d=256", dense(1, 2, 2, 129, 129, 256)});
+  cases.push_back({"causal N=255, d=256", causal(dense(1, 2, 2, 255, 255, 256))});
+  cases.push_back({"window (16, 8), N=255, d=64", windowed(dense(1, 2, 2, 255, 255, 64), 16, 8)});
+  cases.push_back({"window (32, 0), N=1025, d=128", windowed(dense(1, 2, 2, 1025, 1025, 128), 32, 0)});
+  cases.push_back({"window (200, 100), N=1025, d=256", windowed(dense(1, 1, 1, 1025, 1025, 256), 200, 100)});
+  cases.push_back({"causal N=4097, d=64", causal(dense(1, 1, 1, 4097, 4097, 64))});
+  cases.push_back({"dense N=4097, d=128", dense(1, 1, 1, 4097, 4097, 128)});
+  cases.push_back({"dense N=1025, d=256", dense(1, 1, 1, 1025, 1025, 256)});
+  cases.push_back({"causal N_q=129 > N_k=17 (fully masked rows)", causal(dense(2, 2, 2, 129, 17, 64))});
+  cases.push_back({"causal N_q=1025 > N_k=255 (fully masked blocks)", causal(dense(1, 2, 2, 1025, 255, 128))});
+  cases.push_back({"causal N_q=17 < N_k=129", causal(dense(2, 2, 2, 17, 129, 256))});
+  cases.push_back({"causal N_q=97 < N_k=1025, window (32, 0)", windowed(causal(dense(1, 2, 2, 97, 1025, 64)), 32, 0)});
+  cases.push_back({"window (16, 8), N_q=255 > N_k=97", windowed(dense(1, 2, 2, 255, 97, 128), 16, 8)});
+  cases.push_back({"GQA 4:1, N=129, d=64", dense(2, 8, 2, 129, 129, 64)});
+  cases.push_back({"GQA 4:1 causal, N=255, d=128", causal(dense(1, 8, 2, 255, 255, 128))});
+  cases.push_back({"MQA 4:1 causal, N=1025, d=128", causal(dense(1, 4, 1, 1025, 1025, 128))});
+  cases.push_back({"MQA 2:1, N_q=97, N_k=255, d=256", dense(1, 2, 1, 97, 255, 256)});
+  cases.push_back(
+      {"varlen GQA 2:1 with empty entries", Problem::varlen(4, 2, 64, {17, 0, 97, 128, 1}, {33, 5, 0, 129, 1025})});
+  cases.push_back(
+      {"varlen causal, N_q != N_k, empty entry", causal(Problem::varlen(2, 2, 256, {129, 17, 0}, {17, 129, 3}))});
+  cases.push_back({"varlen window (16, 8), d=128",
+                   windowed(Problem::varlen(2, 1, 128, {255, 0, 64, 129}, {255, 17, 64, 97}), 16, 8)});
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("flash3 is registered with its support rules", "[gpu][flash3]") {
+  const kernels::Variant& v = variant("flash3");
+  CHECK(v.device == kernels::Device::cuda);
+  CHECK_FALSE(v.materializes);
+  CHECK_FALSE(v.description.empty());
+  const Problem p = dense(1, 2, 2, 64, 64, 128);
+  for (const std::int64_t d : {64, 128, 256}) {
+    Problem q = p;
+    q.head_dim = d;
+    for (DType dtype : {DType::fp16, DType::bf16}) CHECK(v.supports(q, dtype, Pass::fwd).ok);
+  }
+  for (const std::int64_t d : {32, 96, 40}) {
+    Problem q = p;
+    q.head_dim = d;
+    const kernels::Support s = v.supports(q, DType::bf16, Pass::fwd);
+    CHECK_FALSE(s.ok);
+    CHECK(s.reason.find("head_dim = " + std::to_string(d)) != std::string::npos);
+  }
+  for (DType dtype : {DType::fp32, DType::fp64, DType::fp8_e4m3}) {
+    const kernels::Support s = v.supports(p, dtype, Pass::fwd);
+    CHECK_FALSE(s.ok);
+    CHECK(s.reason.find("flash3 runs fp16 and bf16") != std::string::npos);
+  }
+  for (Pass pass : {Pass::bwd, Pass::fwdbwd}) {
+    const kernels::Support s = v.supports(p, DType::bf16, pass);
+    CHECK_FALSE(s.ok);
+    CHECK(s.reason.find("forward") != std::string::npos);
+  }
+  Problem dv = p;
+  dv.head_dim_v = 64;
+  CHECK(v.supports(dv, DType::fp16, Pass::fwd).reason.find("head_dim_v") != std::string::npos);
+  // FlashAttention's bytes model with 128 query rows per CTA; no workspace
+  const Problem big = dense(2, 4, 4, 4096, 4096, 128);
+  CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, {}) == flash_bytes(big, DType::bf16, Pass::fwd, 128));
+  CHECK(v.workspace_model(big, DType::bf16, Pass::fwd) == 0);
+  // options: bc names a compiled tile, br is refused as a whole
+  kernels::LaunchOptions with_br;
+  with_br.block_m = 64;
+  CHECK_FALSE(v.check_options(with_br).empty());
+  CHECK(v.check_options({}).empty());
+}
+
+// No local memory (spills or stack) in any flash3 kernel, and each kernel is compiled for this GPU's architecture.
+TEST_CASE("no flash3 kernel uses local memory (no register spills)", "[gpu][flash3]") {
+  if (!hopper()) {
+    WARN("flash3: not a compute capability 9.0 GPU, its sm_90a kernels have no image here");
+    return;
+  }
+  const kernels::Variant& v = variant("flash3");
+  const std::vector<kernels::KernelInfo> list = v.kernels();
+  CHECK(list.size() == 7 * 2 * 2);  // the 7 tiles of flash3.hpp, with and without ping-pong, fp16 and bf16
+  for (const kernels::KernelInfo& k : list) {
+    INFO(k.name << ": " << k.registers << " registers, " << k.local_bytes << " bytes of local memory");
+    CHECK(k.local_bytes == 0);
+    CHECK(k.registers > 0);
+    CHECK(k.registers <= 168);  // 384 threads at one CTA per SM: the entry budget before setmaxnreg
+    CHECK(k.dynamic_shared_bytes <= 227 * 1024);
+  }
+}
+
+TEST_CASE("flash3 forward matches the fp64 reference under the baseline rule", "[gpu][flash3]") {
+  if (!hopper()) {
+    const Problem p = dense(1, 1, 1, 64, 64, 128);
+    Stream stream;
+    DeviceTensors t(p, DType::bf16, kSeed, stream.get());
+    CountingAllocator allocator;
+    try {
+      variant("flash3").forward(t.params(), {allocator, stream.get()});
+      FAIL("flash3 launched on a GPU that is not compute capability 9.0");
+    } catch (const Unsupported& e) {
+      CHECK(std::string(e.what()).find("sm_90a") != std::string::npos);
+    }
+    return;
+  }
+  for (const Case& c : accuracy_cases()) {
+    for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, {}, kSeed);
+  }
+}
+
+// Inputs that stress the numerics, on shapes where the online softmax rescales across many key tiles.
+TEST_CASE("flash3 forward on stress inputs stays within its bound", "[gpu][flash3][numerics]") {
+  if (!hopper()) return;
+  const std::vector<Case> cases = {{"dense N=1025, d=64", dense(1, 2, 2, 1025, 1025, 64)},
+                                   {"causal N=777, d=128", causal(dense(1, 2, 2, 777, 777, 128))},
+                                   {"GQA 2:1 N_q=129 < N_k=2049, d=256", dense(1, 2, 1, 129, 2049, 256)}};
+  for (const Distribution distribution : kStressDistributions) {
+    for (const Case& c : cases) {
+      for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, {}, kSeed, distribution);
+    }
+  }
+}
+
+// Every compiled tile (flash3[bc=..,stages=..]) with and without ping-pong (flash3[pingpong=0|1]), found by trying
+// bc in {64, 80, ..., 192} and 2 to 4 stages: a tile that is not compiled is refused with Unsupported before any
+// launch. Two awkward problems per head dim: causal with N_q > N_k (partial tiles, fully masked rows) and a varlen
+// window batch with an empty sequence.
+TEST_CASE("every flash3 tile and schedule matches the fp64 reference under the baseline rule", "[gpu][flash3]") {
+  if (!hopper()) return;
+  const kernels::Variant& flash = variant("flash3");
+  int tiles = 0;
+  for (const std::int64_t d : {64, 128, 256}) {
+    const std::vector<Case> cases = {
+        {"causal N_q=1000 > N_k=777", causal(dense(1, 2, 2, 1000, 777, d))},
+        {"varlen window (100, 8), empty entry",
+         windowed(Problem::varlen(2, 1, d, {97, 0, 530}, {255, 17, 529}), 100, 8)}};
+    for (int bc = 64; bc <= 192; bc += 16) {
+      for (int stages = 2; stages <= 4; ++stages) {
+        kernels::LaunchOptions options;
+        options.block_n = bc;
+        options.stages = stages;
+        const Problem one = dense(1, 1, 1, 1, 1, d);
+        Stream stream;
+        DeviceTensors t(one, DType::bf16, kSeed, stream.get());
+        AttentionParams probe = t.params();
+        probe.options = options;
+        CountingAllocator allocator;
+        try {
+          flash.forward(probe, {allocator, stream.get()});
+          stream.sync();
+        } catch (const Unsupported& e) {
+          CHECK(std::string(e.what()).find("no forward tile") != std::string::npos);
+          continue;
+        }
+        ++tiles;
+        for (const int pingpong : {0, 1}) {
+          options.pingpong = pingpong;
+          for (const Case& c : cases) {
+            for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, options, kSeed);
+          }
+        }
+      }
+    }
+  }
+  CHECK(tiles == 7);
+}
+
+TEST_CASE("flash3 rejects what it cannot run at launch", "[gpu][flash3]") {
+  const kernels::Variant& v = variant("flash3");
+  const Problem p = dense(1, 2, 2, 65, 65, 128);
+  Stream stream;
+  DeviceTensors t(p, DType::bf16, 3, stream.get());
+  CountingAllocator allocator;
+  const LaunchContext ctx{allocator, stream.get()};
+  {
+    AttentionParams a = t.params();
+    a.q = static_cast<const char*>(a.q) + 2;  // one element off 16-byte alignment
+    CHECK_THROWS_AS(v.forward(a, ctx), InvalidProblem);
+  }
+  {
+    AttentionParams a = t.params();
+    a.v_strides.token += 4;  // not a multiple of 8 elements (TMA strides are multiples of 16 bytes)
+    CHECK_THROWS_AS(v.forward(a, ctx), InvalidProblem);
+  }
+  {
+    AttentionParams a = t.params();
+    a.dtype = DType::fp32;
+    CHECK_THROWS_AS(v.forward(a, ctx), Unsupported);
+  }
+  {
+    AttentionParams a = t.params();
+    a.options.block_n = 96;  // not a compiled tile at d = 128
+    try {
+      v.forward(a, ctx);
+      FAIL("flash3 launched a tile it does not have");
+    } catch (const Unsupported& e) {
+      CHECK(std::string(e.what()).find(hopper() ? "bc = 96" : "sm_90a") != std::string::npos);
+    }
+  }
+  {
+    AttentionParams a = t.params();
+    a.options.stages = 7;  // no tile has 7 stages
+    try {
+      v.forward(a, ctx);
+      FAIL("flash3 launched a ring it does not have");
+    } catch (const Unsupported& e) {
+      CHECK(std::string(e.what()).find(hopper() ? "stages = 7" : "sm_90a") != std::string::npos);
+    }
+  }
+  CHECK_THROWS_AS(v.backward(t.params(), ctx), Unsupported);
+  stream.sync();
+  CHECK(allocator.calls() == 0);
+  CHECK(count_nan(decode(t.o, DType::bf16)) == static_cast<std::int64_t>(t.o.bytes() / 2));
+}
+
+// A small matrix for compute-sanitizer (memcheck, racecheck, initcheck, synccheck): partial query and key tiles, a
+// causal mask with fully masked rows, GQA, a varlen batch with empty sequences, each head dim, both schedules. flash3's
+// kernels alone (verified by the bound, no standard baseline), so a report names them.
+TEST_CASE("flash3 forward on a small matrix (sanitizer run)", "[gpu][flash3][sanitize]") {
+  if (!hopper()) return;
+  const std::vector<Case> cases = {
+      {"causal N_q=129 > N_k=65, d=64", causal(dense(1, 2, 2, 129, 65, 64))},
+      {"GQA 2:1 N=200, d=128", dense(1, 4, 2, 200, 200, 128)},
+      {"varlen window (16, 8), empty entry, d=256", windowed(Problem::varlen(2, 1, 256, {70, 0, 130}, {97, 17, 129}), 16, 8)}};
+  for (const int pingpong : {0, 1}) {
+    kernels::LaunchOptions options;
+    options.pingpong = pingpong;
+    for (const Case& c : cases) check_forward("flash3", c, DType::bf16, options, kSeed, Distribution::normal, false);
+  }
+}
