@@ -135,6 +135,27 @@ Columns block_columns(const Problem& p, const Sequence& s, std::int64_t i0, std:
 }
 
 // Scores S = scale Q K^T of one row block, masked entries set to -inf.
+// Row sums of `block` (or of the elementwise product of two blocks) in one fixed order, j = 0, 1, ... in sequence,
+// whatever the operands' addresses. Eigen's vectorized reductions start at the first aligned packet, so their
+// association, and the last bit of the sum, would follow where malloc put the scratch or where the caller keeps its
+// tensors: the reference would not repeat bit for bit across runs or callers (it differed in the last bit of O).
+template <class Scalar, class Block>
+void ordered_row_sums(const Block& block, Vector<Scalar>& sums) {
+  for (Eigen::Index r = 0; r < block.rows(); ++r) {
+    Scalar sum = 0;
+    for (Eigen::Index j = 0; j < block.cols(); ++j) sum += block(r, j);
+    sums(r) = sum;
+  }
+}
+template <class Scalar, class A, class B, class Sums>
+void ordered_row_dots(const A& a, const B& b, Sums&& sums) {
+  for (Eigen::Index r = 0; r < a.rows(); ++r) {
+    Scalar sum = 0;
+    for (Eigen::Index j = 0; j < a.cols(); ++j) sum += a(r, j) * b(r, j);
+    sums(r) = sum;
+  }
+}
+
 template <class Scalar, class Block, class QRows, class KRows>
 void masked_scores(const Problem& p, const Sequence& s, std::int64_t i0, std::int64_t c0, const QRows& q,
                    const KRows& k, Block& scores) {
@@ -225,7 +246,8 @@ void forward(const Problem& p, const ForwardArgs<Scalar>& a, const Options& opti
     // softmax numerator, row sums (l_i) and O = P V / l
     block.array().colwise() -= row_max.array();
     exp_in_place(block.array());
-    const Vector<Scalar> row_sum = block.rowwise().sum();
+    Vector<Scalar> row_sum(rows);
+    ordered_row_sums<Scalar>(block, row_sum);
     o.noalias() = block * v;
     for (std::int64_t r = 0; r < rows; ++r) {
       if (row_sum(r) == 0) {
@@ -310,7 +332,7 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
       dv_acc.middleRows(cols.c0, cols.width).noalias() += prob.transpose() * d_out;
       // dS = P * (dP - D), dP = dO V^T
       ds.noalias() = d_out * v.transpose();
-      delta = (d_out.array() * o.array()).rowwise().sum();
+      ordered_row_dots<Scalar>(d_out, o, delta);
       ds.array() = prob.array() * (ds.array().colwise() - delta.array());
       dq.noalias() = scale * (ds * k);
       dk_acc.middleRows(cols.c0, cols.width).noalias() += scale * (ds.transpose() * q);
