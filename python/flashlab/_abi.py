@@ -1,14 +1,17 @@
 """ctypes bindings of libflashlab's C ABI (abi/include/flashlab/flashlab.h, version 1).
 
-The library is found through the environment variable FLASHLAB_LIBRARY (a path to libflashlab.so), else next to
-the repository's build folders (build/cpu/abi, build/cuda/abi), else by the loader's search path.
+The library is found through the environment variable FLASHLAB_LIBRARY (a path to libflashlab.so), else beside this
+module (an installed wheel), else in the repository's build folders (build/cuda/abi, build/cpu/abi), else by the
+loader's search path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Optional
+from typing import Optional, Tuple
+
+import numpy as np
 
 ABI_VERSION = 1
 
@@ -59,10 +62,55 @@ def _candidates():
     if env:
         yield env
         return
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    here = os.path.dirname(os.path.abspath(__file__))
+    yield os.path.join(here, "libflashlab.so.1")  # an installed wheel (pip install .)
+    root = os.path.dirname(os.path.dirname(here))
     for preset in ("cuda", "cpu"):
         yield os.path.join(root, "build", preset, "abi", "libflashlab.so")
     yield "libflashlab.so.1"
+
+
+def make_problem(q, k, v, causal: bool, window: Tuple[int, int], softmax_scale: Optional[float], seqlens_q,
+                 seqlens_k):
+    """The flashlab_problem of flash_attn-layout q, k, v (numpy arrays or torch tensors: only their shapes are read),
+    with the host arrays it points to (keep them alive for the call): (problem, [seqlens_q, seqlens_k] or [])."""
+    varlen = seqlens_q is not None or seqlens_k is not None
+    want = 3 if varlen else 4
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.ndim != want:
+            layout = "[total, H, d] (varlen)" if varlen else "[B, N, H, d]"
+            raise ValueError(f"{name} has shape {a.shape}: expected {layout}")
+    p = Problem()
+    keep = []
+    if varlen:
+        if seqlens_q is None or seqlens_k is None:
+            raise ValueError("a varlen problem gives both seqlens_q and seqlens_k")
+        sq = np.ascontiguousarray(seqlens_q, dtype=np.int64)
+        sk = np.ascontiguousarray(seqlens_k, dtype=np.int64)
+        if sq.ndim != 1 or sq.shape != sk.shape:
+            raise ValueError(f"seqlens_q {sq.shape} and seqlens_k {sk.shape} must be 1-d and of one length")
+        if int(sq.sum()) != q.shape[0] or int(sk.sum()) != k.shape[0]:
+            raise ValueError(f"seqlens sum to {int(sq.sum())} queries and {int(sk.sum())} keys; q has {q.shape[0]}, "
+                             f"k {k.shape[0]} tokens")
+        keep += [sq, sk]
+        p.batch = len(sq)
+        p.seqlens_q = sq.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+        p.seqlens_k = sk.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+        p.heads, p.heads_kv = q.shape[1], k.shape[1]
+    else:
+        p.batch, p.seqlen_q, p.heads = q.shape[0], q.shape[1], q.shape[2]
+        p.seqlen_k, p.heads_kv = k.shape[1], k.shape[2]
+    p.head_dim, p.head_dim_v = q.shape[-1], v.shape[-1]
+    p.causal = 1 if causal else 0
+    p.window_left, p.window_right = int(window[0]), int(window[1])
+    p.softmax_scale = float(softmax_scale) if softmax_scale is not None else 0.0
+    if k.shape != v.shape[:-1] + (k.shape[-1],) or (q.shape[-1] != k.shape[-1]):
+        raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: k and v share tokens and heads, q and k share d")
+    return p, keep
+
+
+class Workspace(ctypes.Structure):
+    _fields_ = [("allocate", ctypes.c_void_p), ("release", ctypes.c_void_p), ("user", ctypes.c_void_p)]
 
 
 _library: Optional[ctypes.CDLL] = None

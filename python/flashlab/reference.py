@@ -20,43 +20,6 @@ from . import _abi
 VARIANT = b"cpu-reference"
 
 
-def _problem(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: Tuple[int, int],
-             softmax_scale: Optional[float], seqlens_q, seqlens_k):
-    varlen = seqlens_q is not None or seqlens_k is not None
-    want = 3 if varlen else 4
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        if a.ndim != want:
-            layout = "[total, H, d] (varlen)" if varlen else "[B, N, H, d]"
-            raise ValueError(f"{name} has shape {a.shape}: expected {layout}")
-    p = _abi.Problem()
-    keep = []
-    if varlen:
-        if seqlens_q is None or seqlens_k is None:
-            raise ValueError("a varlen problem gives both seqlens_q and seqlens_k")
-        sq = np.ascontiguousarray(seqlens_q, dtype=np.int64)
-        sk = np.ascontiguousarray(seqlens_k, dtype=np.int64)
-        if sq.ndim != 1 or sq.shape != sk.shape:
-            raise ValueError(f"seqlens_q {sq.shape} and seqlens_k {sk.shape} must be 1-d and of one length")
-        if int(sq.sum()) != q.shape[0] or int(sk.sum()) != k.shape[0]:
-            raise ValueError(f"seqlens sum to {int(sq.sum())} queries and {int(sk.sum())} keys; q has {q.shape[0]}, "
-                             f"k {k.shape[0]} tokens")
-        keep += [sq, sk]
-        p.batch = len(sq)
-        p.seqlens_q = sq.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
-        p.seqlens_k = sk.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
-        p.heads, p.heads_kv = q.shape[1], k.shape[1]
-    else:
-        p.batch, p.seqlen_q, p.heads = q.shape[0], q.shape[1], q.shape[2]
-        p.seqlen_k, p.heads_kv = k.shape[1], k.shape[2]
-    p.head_dim, p.head_dim_v = q.shape[-1], v.shape[-1]
-    p.causal = 1 if causal else 0
-    p.window_left, p.window_right = int(window[0]), int(window[1])
-    p.softmax_scale = float(softmax_scale) if softmax_scale is not None else 0.0
-    if k.shape != v.shape[:-1] + (k.shape[-1],) or (q.shape[-1] != k.shape[-1]):
-        raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: k and v share tokens and heads, q and k share d")
-    return p, keep
-
-
 def _lse_shape(q: np.ndarray, varlen: bool):
     return (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
 
@@ -66,7 +29,7 @@ def attention(q, k, v, *, causal: bool = False, window: Tuple[int, int] = (-1, -
               seqlens_k: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(O, LSE): O float64 in q's layout with v's last dimension; LSE float32 [B, H, N_q] (varlen [H, total_q])."""
     q, k, v = (np.ascontiguousarray(a, dtype=np.float64) for a in (q, k, v))
-    p, keep = _problem(q, k, v, causal, window, softmax_scale, seqlens_q, seqlens_k)
+    p, keep = _abi.make_problem(q, k, v, causal, window, softmax_scale, seqlens_q, seqlens_k)
     o = np.empty(q.shape[:-1] + (v.shape[-1],), dtype=np.float64)
     lse = np.empty(_lse_shape(q, seqlens_q is not None), dtype=np.float32)
     t = _abi.Tensors(q=q.ctypes.data, k=k.ctypes.data, v=v.ctypes.data, o=o.ctypes.data, lse=lse.ctypes.data)
@@ -81,7 +44,7 @@ def attention_backward(q, k, v, o, lse, d_out, *, causal: bool = False, window: 
     """(dQ, dK, dV) from attention()'s O and LSE and the output gradient d_out (O's shape), float64."""
     q, k, v, o, d_out = (np.ascontiguousarray(a, dtype=np.float64) for a in (q, k, v, o, d_out))
     lse = np.ascontiguousarray(lse, dtype=np.float32)
-    p, keep = _problem(q, k, v, causal, window, softmax_scale, seqlens_q, seqlens_k)
+    p, keep = _abi.make_problem(q, k, v, causal, window, softmax_scale, seqlens_q, seqlens_k)
     if o.shape != q.shape[:-1] + (v.shape[-1],) or d_out.shape != o.shape:
         raise ValueError(f"o {o.shape} and d_out {d_out.shape} must be {q.shape[:-1] + (v.shape[-1],)}")
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)

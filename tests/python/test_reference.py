@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "python"))
+if not os.environ.get("FLASHLAB_TEST_INSTALLED"):  # else: the installed package (tests/python/wheel_test.sh)
+    sys.path.insert(0, str(ROOT / "python"))
 import flashlab  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def naive(q, k, v, d_out, causal, window, scale=None):
 class Reference(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.environ.get("FLASHLAB_LIBRARY"):
+        if not os.environ.get("FLASHLAB_LIBRARY") and not os.environ.get("FLASHLAB_TEST_INSTALLED"):
             raise unittest.SkipTest("FLASHLAB_LIBRARY is not set: point it at the built abi/libflashlab.so")
 
     def test_dense_gqa_masks(self):
