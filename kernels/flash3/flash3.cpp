@@ -16,9 +16,10 @@
 namespace flashlab::kernels {
 namespace flash3 {
 
-const ForwardTile* find_tile(std::int64_t head_dim, int block_n, int stages) {
+const ForwardTile* find_tile(std::int64_t head_dim, int block_m, int block_n, int stages) {
   for (const ForwardTile& t : kForwardTiles) {
-    if (t.head_dim == head_dim && (block_n == 0 || t.block_n == block_n) && (stages == 0 || t.stages == stages)) {
+    if (t.head_dim == head_dim && (block_m == 0 || t.block_m == block_m) && (block_n == 0 || t.block_n == block_n) &&
+        (stages == 0 || t.stages == stages)) {
       return &t;
     }
   }
@@ -72,9 +73,10 @@ Support supports(const Problem& p, DType dtype, Pass pass) {
 }
 
 const ForwardTile& tile_of(const Problem& p, const LaunchOptions& options) {
-  const ForwardTile* tile = find_tile(p.head_dim, options.block_n, options.stages);
+  const ForwardTile* tile = find_tile(p.head_dim, options.block_m, options.block_n, options.stages);
   if (tile == nullptr) {
-    throw Unsupported("flash3: no forward tile with bc = " + std::to_string(options.block_n) + ", stages = " +
+    throw Unsupported("flash3: no forward tile with br = " + std::to_string(options.block_m) + ", bc = " +
+                      std::to_string(options.block_n) + ", stages = " +
                       std::to_string(options.stages) + " at head_dim " + std::to_string(p.head_dim) +
                       " (compiled, rows x keys / stages: " + tiles_of(p.head_dim) + ")");
   }
@@ -124,8 +126,10 @@ Variant flash3_variant() {
   v.id = "flash3";
   std::string tiles;
   for (const int d : {64, 128, 256}) tiles += (tiles.empty() ? "d = " : "; d = ") + std::to_string(d) + ": " + flash3::tiles_of(d);
-  v.options = {size_option("bc", "forward tile: keys per K/V tile (rows x keys / stages: " + tiles + ")",
-                           &LaunchOptions::block_n),
+  v.options = {size_option("br", "forward tile: query rows per CTA, 64 per consumer warpgroup (rows x keys / stages: " +
+                               tiles + ")",
+                           &LaunchOptions::block_m),
+               size_option("bc", "forward tile: keys per K/V tile (of the tiles above)", &LaunchOptions::block_n),
                size_option("stages", "stages of the K and V rings (of the tiles above)", &LaunchOptions::stages),
                VariantOption{"pingpong", "1: the consumer warpgroups take turns to issue their GEMMs; 0: they do not",
                              [](std::string_view value, LaunchOptions& o) {
@@ -133,9 +137,7 @@ Variant flash3_variant() {
                                o.pingpong = value == "1";
                                return std::string();
                              }}};
-  v.check_options = [](const LaunchOptions& o) {
-    return o.block_m == 0 ? std::string() : std::string("flash3 takes no br: its CTA has 128 query rows (two warpgroups)");
-  };
+  v.check_options = {};  // each option names a tile, checked together at launch (tile_of)
   v.description =
       "FlashAttention-3 style forward for Hopper (sm_90a): TMA loads by a producer warpgroup, two consumer "
       "warpgroups on wgmma with the next S = Q K^T overlapping the softmax, mbarrier pipelines, O(N) memory";

@@ -26,16 +26,17 @@ struct ForwardTile {
 };
 
 // The forward tiles compiled, the first of each head dim its default (flash3_fwd.cu says why each was chosen). A
-// suite picks another with flash3[bc=..,stages=..]; each is compiled with and without ping-pong (flash3[pingpong=0|1]).
+// suite picks another with flash3[br=..,bc=..,stages=..]; each is compiled with and without ping-pong
+// (flash3[pingpong=0|1]). br = 192 runs three consumer warpgroups (160 registers each instead of 240).
 inline constexpr ForwardTile kForwardTiles[] = {
-    {64, 128, 128, 2},  {64, 128, 160, 2},  {64, 128, 128, 4},   //
+    {64, 128, 128, 2},  {64, 128, 160, 2},  {64, 128, 128, 4},  {64, 192, 96, 2},  //
     {128, 128, 128, 2}, {128, 128, 144, 2}, {128, 128, 128, 3},  //
     {256, 128, 64, 2},                                           //
 };
 
-// The tile a launch uses: the head dim's default, or the first with `block_n` keys (any when 0) and `stages` stages
-// (any when 0); nullptr when none is compiled.
-[[nodiscard]] const ForwardTile* find_tile(std::int64_t head_dim, int block_n, int stages);
+// The tile a launch uses: the head dim's default, or the first with `block_m` query rows, `block_n` keys and `stages`
+// stages (each: any when 0); nullptr when none is compiled.
+[[nodiscard]] const ForwardTile* find_tile(std::int64_t head_dim, int block_m, int block_n, int stages);
 
 // The tiles of head dim d as "128x128/2 (default), ..." (rows x keys / stages) for messages and `flashlab list`.
 [[nodiscard]] std::string tiles_of(std::int64_t head_dim);

@@ -2,12 +2,14 @@
 // structure of FlashAttention-3 (Shah et al., 2024, §3), written from the PTX ISA (wgmma, cp.async.bulk.tensor,
 // mbarrier, setmaxnreg) without CUTLASS.
 //
-// One CTA of 384 threads per (query block of 128 rows, head h, batch entry b); kv head g = h / (H / H_kv):
+// One CTA of 384 threads per (query block of 128 rows, head h, batch entry b) (512 and 192 rows with three consumers);
+// kv head g = h / (H / H_kv):
 //   warpgroup 0, the producer (24 registers after setmaxnreg): one thread issues every TMA load: the Q tile once, then
-//     the K and V tiles of the CTA's key range into a ring of kStages stages. A stage's K and V each complete on their
-//     own "full" mbarrier (transaction bytes), so S = Q K^T may start before V lands; the stage is reused once both
-//     consumers have arrived on its "empty" mbarrier.
-//   warpgroups 1 and 2, the consumers (240 registers): each owns 64 query rows and runs, per key tile j,
+//     the K and V tiles of the CTA's key range into two rings of kStages slots, K one tile ahead of V (K_0, K_1, V_0,
+//     K_2, V_1, ...). Each slot completes on its own "full" mbarrier (transaction bytes) and is reused once every
+//     consumer warp has arrived on its "empty" mbarrier: K_j as soon as S_j is done, V_j after P_j V_j.
+//   warpgroups 1 .. 2 (or 3), the consumers (240 registers; 160 with three): each owns 64 query rows and runs, per
+//   key tile j,
 //       S_j = Q K_j^T                 wgmma m64nBk16, Q and K from shared memory (K-major, 128-byte swizzle)
 //       O += P_{j-1} V_{j-1}          wgmma m64nDk16 issued right behind it, P from registers (the S accumulator
 //                                     layout is the A-operand layout), V from shared memory (MN-major: transposed)
@@ -19,7 +21,8 @@
 //     same swizzled layout, written with 16-byte stores; LSE = m ln 2 + ln l in fp32.
 // A row that sees no key keeps m = -inf: its shift is 0, so P = 0, l = 0, O = 0 and LSE = -inf (flash2's convention).
 //
-// Tiles (flash3.hpp kForwardTiles): 128 query rows per CTA (two consumers of 64, the wgmma M); the defaults, measured
+// Tiles (flash3.hpp kForwardTiles): 128 query rows per CTA (two consumers of 64, the wgmma M), or 192 (three consumers
+// at 160 registers: d = 64 with 96 keys, where more keys spill); the defaults, measured
 // with experiments/flash3_tiles.toml on an H200 (kernels/README.md has the table; the others are within 1.5%):
 //   d = 64:  128 keys, 2 stages, ping-pong (S and O: 64 + 32 fp32 accumulators per thread)
 //   d = 128: 128 keys, 2 stages, ping-pong (64 + 64; FA3 uses 176 keys non-causal: here 160 and 176 spill)
@@ -48,12 +51,17 @@
 namespace flashlab::kernels::flash3 {
 namespace {
 
-constexpr int kConsumers = 2;                    // consumer warpgroups, 64 query rows each
-constexpr int kThreads = 128 * (1 + kConsumers);  // + the producer warpgroup
-constexpr int kBlockM = 64 * kConsumers;
-constexpr int kProducerRegisters = 24;
-constexpr int kConsumerRegisters = 240;  // 128 (24 + 2 x 240) = 64512 <= 65536 registers of the SM
-static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536, "register budget of one CTA");
+// The CTA of a tile of kBlockM query rows: kBlockM / 64 consumer warpgroups (64 rows each, the wgmma M) and the
+// producer warpgroup, with the register budget setmaxnreg gives each (the SM's 65536 registers, one CTA per SM).
+template <int kBlockM>
+struct Cta {
+  static constexpr int kConsumers = kBlockM / 64;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = kConsumers == 2 ? 240 : 160;  // 128 (24 + 2 x 240), 128 (24 + 3 x 160)
+  static_assert(kBlockM == 128 || kBlockM == 192, "two or three consumer warpgroups");
+  static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536, "register budget of one CTA");
+};
 
 constexpr float kLazyLog2 = 8.0f;  // the running max moves only by more than 2^8 in P (as flash2)
 constexpr float kLn2 = 0.6931471805599453f;
@@ -76,7 +84,7 @@ struct ForwardArgs {
 
 // Shared memory of one CTA; every tile is in 64-column chunks of 128-byte rows (the TMA box of the 128-byte swizzle),
 // each chunk 1024-byte aligned, as the wgmma descriptors expect.
-template <int kHeadDim, int kBlockN, int kStages>
+template <int kBlockM, int kHeadDim, int kBlockN, int kStages>
 struct Layout {
   static constexpr int kChunks = kHeadDim / 64;
   static constexpr int kQChunkBytes = kBlockM * 128;
@@ -112,9 +120,9 @@ __device__ inline bool moves_max(float m, float tile) {
 }
 
 // S = Q K^T for one warpgroup: 64 rows of Q (q_rows: their first chunk) against the kBlockN keys of a K tile.
-template <class T, int kHeadDim, int kBlockN, int kStages>
+template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages>
 __device__ inline void gemm_qk(float (&s)[kBlockN / 2], std::uint32_t q_rows, std::uint32_t k_tile) {
-  using L = Layout<kHeadDim, kBlockN, kStages>;
+  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages>;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     const std::uint32_t step = (kk % 4) * 32;  // 32 bytes per k16 step inside a 128-byte row
@@ -125,10 +133,10 @@ __device__ inline void gemm_qk(float (&s)[kBlockN / 2], std::uint32_t q_rows, st
 }
 
 // O (+)= P V for one warpgroup: P (kBlockN / 16 k16 steps of A fragments) against the V tile.
-template <class T, int kHeadDim, int kBlockN, int kStages>
+template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages>
 __device__ inline void gemm_pv(float (&o)[kHeadDim / 2], const std::uint32_t (&p)[kBlockN / 16][4], std::uint32_t v_tile,
                                bool accumulate) {
-  using L = Layout<kHeadDim, kBlockN, kStages>;
+  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages>;
 #pragma unroll
   for (int kk = 0; kk < kBlockN / 16; ++kk) {
     const std::uint64_t b = descriptor(v_tile + kk * 16 * 128, L::kKVChunkBytes, 1024);
@@ -136,11 +144,13 @@ __device__ inline void gemm_pv(float (&o)[kHeadDim / 2], const std::uint32_t (&p
   }
 }
 
-template <class T, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
-__global__ void __launch_bounds__(kThreads, 1)
+template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
+__global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     forward_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                    const __grid_constant__ CUtensorMap map_v, const ForwardArgs args) {
-  using L = Layout<kHeadDim, kBlockN, kStages>;
+  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages>;
+  using C = Cta<kBlockM>;
+  constexpr int kConsumers = C::kConsumers;
   extern __shared__ __align__(1024) unsigned char shared_raw[];
   const std::uint32_t raw = smem_address(shared_raw);
   const std::uint32_t base = (raw + 1023) & ~1023u;
@@ -187,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warpgroup == 0) {
     // ------------------------------------------------------------------------------------------------------------
     // producer
-    registers_decrease<kProducerRegisters>();
+    registers_decrease<C::kProducerRegisters>();
     if (threadIdx.x == 0 && tiles > 0) {
       const int q_row = static_cast<int>(seq.q_offset) + m_start;
       const int k_row = static_cast<int>(seq.k_offset) + n_block_min * kBlockN;
@@ -217,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // --------------------------------------------------------------------------------------------------------------
   // consumers
-  registers_increase<kConsumerRegisters>();
+  registers_increase<C::kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int warp = static_cast<int>(threadIdx.x) / 32 % 4;  // in the warpgroup: rows 16 warp .. 16 warp + 15
   const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -312,23 +322,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncwarp();
     if (lane == 0) mbarrier_arrive(empty);
   };
-  // Ping-pong (kPingpong): the consumers take turns to issue their GEMMs, so one's softmax runs while the other's
-  // GEMMs occupy the tensor cores. Consumer c waits on barrier 3 + c (its 128 threads plus the other's 128
-  // arrivals), issues, then lets the other go; consumer 1 opens with one arrival so consumer 0 goes first, and skips
-  // its last, so every barrier ends with as many arrivals as waits.
+  // Ping-pong (kPingpong): the consumers take turns, in a ring, to issue their GEMMs, so one's softmax runs while
+  // another's GEMMs occupy the tensor cores. Consumer c waits on barrier 1 + kConsumers + c (its 128 threads plus
+  // the previous consumer's 128 arrivals; barriers 1 .. kConsumers are the epilogues'), issues, then lets the next
+  // go; the last consumer opens with one arrival so consumer 0 goes first, and skips its last, so every barrier
+  // ends with as many arrivals as waits.
   const int issue_points = tiles + 1;  // S_0, then S_j with P_{j-1} V_{j-1} for j >= 1, then P_last V_last
   int issued = 0;
   const auto take_turn = [&]() {
-    if constexpr (kPingpong) named_barrier_sync(3 + consumer, 256);
+    if constexpr (kPingpong) named_barrier_sync(1 + kConsumers + consumer, 256);
   };
   const auto pass_turn = [&]() {
     ++issued;
     if constexpr (kPingpong) {
-      if (consumer == 0 || issued < issue_points) named_barrier_arrive(3 + (1 - consumer), 256);
+      if (consumer != kConsumers - 1 || issued < issue_points) {
+        named_barrier_arrive(1 + kConsumers + (consumer + 1) % kConsumers, 256);
+      }
     }
   };
   if constexpr (kPingpong) {
-    if (consumer == 1 && tiles > 0) named_barrier_arrive(3, 256);
+    if (consumer == kConsumers - 1 && tiles > 0) named_barrier_arrive(1 + kConsumers, 256);
   }
 
   if (tiles > 0) {
@@ -337,7 +350,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_wait(bar_full_k(0), 0);
     take_turn();
     wgmma_fence();
-    gemm_qk<T, kHeadDim, kBlockN, kStages>(s, q_rows, s_k);
+    gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k);
     wgmma_commit();
     pass_turn();
     wgmma_wait<0>();
@@ -352,9 +365,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbarrier_wait(bar_full_v(previous), ((it - 1) / kStages) & 1);
       take_turn();
       wgmma_fence();
-      gemm_qk<T, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + stage * L::kKVBytes);
+      gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + stage * L::kKVBytes);
       wgmma_commit();
-      gemm_pv<T, kHeadDim, kBlockN, kStages>(o, p, s_v + previous * L::kKVBytes, true);
+      gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + previous * L::kKVBytes, true);
       wgmma_commit();
       pass_turn();
       wgmma_wait<1>();  // S_it: K_it is free
@@ -372,7 +385,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_wait(bar_full_v(last_stage), ((tiles - 1) / kStages) & 1);
     take_turn();
     wgmma_fence();
-    gemm_pv<T, kHeadDim, kBlockN, kStages>(o, p, s_v + last_stage * L::kKVBytes, true);
+    gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + last_stage * L::kKVBytes, true);
     wgmma_commit();
     pass_turn();
     wgmma_wait<0>();
@@ -466,9 +479,9 @@ CUtensorMap tensor_map(const void* data, DType dtype, const Strides& strides, st
   return map;
 }
 
-template <class T, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
+template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
 void launch(const AttentionParams& params, void* stream) {
-  using L = Layout<kHeadDim, kBlockN, kStages>;
+  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages>;
   const Problem& p = params.problem;
   const std::int64_t m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
@@ -501,10 +514,10 @@ void launch(const AttentionParams& params, void* stream) {
   args.window_right = window_arg(w.right);
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
 
-  auto* kernel = forward_kernel<T, kHeadDim, kBlockN, kStages, kPingpong>;
+  auto* kernel = forward_kernel<T, kBlockM, kHeadDim, kBlockN, kStages, kPingpong>;
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSharedBytes));
   const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  kernel<<<grid, kThreads, L::kSharedBytes, static_cast<cudaStream_t>(stream)>>>(map_q, map_k, map_v, args);
+  kernel<<<grid, Cta<kBlockM>::kThreads, L::kSharedBytes, static_cast<cudaStream_t>(stream)>>>(map_q, map_k, map_v, args);
   FL_CUDA_CHECK_LAUNCH("flash3 forward_kernel");
 }
 
@@ -514,9 +527,10 @@ template <class T, int kIndex = 0>
 void dispatch(const AttentionParams& params, const ForwardTile& tile, bool pingpong, void* stream) {
   if constexpr (kIndex < kTileCount) {
     constexpr ForwardTile t = kForwardTiles[kIndex];
-    if (t.head_dim == tile.head_dim && t.block_n == tile.block_n && t.stages == tile.stages) {
-      return pingpong ? launch<T, t.head_dim, t.block_n, t.stages, true>(params, stream)
-                      : launch<T, t.head_dim, t.block_n, t.stages, false>(params, stream);
+    if (t.head_dim == tile.head_dim && t.block_m == tile.block_m && t.block_n == tile.block_n &&
+        t.stages == tile.stages) {
+      return pingpong ? launch<T, t.block_m, t.head_dim, t.block_n, t.stages, true>(params, stream)
+                      : launch<T, t.block_m, t.head_dim, t.block_n, t.stages, false>(params, stream);
     }
     return dispatch<T, kIndex + 1>(params, tile, pingpong, stream);
   } else {
@@ -528,13 +542,13 @@ template <class T, std::size_t... kIndices>
 void add_kernels(std::vector<KernelInfo>& list, std::index_sequence<kIndices...>) {
   const auto add = [&list](auto index) {
     constexpr ForwardTile t = kForwardTiles[decltype(index)::value];
-    using L = Layout<t.head_dim, t.block_n, t.stages>;
+    using L = Layout<t.block_m, t.head_dim, t.block_n, t.stages>;
     const std::string tile = "forward d=" + std::to_string(t.head_dim) + " " + std::to_string(t.block_m) + "x" +
                              std::to_string(t.block_n) + " stages=" + std::to_string(t.stages) + " " +
                              (std::is_same_v<T, __half> ? "fp16" : "bf16");
-    list.push_back(kernel_info(forward_kernel<T, t.head_dim, t.block_n, t.stages, true>, tile + " pingpong",
+    list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, true>, tile + " pingpong",
                                L::kSharedBytes));
-    list.push_back(kernel_info(forward_kernel<T, t.head_dim, t.block_n, t.stages, false>, tile, L::kSharedBytes));
+    list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, false>, tile, L::kSharedBytes));
   };
   (add(std::integral_constant<std::size_t, kIndices>{}), ...);
 }

@@ -4,7 +4,10 @@
 // refused with `Unsupported` naming the GPU, which is what the accuracy tests then check instead.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -104,11 +107,16 @@ TEST_CASE("flash3 is registered with its support rules", "[gpu][flash3]") {
   const Problem big = dense(2, 4, 4, 4096, 4096, 128);
   CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, {}) == flash_bytes(big, DType::bf16, Pass::fwd, 128));
   CHECK(v.workspace_model(big, DType::bf16, Pass::fwd) == 0);
-  // options: bc names a compiled tile, br is refused as a whole
-  kernels::LaunchOptions with_br;
-  with_br.block_m = 64;
-  CHECK_FALSE(v.check_options(with_br).empty());
-  CHECK(v.check_options({}).empty());
+  // options: br, bc, stages, pingpong, each parsed by the entry; the tile they name is checked at launch
+  kernels::LaunchOptions parsed;
+  for (const kernels::VariantOption& o : v.options) {
+    CHECK(o.apply(o.name == "pingpong" ? "1" : "192", parsed).empty());
+  }
+  CHECK(parsed.block_m == 192);
+  CHECK(parsed.pingpong == 1);
+  const auto pingpong = std::find_if(v.options.begin(), v.options.end(), [](const auto& o) { return o.name == "pingpong"; });
+  REQUIRE(pingpong != v.options.end());
+  CHECK_FALSE(pingpong->apply("2", parsed).empty());
 }
 
 // No local memory (spills or stack) in any flash3 kernel, and each kernel is compiled for this GPU's architecture.
@@ -119,13 +127,44 @@ TEST_CASE("no flash3 kernel uses local memory (no register spills)", "[gpu][flas
   }
   const kernels::Variant& v = variant("flash3");
   const std::vector<kernels::KernelInfo> list = v.kernels();
-  CHECK(list.size() == 7 * 2 * 2);  // the 7 tiles of flash3.hpp, with and without ping-pong, fp16 and bf16
+  CHECK(list.size() == 8 * 2 * 2);  // the 8 tiles of flash3.hpp, with and without ping-pong, fp16 and bf16
   for (const kernels::KernelInfo& k : list) {
     INFO(k.name << ": " << k.registers << " registers, " << k.local_bytes << " bytes of local memory");
     CHECK(k.local_bytes == 0);
     CHECK(k.registers > 0);
     CHECK(k.registers <= 168);  // 384 threads at one CTA per SM: the entry budget before setmaxnreg
     CHECK(k.dynamic_shared_bytes <= 227 * 1024);
+  }
+}
+
+// The main loops run on Hopper's asynchronous tensor cores: every flash3 kernel's SASS (cuobjdump of this executable)
+// holds HGMMA instructions, at least one per k16 step of S = Q K^T and of P V of the smallest tile (d = 64, 128 keys:
+// 4 + 8). Needs cuobjdump (CUDA toolkit) on PATH.
+TEST_CASE("flash3 kernels issue HGMMA (SASS)", "[gpu][flash3]") {
+  if (!hopper()) return;
+  FILE* pipe = popen("cuobjdump --dump-sass /proc/self/exe 2>&1", "r");
+  REQUIRE(pipe != nullptr);
+  std::map<std::string, int> hgmma;  // flash3 forward kernel -> HGMMA instructions
+  std::string function;
+  char line[4096];
+  while (std::fgets(line, sizeof(line), pipe) != nullptr) {
+    const std::string text(line);
+    if (const auto at = text.find("Function : "); at != std::string::npos) {
+      function = text.substr(at + 11);
+      const bool ours = function.find("flash3") != std::string::npos && function.find("forward_kernel") != std::string::npos;
+      if (!ours) function.clear();
+      if (ours) hgmma[function] += 0;
+    } else if (!function.empty() && text.find("HGMMA") != std::string::npos) {
+      ++hgmma[function];
+    }
+  }
+  const int status = pclose(pipe);
+  INFO("cuobjdump exit status " << status << " (it must be on PATH)");
+  REQUIRE(status == 0);
+  CHECK(hgmma.size() == 8 * 2 * 2);  // every tile, with and without ping-pong, fp16 and bf16
+  for (const auto& [name, count] : hgmma) {
+    INFO(name << ": " << count << " HGMMA");
+    CHECK(count >= 4 + 8);
   }
 }
 
@@ -161,9 +200,9 @@ TEST_CASE("flash3 forward on stress inputs stays within its bound", "[gpu][flash
   }
 }
 
-// Every compiled tile (flash3[bc=..,stages=..]) with and without ping-pong (flash3[pingpong=0|1]), found by trying
-// bc in {64, 80, ..., 192} and 2 to 4 stages: a tile that is not compiled is refused with Unsupported before any
-// launch. Two awkward problems per head dim: causal with N_q > N_k (partial tiles, fully masked rows) and a varlen
+// Every compiled tile (flash3[br=..,bc=..,stages=..]) with and without ping-pong (flash3[pingpong=0|1]), found by
+// trying br in {128, 192}, bc in {64, 80, ..., 192} and 2 to 4 stages: a tile that is not compiled is refused with
+// Unsupported before any launch. Two awkward problems per head dim: causal with N_q > N_k (partial tiles, fully masked rows) and a varlen
 // window batch with an empty sequence.
 TEST_CASE("every flash3 tile and schedule matches the fp64 reference under the baseline rule", "[gpu][flash3]") {
   if (!hopper()) return;
@@ -174,9 +213,11 @@ TEST_CASE("every flash3 tile and schedule matches the fp64 reference under the b
         {"causal N_q=1000 > N_k=777", causal(dense(1, 2, 2, 1000, 777, d))},
         {"varlen window (100, 8), empty entry",
          windowed(Problem::varlen(2, 1, d, {97, 0, 530}, {255, 17, 529}), 100, 8)}};
-    for (int bc = 64; bc <= 192; bc += 16) {
+    for (int br : {128, 192}) {
+     for (int bc = 64; bc <= 192; bc += 16) {
       for (int stages = 2; stages <= 4; ++stages) {
         kernels::LaunchOptions options;
+        options.block_m = br;
         options.block_n = bc;
         options.stages = stages;
         const Problem one = dense(1, 1, 1, 1, 1, d);
@@ -200,9 +241,10 @@ TEST_CASE("every flash3 tile and schedule matches the fp64 reference under the b
           }
         }
       }
+     }
     }
   }
-  CHECK(tiles == 7);
+  CHECK(tiles == 8);
 }
 
 TEST_CASE("flash3 rejects what it cannot run at launch", "[gpu][flash3]") {
