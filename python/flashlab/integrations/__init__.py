@@ -1,0 +1,1 @@
+"""flashlab's kernels inside other frameworks: transformers (attn_implementation="flashlab")."""
