@@ -125,6 +125,28 @@ CheckSubject subject_of(const kernels::Variant& v, const Problem& p, DType dtype
   return subject;
 }
 
+// A GPU row whose baseline cannot run (standard out of memory) gets cpu-standard over the chosen groups only while
+// that stays cheap: at N = 32768 one group is 2.7e11 flops, and the row is judged by its bound with the reason said
+// (memory_scaling's N = 131072 rows took minutes of CPU each before).
+TEST_CASE("a row whose baseline would cost too much on the CPU is judged by its bound", "[harness][verify]") {
+  Problem p;
+  p.seqlen_q = p.seqlen_k = 32768;
+  p.head_dim = 64;
+  SuiteSettings settings;
+  const GroupChoice choice = choose_groups(p, Pass::fwd, settings);
+  REQUIRE_FALSE(choice.all_rows);  // sampled rows: the reference itself stays cheap
+  const Expectation expected(p, DType::bf16, Pass::fwd, {3, Distribution::normal, DType::bf16}, choice,
+                             subject_of(*find_variant("cpu-reference"), p, DType::bf16));
+  const FetchOutput zeros = [&](const std::string& t, std::int64_t, std::int64_t, const std::vector<std::int64_t>& rows) {
+    return std::vector<double>(rows.size() * (t == "lse" ? 1 : 64), 0.0);
+  };
+  const Verification v = expected.check(zeros);
+  CHECK(v.verified_heads.find("no baseline (standard could not run; cpu-standard over the groups would be 275 GFLOP)") !=
+        std::string::npos);
+  for (const auto& [tensor, e] : v.tensors) CHECK_FALSE(e.baseline.has_value());
+  CHECK_FALSE(v.pass);  // zeros are far outside the bound: the bound still judges
+}
+
 TEST_CASE("verification passes real outputs within their bounds and fails wrong ones", "[harness][verify]") {
   auto backend = make_cpu_backend();
   SuiteSettings settings;
