@@ -24,7 +24,6 @@
 
 namespace flashlab::kernels::flash2 {
 
-constexpr std::int64_t kMaxGridYZ = 65535;                  // heads go to gridDim.y, batch entries to gridDim.z
 
 // ---------------------------------------------------------------------------------------------------------------
 // Element types

@@ -588,19 +588,7 @@ Support supports(const Problem& p, DType dtype, Pass) {
     return Support::no("flash2 has kernels for head_dim 32, 64, 96, 128 and 256; head_dim = " + std::to_string(d) +
                        " is not one of them (pad it to the next one with zeros, or use standard)");
   }
-  if (p.dv() != d) {
-    return Support::no("flash2 needs head_dim_v == head_dim (head_dim_v = " + std::to_string(p.dv()) +
-                       ", head_dim = " + std::to_string(d) + ")");
-  }
-  if (p.seqlen_q >= kMaxLength || p.seqlen_k >= kMaxLength || p.total_q() >= kMaxLength || p.total_k() >= kMaxLength) {
-    return Support::no(
-        "flash2 indexes tokens of a sequence in 32 bits: N_q, N_k and the varlen totals must be below "
-        "2^30");
-  }
-  if (p.heads > kMaxGridYZ || p.batch > kMaxGridYZ) {
-    return Support::no("flash2 puts heads and batch entries on gridDim.y and .z: at most 65535 each");
-  }
-  return Support::yes();
+  return detail::fused_kernel_limits("flash2", p);
 }
 
 // Where flash2 rounds (reference/NUMERICS.md). Forward: S = Q K^T by mma.sync (products exact, fp32 accumulation

@@ -42,8 +42,6 @@ std::string tiles_of(std::int64_t head_dim) {
 
 namespace {
 
-constexpr std::int64_t kMaxGridYZ = 65535;  // heads on gridDim.y, batch entries on gridDim.z
-
 Support supports(const Problem& p, DType dtype, Pass pass) {
   if (dtype != DType::fp16 && dtype != DType::bf16) {
     return Support::no("flash3 runs fp16 and bf16 (wgmma); " + std::string(name(dtype)) +
@@ -57,19 +55,7 @@ Support supports(const Problem& p, DType dtype, Pass pass) {
     return Support::no("flash3 has kernels for head_dim 64, 128 and 256; head_dim = " + std::to_string(d) +
                        " is not one of them (pad it with zeros to the next one, or use flash2)");
   }
-  if (p.dv() != d) {
-    return Support::no("flash3 needs head_dim_v == head_dim (head_dim_v = " + std::to_string(p.dv()) +
-                       ", head_dim = " + std::to_string(d) + ")");
-  }
-  constexpr std::int64_t kMaxLength = std::int64_t{1} << 30;
-  if (p.seqlen_q >= kMaxLength || p.seqlen_k >= kMaxLength || p.total_q() >= kMaxLength || p.total_k() >= kMaxLength) {
-    return Support::no("flash3 indexes tokens in 32 bits (TMA coordinates): N_q, N_k and the varlen totals must be "
-                       "below 2^30");
-  }
-  if (p.heads > kMaxGridYZ || p.batch > kMaxGridYZ) {
-    return Support::no("flash3 puts heads and batch entries on gridDim.y and .z: at most 65535 each");
-  }
-  return Support::yes();
+  return detail::fused_kernel_limits("flash3", p);
 }
 
 const ForwardTile& tile_of(const Problem& p, const LaunchOptions& options) {

@@ -10,13 +10,13 @@
 #include <limits>
 
 #include "flashlab/core/mask.hpp"
+#include "src/launch_checks.hpp"  // kMaxLength: token indices stay in 32-bit arithmetic
 
 namespace flashlab::kernels {
 
 constexpr double kLog2eDouble = 1.4426950408889634;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::int64_t kMaxLength = std::int64_t{1} << 30;  // token indices stay in 32-bit arithmetic
 
 // ---------------------------------------------------------------------------------------------------------------
 // PTX wrappers of every architecture

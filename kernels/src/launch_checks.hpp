@@ -9,7 +9,31 @@
 #include "flashlab/core/errors.hpp"
 #include "flashlab/kernels/attention.hpp"
 
-namespace flashlab::kernels::detail {
+namespace flashlab::kernels {
+
+// Limits of the fused kernels (flash2, flash3): token indices of a sequence in 32-bit arithmetic, heads and batch
+// entries on gridDim.y and .z.
+constexpr std::int64_t kMaxLength = std::int64_t{1} << 30;
+constexpr std::int64_t kMaxGridYZ = 65535;
+
+namespace detail {
+
+// The support rules the fused kernels share, after their dtype and head-dim rules: head_dim_v == head_dim, lengths
+// below kMaxLength, heads and batch entries at most kMaxGridYZ. Support::no names `variant` and the rule.
+inline Support fused_kernel_limits(const std::string& variant, const Problem& p) {
+  if (p.dv() != p.head_dim) {
+    return Support::no(variant + " needs head_dim_v == head_dim (head_dim_v = " + std::to_string(p.dv()) +
+                       ", head_dim = " + std::to_string(p.head_dim) + ")");
+  }
+  if (p.seqlen_q >= kMaxLength || p.seqlen_k >= kMaxLength || p.total_q() >= kMaxLength || p.total_k() >= kMaxLength) {
+    return Support::no(variant + " indexes tokens of a sequence in 32 bits: N_q, N_k and the varlen totals must be "
+                                 "below 2^30");
+  }
+  if (p.heads > kMaxGridYZ || p.batch > kMaxGridYZ) {
+    return Support::no(variant + " puts heads and batch entries on gridDim.y and .z: at most 65535 each");
+  }
+  return Support::yes();
+}
 
 inline void require(bool ok, const char* variant, const char* field, const std::string& message) {
   if (!ok) throw InvalidProblem(field, std::string(variant) + ": " + field + " " + message);
@@ -57,4 +81,5 @@ inline void check_launch(const char* variant, const AttentionParams& params, Pas
   }
 }
 
-}  // namespace flashlab::kernels::detail
+}  // namespace detail
+}  // namespace flashlab::kernels

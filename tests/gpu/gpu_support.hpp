@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "catch.hpp"
@@ -328,6 +330,31 @@ inline void check_verified(const harness::Verification& v) {
   }
 }
 
+// The rows an output gives LSE = -inf (lse: [B', H, T] of shape `ls`), and how many entries of the given row tensors
+// ([B', T, H, dim] each, with its dim) are not 0 in them: a fully masked row must be 0 in O (and dQ).
+struct MaskedRows {
+  std::int64_t rows = 0;
+  std::int64_t nonzero = 0;
+};
+inline MaskedRows masked_rows(const std::vector<double>& lse, const Shape<3>& ls,
+                              std::initializer_list<std::pair<const std::vector<double>*, std::int64_t>> row_tensors) {
+  MaskedRows m;
+  for (std::int64_t b = 0; b < ls[0]; ++b) {
+    for (std::int64_t h = 0; h < ls[1]; ++h) {
+      for (std::int64_t i = 0; i < ls[2]; ++i) {
+        if (!std::isinf(lse[static_cast<std::size_t>((b * ls[1] + h) * ls[2] + i)])) continue;
+        ++m.rows;
+        for (const auto& [values, dim] : row_tensors) {
+          for (std::int64_t c = 0; c < dim; ++c) {
+            m.nonzero += (*values)[static_cast<std::size_t>(((b * ls[2] + i) * ls[1] + h) * dim + c)] != 0;
+          }
+        }
+      }
+    }
+  }
+  return m;
+}
+
 // One forward of the non-materializing variant `id` under `options` against the fp64 reference under the one
 // verification rule (harness/verify.hpp): every entry within the deterministic bound of its data path, and (unless
 // `with_baseline` is false: a sanitizer run of the variant's kernels alone) the FlashAttention rule with the standard
@@ -383,22 +410,9 @@ inline void check_forward(const std::string& id, const Case& c, DType dtype, con
                                 with_baseline ? &standard_out : nullptr));
 
   // fully masked rows: LSE = -inf and O = 0 exactly
-  const std::int64_t masked = fully_masked_rows(p);
-  const Shape<3> ls = t.shapes.lse;  // [B', H, T]
-  std::int64_t lse_inf = 0, nonzero = 0;
-  for (std::int64_t b = 0; b < ls[0]; ++b) {
-    for (std::int64_t h = 0; h < ls[1]; ++h) {
-      for (std::int64_t i = 0; i < ls[2]; ++i) {
-        if (!std::isinf(lse[static_cast<std::size_t>((b * ls[1] + h) * ls[2] + i)])) continue;
-        ++lse_inf;
-        for (std::int64_t col = 0; col < p.dv(); ++col) {
-          nonzero += o[static_cast<std::size_t>(((b * ls[2] + i) * ls[1] + h) * p.dv() + col)] != 0;
-        }
-      }
-    }
-  }
-  CHECK(lse_inf == masked);
-  CHECK(nonzero == 0);
+  const MaskedRows masked = masked_rows(lse, t.shapes.lse, {{&o, p.dv()}});
+  CHECK(masked.rows == fully_masked_rows(p));
+  CHECK(masked.nonzero == 0);
 }
 
 // The input distributions the numerics tests run (core/generator.hpp): the FlashAttention-3 outlier inputs and the

@@ -130,23 +130,9 @@ void check_case(const Case& c, DType dtype, Distribution distribution = Distribu
   check_verified(verify_outputs(variant, params, Pass::fwdbwd, distribution, kSeed, host_outputs(t, true), nullptr));
 
   // fully masked rows: LSE = -inf, O = 0 and dQ = 0 exactly
-  const std::int64_t masked = fully_masked_rows(p);
-  const Shape<3> ls = t.shapes.lse;  // [B', H, T]
-  std::int64_t lse_inf = 0, nonzero = 0;
-  for (std::int64_t b = 0; b < ls[0]; ++b) {
-    for (std::int64_t h = 0; h < ls[1]; ++h) {
-      for (std::int64_t i = 0; i < ls[2]; ++i) {
-        if (!std::isinf(lse[static_cast<std::size_t>((b * ls[1] + h) * ls[2] + i)])) continue;
-        ++lse_inf;
-        for (std::int64_t c = 0; c < p.dv(); ++c) nonzero += o[((b * ls[2] + i) * ls[1] + h) * p.dv() + c] != 0;
-        for (std::int64_t c = 0; c < p.head_dim; ++c) {
-          nonzero += dq[((b * ls[2] + i) * ls[1] + h) * p.head_dim + c] != 0;
-        }
-      }
-    }
-  }
-  CHECK(lse_inf == masked);
-  CHECK(nonzero == 0);
+  const MaskedRows masked = masked_rows(lse, t.shapes.lse, {{&o, p.dv()}, {&dq, p.head_dim}});
+  CHECK(masked.rows == fully_masked_rows(p));
+  CHECK(masked.nonzero == 0);
 }
 
 }  // namespace
