@@ -353,18 +353,21 @@ void for_each_head(const std::vector<GroupExpectation>& groups, const Problem& p
   }
 }
 
-// cpu-standard stands in for a GPU baseline that could not run (standard out of memory) by computing whole groups:
-// its flops for the chosen groups (the backward about 2.5x the forward's). Above kCpuBaselineFlops (a few seconds of
-// the CPU) a row goes without a baseline and its bound judges it: at N = 131072 one group is 10^12 flops, minutes.
+// cpu-standard stands in for a GPU baseline that could not run (standard out of memory) by computing whole groups,
+// every score of them (it materializes S whatever the mask): its flops for the chosen groups. Above
+// kCpuBaselineFlops (a few seconds of the CPU) a row goes without a baseline and its bound judges it: at N = 131072
+// one group is 10^12 flops, minutes.
 constexpr double kCpuBaselineFlops = 2e11;
 double cpu_baseline_flops(const Problem& p, const GroupChoice& choice, Pass pass) {
   double flops = 0;
   for (const Group& g : choice.groups) {
     const Sequence s = p.sequence(g.b);
-    flops += 2.0 * static_cast<double>(p.group_size()) * static_cast<double>(s.seqlen_q) *
-             static_cast<double>(s.seqlen_k) * static_cast<double>(p.head_dim + p.dv());
+    Problem dense = group_of(p, s.seqlen_q, s.seqlen_k);
+    dense.causal = false;
+    dense.window = {};
+    flops += attention_flops(dense, pass == Pass::fwd ? Pass::fwd : Pass::fwdbwd);
   }
-  return pass == Pass::fwd ? flops : 3.5 * flops;
+  return flops;
 }
 
 }  // namespace
