@@ -74,7 +74,8 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
 #if defined(FLASHLAB_HAS_SM90a)
   require_architecture("flash3", 9, 0, "sm_90a");
   const LaunchOptions& o = params.options;
-  launch_forward(params, tile_of(params.problem, o), o.pingpong < 0 ? default_pingpong(params.problem.head_dim) : o.pingpong == 1,
+  launch_forward(params, tile_of(params.problem, o),
+                 o.pingpong < 0 ? default_pingpong(params.problem.head_dim) : o.pingpong == 1, o.persistent == 1,
                  ctx.stream);
 #else
   (void)ctx;
@@ -121,6 +122,14 @@ Variant flash3_variant() {
                              [](std::string_view value, LaunchOptions& o) {
                                if (value != "0" && value != "1") return std::string("pingpong takes 0 or 1");
                                o.pingpong = value == "1";
+                               return std::string();
+                             }},
+               VariantOption{"persistent",
+                             "1: one CTA per multiprocessor walks the work tiles, each head's longest first (tile "
+                             "128x128/2 with ping-pong, d = 64 and 128); 0 (default): one CTA per tile",
+                             [](std::string_view value, LaunchOptions& o) {
+                               if (value != "0" && value != "1") return std::string("persistent takes 0 or 1");
+                               o.persistent = value == "1";
                                return std::string();
                              }}};
   v.check_options = {};  // each option names a tile, checked together at launch (tile_of)

@@ -27,9 +27,10 @@ struct ForwardTile {
 
 // The forward tiles compiled, the first of each head dim its default (flash3_fwd.cu says why each was chosen). A
 // suite picks another with flash3[br=..,bc=..,stages=..]; each is compiled with and without ping-pong
-// (flash3[pingpong=0|1]). br = 192 runs three consumer warpgroups (160 registers each instead of 240).
+// (flash3[pingpong=0|1]). br = 192 runs three consumer warpgroups (160 registers each instead of 240). The
+// persistent schedule (flash3[persistent=1]) is compiled for 128x128/2 with ping-pong at d = 64 and 128.
 inline constexpr ForwardTile kForwardTiles[] = {
-    {64, 128, 128, 2},  {64, 128, 160, 2},  {64, 128, 128, 4},  {64, 192, 96, 2},  //
+    {64, 192, 96, 2},   {64, 128, 128, 2}, {64, 128, 160, 2},  {64, 128, 128, 4},  //
     {128, 128, 128, 2}, {128, 128, 144, 2}, {128, 128, 128, 3},  //
     {256, 128, 64, 2},                                           //
 };
@@ -45,7 +46,10 @@ inline constexpr ForwardTile kForwardTiles[] = {
 [[nodiscard]] bool default_pingpong(std::int64_t head_dim);
 
 // The forward launch (sm_90a build only): Q, K, V given; O and LSE written. Checks done by the caller.
-void launch_forward(const AttentionParams& params, const ForwardTile& tile, bool pingpong, void* stream);
+// persistent: one CTA per multiprocessor walking the work tiles, longest first (compiled for each head dim's default
+// tile with ping-pong).
+void launch_forward(const AttentionParams& params, const ForwardTile& tile, bool pingpong, bool persistent,
+                    void* stream);
 
 // The forward's kernels on the current device (sm_90a build only).
 [[nodiscard]] std::vector<KernelInfo> forward_kernels();

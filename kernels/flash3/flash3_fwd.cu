@@ -22,17 +22,23 @@
 // A row that sees no key keeps m = -inf: its shift is 0, so P = 0, l = 0, O = 0 and LSE = -inf (flash2's convention).
 //
 // Tiles (flash3.hpp kForwardTiles): 128 query rows per CTA (two consumers of 64, the wgmma M), or 192 (three consumers
-// at 160 registers: d = 64 with 96 keys, where more keys spill); the defaults, measured
-// with experiments/flash3_tiles.toml on an H200 (kernels/README.md has the table; the others are within 1.5%):
-//   d = 64:  128 keys, 2 stages, ping-pong (S and O: 64 + 32 fp32 accumulators per thread)
+// at 160 registers: d = 64 with 96 keys, where more keys spill); the defaults, measured with
+// experiments/flash3_tiles.toml on an H200 (kernels/README.md has the table):
+//   d = 64:  192 rows, 96 keys, 2 stages, ping-pong (S and O: 48 + 32 fp32 accumulators per thread); 7% ahead of
+//            128 x 128 over the suite's rows, 6% behind it at N = 512
 //   d = 128: 128 keys, 2 stages, ping-pong (64 + 64; FA3 uses 176 keys non-causal: here 160 and 176 spill)
 //   d = 256: 64 keys,  2 stages, ping-pong (32 + 128; Q 64 KB + 2 x (K 32 KB + V 32 KB) = 192 KB of shared memory)
-// Non-persistent: one CTA per query block, the grid (query blocks, heads, batch entries) as flash2's.
+// Schedule: one CTA per work tile (query block, head, batch entry), the grid as flash2's; or, with persistent=1 (tile
+// 128 x 128 / 2 at d = 64 and 128, where the walk's state fits without spilling), one CTA per multiprocessor walking
+// the work tiles (TileWalk): the K/V rings carry on from tile to tile, the Q tile is refilled once every consumer's
+// epilogue has read its staging out of it (the Q-empty barrier), and fully masked tiles write O = 0 and LSE = -inf
+// without shared memory. Not the default: measured level or slower except on short non-causal rows (kernels/README).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -80,6 +86,8 @@ struct ForwardArgs {
   int window_left;  // -1: unbounded (window_arg)
   int window_right;
   float scale_log2;
+  int m_blocks;  // query blocks of the longest sequence; a work tile is (query block, head, batch entry)
+  int batch;
 };
 
 // Shared memory of one CTA; every tile is in 64-column chunks of 128-byte rows (the TMA box of the 128-byte swizzle),
@@ -95,7 +103,7 @@ struct Layout {
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
   static constexpr int kBarrierOffset = kVOffset + kStages * kKVBytes;
-  static constexpr int kBarriers = 1 + 4 * kStages;  // Q full; K full, V full, K empty, V empty per stage
+  static constexpr int kBarriers = 2 + 4 * kStages;  // Q full, Q empty; K full, V full, K empty, V empty per stage
   static constexpr int kSharedBytes = kBarrierOffset + 8 * kBarriers + 1024;  // + alignment of the base to 1024
   static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256, "tile shape");
   static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0, "chunks keep the 1024-byte swizzle atoms");
@@ -144,7 +152,75 @@ __device__ inline void gemm_pv(float (&o)[kHeadDim / 2], const std::uint32_t (&p
   }
 }
 
-template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
+// A work tile: query block m_block of head `head` of batch entry (or varlen sequence) `batch`, the key tiles its rows
+// see, and what the producer and the consumers both derive from it.
+struct Tile {
+  CtaSequence seq;
+  int batch;  // the batch entry (or varlen sequence): the epilogue finds its offsets again from it
+  int head;
+  int m_start;
+  int rows;      // query rows of the tile in the sequence (0: past the sequence's end, nothing to do)
+  int n_first;   // first key of the first key tile
+  int kv_tiles;  // key tiles its rows see (0: every row fully masked)
+};
+template <int kBlockM, int kBlockN>
+__device__ inline Tile tile_of(const ForwardArgs& args, int m_block, int head, int batch) {
+  Tile t;
+  t.seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, batch, args.seqlen_q, args.seqlen_k);
+  t.batch = batch;
+  t.head = head;
+  t.m_start = m_block * kBlockM;
+  t.rows = max(min(kBlockM, t.seq.seqlen_q - t.m_start), 0);
+  t.n_first = 0;
+  t.kv_tiles = 0;
+  if (t.rows == 0) return t;
+  // key ranges are monotone in the row: the union runs from the first row's lo to the last row's hi (key tiles the
+  // mask hides entirely are never loaded)
+  const KeyBounds first = key_bounds(args.window_left, args.window_right, t.m_start, t.seq.seqlen_q, t.seq.seqlen_k);
+  const KeyBounds last =
+      key_bounds(args.window_left, args.window_right, t.m_start + t.rows - 1, t.seq.seqlen_q, t.seq.seqlen_k);
+  const int n_block_min = first.lo / kBlockN;
+  const int n_block_max = last.hi < 0 ? 0 : (last.hi + kBlockN) / kBlockN;  // exclusive
+  t.n_first = n_block_min * kBlockN;
+  t.kv_tiles = max(n_block_max - n_block_min, 0);
+  return t;
+}
+
+// The query block of a CTA of the one-tile-per-CTA grid: the last first, so the longest causal blocks of a head are
+// dispatched first and the short ones fill the tail (CTAs start in blockIdx order).
+__device__ inline int own_m_block() { return static_cast<int>(gridDim.x - 1 - blockIdx.x); }
+
+// The work tiles of a CTA: its own (own_m_block, blockIdx.y, .z) without kPersistent; with it, tiles blockIdx.x,
+// + gridDim.x, ... of all of them, numbered with the query block fastest and descending within each (head, batch
+// entry): the longest causal tiles of a head come first, and the CTAs running at once share a few heads' K and V in
+// L2.
+template <bool kPersistent>
+struct TileWalk {
+  int next;
+  int count;
+  __device__ explicit TileWalk(const ForwardArgs& args)
+      : next(kPersistent ? static_cast<int>(blockIdx.x) : 0),
+        count(kPersistent ? args.m_blocks * args.heads * args.batch : 1) {}
+  __device__ bool done() const { return next >= count; }
+  template <int kBlockM, int kBlockN>
+  __device__ Tile take(const ForwardArgs& args) {
+    int m_block, head, batch;
+    if constexpr (kPersistent) {
+      m_block = args.m_blocks - 1 - next % args.m_blocks;
+      head = next / args.m_blocks % args.heads;
+      batch = next / (args.m_blocks * args.heads);
+      next += static_cast<int>(gridDim.x);
+    } else {
+      m_block = own_m_block();
+      head = static_cast<int>(blockIdx.y);
+      batch = static_cast<int>(blockIdx.z);
+      next = count;
+    }
+    return tile_of<kBlockM, kBlockN>(args, m_block, head, batch);
+  }
+};
+
+template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong, bool kPersistent>
 __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     forward_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                    const __grid_constant__ CUtensorMap map_v, const ForwardArgs args) {
@@ -159,31 +235,16 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   const std::uint32_t s_k = base + L::kKOffset;
   const std::uint32_t s_v = base + L::kVOffset;
   const std::uint32_t bar_q = base + L::kBarrierOffset;
-  const auto bar_full_k = [bar_q](int stage) { return bar_q + 8 * (1 + stage); };
-  const auto bar_full_v = [bar_q](int stage) { return bar_q + 8 * (1 + kStages + stage); };
-  const auto bar_empty_k = [bar_q](int stage) { return bar_q + 8 * (1 + 2 * kStages + stage); };
-  const auto bar_empty_v = [bar_q](int stage) { return bar_q + 8 * (1 + 3 * kStages + stage); };
-
-  const int head = static_cast<int>(blockIdx.y);
-  const CtaSequence seq =
-      sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, static_cast<int>(blockIdx.z), args.seqlen_q, args.seqlen_k);
-  const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
-  const int m_start = static_cast<int>(blockIdx.x) * kBlockM;
-  if (m_start >= seqlen_q) return;  // the grid covers the longest sequence of the batch (the whole CTA returns)
-  const int rows_here = min(kBlockM, seqlen_q - m_start);
-  const int kv_head = head / args.group;
-
-  // K/V tiles of the CTA: key ranges are monotone in the row, so the union runs from the first row's lo to the last
-  // row's hi (tiles the mask hides entirely are never loaded).
-  const KeyBounds first = key_bounds(args.window_left, args.window_right, m_start, seqlen_q, seqlen_k);
-  const KeyBounds last = key_bounds(args.window_left, args.window_right, m_start + rows_here - 1, seqlen_q, seqlen_k);
-  const int n_block_min = first.lo / kBlockN;
-  const int n_block_max = last.hi < 0 ? 0 : (last.hi + kBlockN) / kBlockN;  // exclusive
-  const int tiles = max(n_block_max - n_block_min, 0);
+  const std::uint32_t bar_q_empty = bar_q + 8;  // the Q tile (and the O staging in it) is free for the next Q
+  const auto bar_full_k = [bar_q](int stage) { return bar_q + 8 * (2 + stage); };
+  const auto bar_full_v = [bar_q](int stage) { return bar_q + 8 * (2 + kStages + stage); };
+  const auto bar_empty_k = [bar_q](int stage) { return bar_q + 8 * (2 + 2 * kStages + stage); };
+  const auto bar_empty_v = [bar_q](int stage) { return bar_q + 8 * (2 + 3 * kStages + stage); };
 
   const int warpgroup = static_cast<int>(threadIdx.x) / 128;
   if (threadIdx.x == 0) {
     mbarrier_init(bar_q, 1);
+    mbarrier_init(bar_q_empty, 4 * kConsumers);  // one arrival per consumer warp, after its epilogue
     for (int stage = 0; stage < kStages; ++stage) {
       mbarrier_init(bar_full_k(stage), 1);
       mbarrier_init(bar_full_v(stage), 1);
@@ -198,28 +259,40 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     // ------------------------------------------------------------------------------------------------------------
     // producer
     registers_decrease<C::kProducerRegisters>();
-    if (threadIdx.x == 0 && tiles > 0) {
-      const int q_row = static_cast<int>(seq.q_offset) + m_start;
-      const int k_row = static_cast<int>(seq.k_offset) + n_block_min * kBlockN;
-      const int slot = static_cast<int>(seq.slot);
-      mbarrier_expect_bytes(bar_q, L::kQBytes);
-#pragma unroll
-      for (int c = 0; c < L::kChunks; ++c) tma_load_4d(s_q + c * L::kQChunkBytes, &map_q, bar_q, c * 64, q_row, head, slot);
-      // K runs one tile ahead of V, as the consumers use them: K_0, K_1, V_0, K_2, V_1, ..., V_last
-      const auto load = [&](std::uint32_t tiles_at, const CUtensorMap* map, std::uint32_t full, std::uint32_t empty,
-                            int it) {
-        const int stage = it % kStages;
-        if (it >= kStages) mbarrier_wait(empty + 8 * stage, (it / kStages - 1) & 1);
-        mbarrier_expect_bytes(full + 8 * stage, L::kKVBytes);
+    if (threadIdx.x == 0) {
+      int kv_count = 0;  // K/V tiles loaded so far: the rings' position carries across work tiles
+      int q_count = 0;   // Q tiles loaded so far
+      for (TileWalk<kPersistent> walk(args); !walk.done();) {
+        const Tile t = walk.template take<kBlockM, kBlockN>(args);
+        if (t.kv_tiles == 0) continue;  // nothing to load: the consumers write O = 0 without shared memory
+        const int kv_head = t.head / args.group;
+        const int slot = static_cast<int>(t.seq.slot);
+        if (q_count > 0) mbarrier_wait(bar_q_empty, (q_count - 1) & 1);  // the previous tile's epilogue is done
+        mbarrier_expect_bytes(bar_q, L::kQBytes);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
-          tma_load_4d(tiles_at + stage * L::kKVBytes + c * L::kKVChunkBytes, map, full + 8 * stage, c * 64,
-                      k_row + it * kBlockN, kv_head, slot);
+          tma_load_4d(s_q + c * L::kQChunkBytes, &map_q, bar_q, c * 64, static_cast<int>(t.seq.q_offset) + t.m_start,
+                      t.head, slot);
         }
-      };
-      for (int it = 0; it <= tiles; ++it) {
-        if (it < tiles) load(s_k, &map_k, bar_full_k(0), bar_empty_k(0), it);
-        if (it > 0) load(s_v, &map_v, bar_full_v(0), bar_empty_v(0), it - 1);
+        ++q_count;
+        const int k_row = static_cast<int>(t.seq.k_offset) + t.n_first;
+        // K runs one tile ahead of V, as the consumers use them: K_0, K_1, V_0, K_2, V_1, ..., V_last
+        const auto load = [&](std::uint32_t tiles_at, const CUtensorMap* map, std::uint32_t full, std::uint32_t empty,
+                              int it) {
+          const int g = kv_count + it, stage = g % kStages;
+          if (g >= kStages) mbarrier_wait(empty + 8 * stage, (g / kStages - 1) & 1);
+          mbarrier_expect_bytes(full + 8 * stage, L::kKVBytes);
+#pragma unroll
+          for (int c = 0; c < L::kChunks; ++c) {
+            tma_load_4d(tiles_at + stage * L::kKVBytes + c * L::kKVChunkBytes, map, full + 8 * stage, c * 64,
+                        k_row + it * kBlockN, kv_head, slot);
+          }
+        };
+        for (int it = 0; it <= t.kv_tiles; ++it) {
+          if (it < t.kv_tiles) load(s_k, &map_k, bar_full_k(0), bar_empty_k(0), it);
+          if (it > 0) load(s_v, &map_v, bar_full_v(0), bar_empty_v(0), it - 1);
+        }
+        kv_count += t.kv_tiles;
       }
     }
     return;
@@ -231,7 +304,32 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   const int consumer = warpgroup - 1;
   const int warp = static_cast<int>(threadIdx.x) / 32 % 4;  // in the warpgroup: rows 16 warp .. 16 warp + 15
   const int lane = static_cast<int>(threadIdx.x) % 32;
+  int kv_count = 0;  // K/V tiles consumed so far: the rings' position carries across work tiles
+  int q_count = 0;   // Q tiles consumed so far
+  for (TileWalk<kPersistent> walk(args); !walk.done();) {
+  const Tile t = walk.template take<kBlockM, kBlockN>(args);
+  if (t.rows == 0) continue;  // past the end of its sequence (the grid covers the longest)
+  const CtaSequence& seq = t.seq;
+  const int head = t.head;
+  const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
+  const int m_start = t.m_start;
+  const int tiles = t.kv_tiles;
   const int wg_row0 = m_start + 64 * consumer;  // the warpgroup's first row, in the sequence
+  // persistent: every row fully masked (or no key): O = 0 and LSE = -inf without shared memory (Q is not loaded);
+  // one tile per CTA takes the epilogue below with l = 0 instead
+  if (kPersistent && tiles == 0) {
+    T* const out = static_cast<T*>(args.o) + seq.slot * args.o_strides.batch +
+                   (seq.q_offset + wg_row0) * args.o_strides.token + std::int64_t{head} * args.o_strides.head;
+    const int tid = static_cast<int>(threadIdx.x) % 128;
+    for (int index = tid; index < 64 * (kHeadDim / 8); index += 128) {
+      const int row = index / (kHeadDim / 8), unit = index % (kHeadDim / 8);
+      if (wg_row0 + row < seqlen_q) *reinterpret_cast<uint4*>(out + row * args.o_strides.token + unit * 8) = uint4{};
+    }
+    if (tid < 64 && wg_row0 + tid < seqlen_q) {
+      args.lse[(seq.slot * args.heads + head) * args.lse_stride + seq.q_offset + wg_row0 + tid] = kNegInf;
+    }
+    continue;
+  }
   const std::uint32_t q_rows = s_q + consumer * 64 * 128;
   // this thread's rows wg_row0 + 16 warp + lane / 4 + {0, 8}; columns 8 i + 2 (lane % 4) + {0, 1} of n8 tile i
   const int row_a = wg_row0 + 16 * warp + lane / 4;
@@ -345,24 +443,26 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   }
 
   if (tiles > 0) {
-    mbarrier_wait(bar_q, 0);
-    const int n_first = n_block_min * kBlockN;
-    mbarrier_wait(bar_full_k(0), 0);
+    mbarrier_wait(bar_q, q_count & 1);
+    const int n_first = t.n_first;
+    const int first_stage = kv_count % kStages;
+    mbarrier_wait(bar_full_k(first_stage), (kv_count / kStages) & 1);
     take_turn();
     wgmma_fence();
-    gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k);
+    gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + first_stage * L::kKVBytes);
     wgmma_commit();
     pass_turn();
     wgmma_wait<0>();
     pin_registers(s);
-    release(bar_empty_k(0));
+    release(bar_empty_k(first_stage));
     float rescale[2];
     softmax(n_first, rescale);  // O is 0: nothing to rescale
     convert_p();
     for (int it = 1; it < tiles; ++it) {
-      const int stage = it % kStages, previous = (it - 1) % kStages;
-      mbarrier_wait(bar_full_k(stage), (it / kStages) & 1);
-      mbarrier_wait(bar_full_v(previous), ((it - 1) / kStages) & 1);
+      const int g = kv_count + it;  // the K/V rings' position
+      const int stage = g % kStages, previous = (g - 1) % kStages;
+      mbarrier_wait(bar_full_k(stage), (g / kStages) & 1);
+      mbarrier_wait(bar_full_v(previous), ((g - 1) / kStages) & 1);
       take_turn();
       wgmma_fence();
       gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + stage * L::kKVBytes);
@@ -381,8 +481,9 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
       if (grow) rescale_o(rescale);
       convert_p();
     }
-    const int last_stage = (tiles - 1) % kStages;
-    mbarrier_wait(bar_full_v(last_stage), ((tiles - 1) / kStages) & 1);
+    const int g_last = kv_count + tiles - 1;
+    const int last_stage = g_last % kStages;
+    mbarrier_wait(bar_full_v(last_stage), (g_last / kStages) & 1);
     take_turn();
     wgmma_fence();
     gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + last_stage * L::kKVBytes, true);
@@ -390,8 +491,15 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     pass_turn();
     wgmma_wait<0>();
     pin_registers(o);
+    if constexpr (kPersistent) release(bar_empty_v(last_stage));  // the ring goes on into the next tile
   }
 
+  // where O goes, found again (not held in registers through the main loop, where they spill at d = 256); one tile
+  // per CTA reads its tile from blockIdx
+  const int out_batch = kPersistent ? t.batch : static_cast<int>(blockIdx.z);
+  const int out_head = kPersistent ? t.head : static_cast<int>(blockIdx.y);
+  const int out_row0 = (kPersistent ? m_start : own_m_block() * kBlockM) + 64 * consumer;
+  const CtaSequence out_seq = sequence_of(args.cu_seqlens_q, args.cu_seqlens_k, out_batch, args.seqlen_q, args.seqlen_k);
   // epilogue: O = acc / l into this warpgroup's Q rows (its S GEMMs are done; the other consumer's rows are apart),
   // swizzled as the Q tile (16-byte unit u of row r at u ^ (r % 8): the warp's 8 rows x 4 threads hit 32 banks)
   const int tid = static_cast<int>(threadIdx.x) % 128;
@@ -410,24 +518,34 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
       *reinterpret_cast<std::uint32_t*>(s_o + chunk * L::kQChunkBytes + row * 128 + ((unit ^ (row % 8)) * 16) +
                                         4 * (lane % 4)) = pack<T>(o[4 * i + 2 * r] * inv_sum, o[4 * i + 2 * r + 1] * inv_sum);
     }
-    const int seq_row = wg_row0 + row;
-    if (lane % 4 == 0 && seq_row < seqlen_q) {
-      const std::int64_t index = (seq.slot * args.heads + head) * args.lse_stride + seq.q_offset + seq_row;
+    const int seq_row = out_row0 + row;
+    if (lane % 4 == 0 && seq_row < out_seq.seqlen_q) {
+      const std::int64_t index = (out_seq.slot * args.heads + out_head) * args.lse_stride + out_seq.q_offset + seq_row;
       args.lse[index] = empty ? kNegInf : m_i[r] * kLn2 + logf(row_sum);  // m_i ln 2: back to the scale of S
     }
   }
   named_barrier_sync(1 + consumer, 128);
-  T* const out = static_cast<T*>(args.o) + seq.slot * args.o_strides.batch + (seq.q_offset + wg_row0) * args.o_strides.token +
-                 std::int64_t{head} * args.o_strides.head;
+  T* const out = static_cast<T*>(args.o) + out_seq.slot * args.o_strides.batch + (out_seq.q_offset + out_row0) * args.o_strides.token +
+                 std::int64_t{out_head} * args.o_strides.head;
   constexpr int kUnitsPerRow = kHeadDim / 8;
 #pragma unroll
   for (int index = tid; index < 64 * kUnitsPerRow; index += 128) {
     const int row = index / kUnitsPerRow, unit = index % kUnitsPerRow;
-    if (wg_row0 + row < seqlen_q) {
+    if (out_row0 + row < out_seq.seqlen_q) {
       const uint4 value = *reinterpret_cast<const uint4*>(s_o + (unit / 8) * L::kQChunkBytes + row * 128 +
                                                           (((unit % 8) ^ (row % 8)) * 16));
       *reinterpret_cast<uint4*>(out + row * args.o_strides.token + unit * 8) = value;
     }
+  }
+  // this warp has read its part of the staging: the Q tile may take the next tile's Q (a TMA write, async proxy)
+  // once every consumer warp is here
+  if constexpr (kPersistent) {  // one tile without: no next Q, and the counters stay the constant 0
+    fence_proxy_async();
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(bar_q_empty);
+    ++q_count;
+    kv_count += tiles;
+  }
   }
 }
 
@@ -479,7 +597,7 @@ CUtensorMap tensor_map(const void* data, DType dtype, const Strides& strides, st
   return map;
 }
 
-template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong>
+template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong, bool kPersistent>
 void launch(const AttentionParams& params, void* stream) {
   using L = Layout<kBlockM, kHeadDim, kBlockN, kStages>;
   const Problem& p = params.problem;
@@ -513,26 +631,54 @@ void launch(const AttentionParams& params, void* stream) {
   args.window_left = window_arg(w.left);
   args.window_right = window_arg(w.right);
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
+  args.m_blocks = static_cast<int>(m_blocks);
+  args.batch = static_cast<int>(p.batch);
 
-  auto* kernel = forward_kernel<T, kBlockM, kHeadDim, kBlockN, kStages, kPingpong>;
+  auto* kernel = forward_kernel<T, kBlockM, kHeadDim, kBlockN, kStages, kPingpong, kPersistent>;
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSharedBytes));
-  const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  // persistent: one CTA per multiprocessor (the tile's shared memory and registers allow one), walking the tiles
+  const std::int64_t work = m_blocks * p.heads * p.batch;
+  if (kPersistent && work >= std::int64_t{1} << 31) {
+    throw Unsupported("flash3: the persistent schedule numbers its work tiles in 32 bits (query blocks x heads x "
+                      "batch = " + std::to_string(work) + ")");
+  }
+  const dim3 grid = kPersistent ? dim3(static_cast<unsigned>(std::min<std::int64_t>(work, multiprocessors())))
+                                : dim3(static_cast<unsigned>(m_blocks), static_cast<unsigned>(p.heads),
+                                       static_cast<unsigned>(p.batch));
   kernel<<<grid, Cta<kBlockM>::kThreads, L::kSharedBytes, static_cast<cudaStream_t>(stream)>>>(map_q, map_k, map_v, args);
   FL_CUDA_CHECK_LAUNCH("flash3 forward_kernel");
 }
 
 constexpr int kTileCount = sizeof(kForwardTiles) / sizeof(kForwardTiles[0]);
 
+// Whether tile kForwardTiles[index] has a persistent kernel (with ping-pong): 128 x 128 with 2 stages at d = 64 and
+// 128. The others spill with the walk's state: d = 256 (O is 128 fp32 per thread: 168 bytes) and the 192-row d = 64
+// tile (three consumers at 160 registers: 24 bytes).
+constexpr bool has_persistent(int index) {
+  const ForwardTile t = kForwardTiles[index];
+  return t.head_dim <= 128 && t.block_m == 128 && t.block_n == 128 && t.stages == 2;
+}
+
 template <class T, int kIndex = 0>
-void dispatch(const AttentionParams& params, const ForwardTile& tile, bool pingpong, void* stream) {
+void dispatch(const AttentionParams& params, const ForwardTile& tile, bool pingpong, bool persistent, void* stream) {
   if constexpr (kIndex < kTileCount) {
     constexpr ForwardTile t = kForwardTiles[kIndex];
     if (t.head_dim == tile.head_dim && t.block_m == tile.block_m && t.block_n == tile.block_n &&
         t.stages == tile.stages) {
-      return pingpong ? launch<T, t.block_m, t.head_dim, t.block_n, t.stages, true>(params, stream)
-                      : launch<T, t.block_m, t.head_dim, t.block_n, t.stages, false>(params, stream);
+      if (persistent) {
+        if constexpr (has_persistent(kIndex)) {
+          if (pingpong) return launch<T, t.block_m, t.head_dim, t.block_n, t.stages, true, true>(params, stream);
+        }
+        throw Unsupported("flash3: the persistent schedule is compiled for tile 128x128/2 with ping-pong at head_dim "
+                          "64 and 128 only (flash3[persistent=1,br=128,bc=128,stages=2]; asked: d = " +
+                          std::to_string(t.head_dim) + ", " + std::to_string(t.block_m) + "x" +
+                          std::to_string(t.block_n) + "/" + std::to_string(t.stages) +
+                          (pingpong ? "" : ", pingpong=0") + ")");
+      }
+      return pingpong ? launch<T, t.block_m, t.head_dim, t.block_n, t.stages, true, false>(params, stream)
+                      : launch<T, t.block_m, t.head_dim, t.block_n, t.stages, false, false>(params, stream);
     }
-    return dispatch<T, kIndex + 1>(params, tile, pingpong, stream);
+    return dispatch<T, kIndex + 1>(params, tile, pingpong, persistent, stream);
   } else {
     throw Unsupported("flash3: no compiled forward tile for head_dim " + std::to_string(tile.head_dim));
   }
@@ -546,19 +692,25 @@ void add_kernels(std::vector<KernelInfo>& list, std::index_sequence<kIndices...>
     const std::string tile = "forward d=" + std::to_string(t.head_dim) + " " + std::to_string(t.block_m) + "x" +
                              std::to_string(t.block_n) + " stages=" + std::to_string(t.stages) + " " +
                              (std::is_same_v<T, __half> ? "fp16" : "bf16");
-    list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, true>, tile + " pingpong",
-                               L::kSharedBytes));
-    list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, false>, tile, L::kSharedBytes));
+    list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, true, false>,
+                               tile + " pingpong", L::kSharedBytes));
+    list.push_back(
+        kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, false, false>, tile, L::kSharedBytes));
+    if constexpr (has_persistent(static_cast<int>(decltype(index)::value))) {
+      list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, true, true>,
+                                 tile + " pingpong persistent", L::kSharedBytes));
+    }
   };
   (add(std::integral_constant<std::size_t, kIndices>{}), ...);
 }
 
 }  // namespace
 
-void launch_forward(const AttentionParams& params, const ForwardTile& tile, bool pingpong, void* stream) {
+void launch_forward(const AttentionParams& params, const ForwardTile& tile, bool pingpong, bool persistent,
+                    void* stream) {
   switch (params.dtype) {
-    case DType::fp16: return dispatch<__half>(params, tile, pingpong, stream);
-    case DType::bf16: return dispatch<__nv_bfloat16>(params, tile, pingpong, stream);
+    case DType::fp16: return dispatch<__half>(params, tile, pingpong, persistent, stream);
+    case DType::bf16: return dispatch<__nv_bfloat16>(params, tile, pingpong, persistent, stream);
     default: break;
   }
   throw Unsupported("flash3: no kernel for dtype " + std::string(name(params.dtype)) + " (fp16, bf16)");

@@ -82,6 +82,12 @@ template <int kPending>
 __device__ inline void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 }
+// Orders this thread's generic-proxy shared-memory accesses before later async-proxy ones (TMA, wgmma) on the same
+// bytes, once the two are also ordered by a barrier.
+__device__ inline void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 // Keeps the compiler from moving reads or writes of a register that an in-flight wgmma owns across a wait: an empty
 // volatile statement that "writes" it, ordered with the volatile wait before it.
 template <int kCount>

@@ -44,21 +44,28 @@ inline void require_sm80() {
   once_per_device(checked, [] { require_compute_capability(8, 0); });
 }
 
-// The dynamic shared memory a block may opt in to on the current device (cudaDevAttrMaxSharedMemoryPerBlockOptin:
-// 163 KB on A100, 227 KB on H100/H200, 99 KB on sm_86/sm_89 GPUs), queried once per device and process.
-inline int shared_bytes_per_block() {
+// A device attribute of the current device, queried once per device and process.
+template <cudaDeviceAttr kAttribute>
+int device_attribute() {
   constexpr int kDevices = 64;
   static std::atomic<int> known[kDevices] = {};
   int device = 0;
   FL_CUDA_CHECK(cudaGetDevice(&device));
   if (device < kDevices) {
-    if (const int bytes = known[device].load(std::memory_order_relaxed); bytes > 0) return bytes;
+    if (const int value = known[device].load(std::memory_order_relaxed); value > 0) return value;
   }
-  int bytes = 0;
-  FL_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (device < kDevices) known[device].store(bytes, std::memory_order_relaxed);
-  return bytes;
+  int value = 0;
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttribute, device));
+  if (device < kDevices) known[device].store(value, std::memory_order_relaxed);
+  return value;
 }
+
+// The dynamic shared memory a block may opt in to on the current device (163 KB on A100, 227 KB on H100/H200, 99 KB
+// on sm_86/sm_89 GPUs).
+inline int shared_bytes_per_block() { return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(); }
+
+// The multiprocessors of the current device (a persistent grid's size).
+inline int multiprocessors() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
 // `what` (a kernel of `variant` and its tile) needs `bytes` of shared memory per block: Unsupported, naming both
 // sizes, where this GPU offers less.

@@ -7,9 +7,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "catch.hpp"
 #include "gpu_support.hpp"
@@ -24,6 +27,9 @@ using namespace flashlab;
 using namespace flashlab::gpu_test;
 
 constexpr std::uint64_t kSeed = 20261130;
+// flash3's forward kernels: the 8 tiles of flash3.hpp with and without ping-pong, and the persistent 128x128/2 of
+// d = 64 and 128 (ping-pong), each in fp16 and bf16
+constexpr std::size_t kKernels = (8 * 2 + 2) * 2;
 
 // Whether this GPU runs flash3's sm_90a kernels (compute capability 9.0).
 bool hopper() {
@@ -107,16 +113,20 @@ TEST_CASE("flash3 is registered with its support rules", "[gpu][flash3]") {
   const Problem big = dense(2, 4, 4, 4096, 4096, 128);
   CHECK(v.bytes_model(big, DType::bf16, Pass::fwd, {}) == flash_bytes(big, DType::bf16, Pass::fwd, 128));
   CHECK(v.workspace_model(big, DType::bf16, Pass::fwd) == 0);
-  // options: br, bc, stages, pingpong, each parsed by the entry; the tile they name is checked at launch
+  // options: br, bc, stages, pingpong, persistent, each parsed by the entry; the tile they name is checked at launch
   kernels::LaunchOptions parsed;
   for (const kernels::VariantOption& o : v.options) {
-    CHECK(o.apply(o.name == "pingpong" ? "1" : "192", parsed).empty());
+    const bool flag = o.name == "pingpong" || o.name == "persistent";
+    CHECK(o.apply(flag ? "1" : "192", parsed).empty());
   }
   CHECK(parsed.block_m == 192);
   CHECK(parsed.pingpong == 1);
-  const auto pingpong = std::find_if(v.options.begin(), v.options.end(), [](const auto& o) { return o.name == "pingpong"; });
-  REQUIRE(pingpong != v.options.end());
-  CHECK_FALSE(pingpong->apply("2", parsed).empty());
+  CHECK(parsed.persistent == 1);
+  for (const char* flag : {"pingpong", "persistent"}) {
+    const auto option = std::find_if(v.options.begin(), v.options.end(), [&](const auto& o) { return o.name == flag; });
+    REQUIRE(option != v.options.end());
+    CHECK_FALSE(option->apply("2", parsed).empty());
+  }
 }
 
 // No local memory (spills or stack) in any flash3 kernel, and each kernel is compiled for this GPU's architecture.
@@ -127,7 +137,7 @@ TEST_CASE("no flash3 kernel uses local memory (no register spills)", "[gpu][flas
   }
   const kernels::Variant& v = variant("flash3");
   const std::vector<kernels::KernelInfo> list = v.kernels();
-  CHECK(list.size() == 8 * 2 * 2);  // the 8 tiles of flash3.hpp, with and without ping-pong, fp16 and bf16
+  CHECK(list.size() == kKernels);
   for (const kernels::KernelInfo& k : list) {
     INFO(k.name << ": " << k.registers << " registers, " << k.local_bytes << " bytes of local memory");
     CHECK(k.local_bytes == 0);
@@ -138,11 +148,23 @@ TEST_CASE("no flash3 kernel uses local memory (no register spills)", "[gpu][flas
 }
 
 // The main loops run on Hopper's asynchronous tensor cores: every flash3 kernel's SASS (cuobjdump of this executable)
-// holds HGMMA instructions, at least one per k16 step of S = Q K^T and of P V of the smallest tile (d = 64, 128 keys:
-// 4 + 8). Needs cuobjdump (CUDA toolkit) on PATH.
+// holds HGMMA instructions, at least one per k16 step of S = Q K^T and of P V of the smallest tile (d = 64, 96 keys:
+// 4 + 6). cuobjdump is FLASHLAB_CUOBJDUMP if set, else the build's CUDA toolkit's if it exists here, else PATH's.
+namespace {
+std::string cuobjdump() {
+  if (const char* env = std::getenv("FLASHLAB_CUOBJDUMP"); env != nullptr && *env != '\0') return env;
+  const std::string toolkit = std::string(FLASHLAB_CUDA_BIN_DIR) + "/cuobjdump";
+  return access(toolkit.c_str(), X_OK) == 0 ? toolkit : "cuobjdump";
+}
+}  // namespace
+
 TEST_CASE("flash3 kernels issue HGMMA (SASS)", "[gpu][flash3]") {
   if (!hopper()) return;
-  FILE* pipe = popen("cuobjdump --dump-sass /proc/self/exe 2>&1", "r");
+  const std::string tool = cuobjdump();
+  // this executable's path (in the shell popen starts, /proc/self/exe would be the shell's or cuobjdump's own)
+  char self[4096] = {};
+  REQUIRE(readlink("/proc/self/exe", self, sizeof(self) - 1) > 0);
+  FILE* pipe = popen(("'" + tool + "' --dump-sass '" + self + "' 2>&1").c_str(), "r");
   REQUIRE(pipe != nullptr);
   std::map<std::string, int> hgmma;  // flash3 forward kernel -> HGMMA instructions
   std::string function;
@@ -159,12 +181,12 @@ TEST_CASE("flash3 kernels issue HGMMA (SASS)", "[gpu][flash3]") {
     }
   }
   const int status = pclose(pipe);
-  INFO("cuobjdump exit status " << status << " (it must be on PATH)");
+  INFO(tool << " exit status " << status << " (set FLASHLAB_CUOBJDUMP to the CUDA toolkit's cuobjdump)");
   REQUIRE(status == 0);
-  CHECK(hgmma.size() == 8 * 2 * 2);  // every tile, with and without ping-pong, fp16 and bf16
+  CHECK(hgmma.size() == kKernels);
   for (const auto& [name, count] : hgmma) {
     INFO(name << ": " << count << " HGMMA");
-    CHECK(count >= 4 + 8);
+    CHECK(count >= 4 + 6);
   }
 }
 
@@ -247,6 +269,54 @@ TEST_CASE("every flash3 tile and schedule matches the fp64 reference under the b
   CHECK(tiles == 8);
 }
 
+// The persistent schedule (flash3[persistent=1], tile 128x128/2 with ping-pong at d = 64 and 128): one CTA per
+// multiprocessor walks the work tiles longest first, so the K/V rings and the Q tile pass from one tile to the next.
+// The flash2 matrix on those head dims, problems with several tiles per CTA (more tiles than multiprocessors:
+// causal, GQA, varlen with empty sequences, fully masked query blocks among them), and the refusals elsewhere.
+TEST_CASE("flash3's persistent schedule matches the fp64 reference under the baseline rule", "[gpu][flash3]") {
+  if (!hopper()) return;
+  kernels::LaunchOptions options;
+  options.persistent = 1;
+  options.block_m = 128;
+  options.block_n = 128;
+  options.stages = 2;
+  std::vector<Case> cases;
+  for (const Case& c : accuracy_cases()) {
+    if (c.problem.head_dim <= 128) cases.push_back(c);
+  }
+  cases.push_back({"causal B=2 H=4 N=4097, d=128 (264 tiles)", causal(dense(2, 4, 4, 4097, 4097, 128))});
+  cases.push_back({"GQA 8:1 window (300, 0), B=3 H=16 N=1500, d=64", windowed(dense(3, 16, 2, 1500, 1500, 64), 300, 0)});
+  cases.push_back({"causal N_q=2049 > N_k=300, H=40, d=64 (fully masked blocks)", causal(dense(1, 40, 40, 2049, 300, 64))});
+  cases.push_back({"varlen causal H=12, empty entries, d=128",
+                   causal(Problem::varlen(12, 4, 128, {600, 0, 1, 1200, 333}, {600, 7, 0, 1200, 900}))});
+  for (const Case& c : cases) {
+    for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, options, kSeed);
+  }
+  // refused: d = 256, the 192-row tile, no ping-pong
+  const Problem p256 = dense(1, 2, 2, 65, 65, 256), p64 = dense(1, 2, 2, 65, 65, 64);
+  struct Refusal {
+    const Problem* problem;
+    int block_m, block_n, pingpong;
+  };
+  for (const Refusal r : {Refusal{&p256, 0, 0, -1}, Refusal{&p64, 192, 96, -1}, Refusal{&p64, 128, 128, 0}}) {
+    Stream stream;
+    DeviceTensors t(*r.problem, DType::bf16, kSeed, stream.get());
+    AttentionParams a = t.params();
+    a.options = options;
+    a.options.block_m = r.block_m;
+    a.options.block_n = r.block_n;
+    a.options.stages = 0;
+    a.options.pingpong = r.pingpong;
+    CountingAllocator allocator;
+    try {
+      variant("flash3").forward(a, {allocator, stream.get()});
+      FAIL("flash3 ran a persistent schedule it does not have");
+    } catch (const Unsupported& e) {
+      CHECK(std::string(e.what()).find("persistent schedule is compiled for tile 128x128/2") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("flash3 rejects what it cannot run at launch", "[gpu][flash3]") {
   const kernels::Variant& v = variant("flash3");
   const Problem p = dense(1, 2, 2, 65, 65, 128);
@@ -308,5 +378,15 @@ TEST_CASE("flash3 forward on a small matrix (sanitizer run)", "[gpu][flash3][san
     kernels::LaunchOptions options;
     options.pingpong = pingpong;
     for (const Case& c : cases) check_forward("flash3", c, DType::bf16, options, kSeed, Distribution::normal, false);
+  }
+  // the persistent schedule with more work tiles than multiprocessors (the handoffs between tiles)
+  kernels::LaunchOptions persistent;
+  persistent.persistent = 1;
+  persistent.block_m = 128;
+  persistent.block_n = 128;
+  for (const Case& c : {Case{"persistent causal H=80 N_q=257 > N_k=129, d=64", causal(dense(1, 80, 8, 257, 129, 64))},
+                        Case{"persistent varlen H=70, empty entry, d=128",
+                             Problem::varlen(70, 70, 128, {130, 0, 129}, {97, 17, 200})}}) {
+    check_forward("flash3", c, DType::bf16, persistent, kSeed, Distribution::normal, false);
   }
 }

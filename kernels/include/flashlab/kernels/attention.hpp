@@ -46,6 +46,7 @@ struct LaunchOptions {
   int block_n = 0;
   int stages = 0;     // pipeline stages of the K/V ring where a variant offers a choice; 0: its default
   int pingpong = -1;  // warpgroup ping-pong scheduling where a variant offers it: 1 on, 0 off, -1 its default
+  int persistent = -1;  // a persistent grid (one CTA per multiprocessor walking the work) where offered; as pingpong
 };
 
 // Everything a forward or backward launch needs. Tensors are in `dtype` (fp32, fp16 or bf16 storage)
