@@ -1,11 +1,12 @@
-"""experiments/training/train_llama.py on the CPU (skipped without PyTorch and transformers).
+"""experiments/training/train_llama.py (skipped without PyTorch and transformers).
 
 The tiny preset trains from one initialisation on flashlab (variant cpu-standard) and on sdpa, both in float32: the
 losses agree step by step (the same model and batches; the attention differs only in its summation order): within
-1e-6 relative at the first step, within 1e-3 at every step (AdamW amplifies rounding a little), the loss falls, and the output files are complete. Then eager joins the same folder without
-losing the first two, a call with another config is refused with the files unchanged, and bad arguments fail in one
-line with exit status 2. The data: each row is BOS, a walk, the walk again, then padding, the same for a seed, and
-a longer run starts with the same batches.
+1e-6 relative at the first step, within 1e-3 at every step (AdamW amplifies rounding a little); the loss falls; the
+output files are complete. Then eager joins the same folder without losing the first two, a call with another config
+is refused with the files unchanged, and bad arguments fail in one line with exit status 2. On a GPU (skipped without
+CUDA): the tiny model on flash2 in bfloat16 beside sdpa and eager. The data: each row is BOS, a walk, the walk again,
+then padding, the same for a seed, and a longer run starts with the same batches.
 """
 
 import csv
@@ -157,6 +158,26 @@ class TrainingOnTheCpu(unittest.TestCase):
                     self.assertIn(message, result.stderr)
                     self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
                     self.assertFalse(out.exists())  # nothing written
+
+    @unittest.skipUnless(torch is not None and torch.cuda.is_available(), "no CUDA device")
+    def test_gpu_flash2_bf16(self):
+        # the GPU path of the real run (autocast, pinned copies, fused AdamW, memory statistics) on the tiny model:
+        # every implementation runs, memory is measured, and at the first step (same weights, same batch) the losses
+        # differ by bfloat16 attention alone
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "gpu"
+            result = run("--device", "cuda", "--preset", "tiny", "--dtype", "bf16", "--variant", "flash2", "--steps",
+                         "6", "--warmup", "2", "--out", str(out))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            summary = json.loads((out / "summary.json").read_text())
+            self.assertEqual([r["impl"] for r in summary["runs"]], ["flashlab", "sdpa", "eager"])
+            for r in summary["runs"]:
+                self.assertEqual(r["status"], "ok", r)
+                self.assertGreater(r["peak_allocated_bytes"], 0)
+                self.assertGreater(r["tokens_per_s"], 0)
+            _, curves = read_losses(out / "losses.csv")
+            first = {impl: points[0][1] for impl, points in curves.items()}
+            self.assertLessEqual(abs(first["flashlab"] - first["sdpa"]), 1e-2 * first["sdpa"], first)
 
     def test_data(self):
         script = load_script()
