@@ -3,9 +3,10 @@
 RUN_DIR holds losses.csv (impl, step, loss, tokens) and summary.json (config, device, commit, date and a run per
 implementation). Writes training.png and training.svg (default: into RUN_DIR): left, the loss of every step of each
 implementation overlaid (thin) with its centred moving average (thick), on a log axis, and the data's Markov
-entropy as a dotted level where recorded; under it, each loss minus sdpa's step by step; right, tokens/s and peak memory (torch.cuda.max_memory_allocated) of each
-implementation as bars with their values. The title names the model and the device, the footer the device, commit
-and date of the run. The same files give the same bytes (style.py: fixed style, no clock, sorted order).
+entropy as a dotted level where recorded; under it, each loss minus sdpa's step by step; right, tokens/s and peak
+memory (torch.cuda.max_memory_allocated) of each implementation as bars with their values. The title names the
+model and the device, the footer the device, commit and date of the run. The same files give the same bytes
+(style.py: fixed style, no clock, sorted order).
 
 Exit status 0 when written, 2 on malformed input (one line on stderr naming the file and the problem).
 """

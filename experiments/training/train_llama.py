@@ -68,9 +68,10 @@ SUMMARY_COLUMNS = ("impl", "attn_implementation", "variant", "status", "steps", 
                    "final_loss_mean10", "device", "dtype", "torch", "transformers", "git_commit", "date")
 PAD, BOS = 0, 1  # token ids; the Markov chain's symbols are 2 ... vocab - 1
 
-# hidden = heads * head_dim; GQA 3:1 (gpu) and 2:1 (tiny; d = 32, the smallest flash2 has). The gpu preset: 51M parameters and 16K token
-# positions per step (10K valid on average), a few hundred steps of each implementation within a minute or so
-# on an H200; eager keeps B * H * N^2 scores per layer (16 * 12 * 1024^2, several GB over 8 layers).
+# hidden = heads * head_dim; GQA 3:1 (gpu) and 2:1 (tiny: d = 32, the smallest flash2 has). The gpu preset: 51M
+# parameters and 16K token positions per step (10K valid on average), a few hundred steps of each implementation
+# within a minute or so on an H200 (estimated from its flops); eager keeps B * H * N^2 probabilities per layer
+# (16 * 12 * 1024^2, about 1.2 GB in bfloat16 and float32; some 10 GB over 8 layers).
 PRESETS: Dict[str, Dict[str, Any]] = {
     "gpu": dict(vocab=512, hidden=768, layers=8, heads=12, kv_heads=4, head_dim=64, intermediate=2048,
                 seqlen=1024, min_len=256, batch=16, successors=4, lr=1e-3, steps=300, warmup=10, dtype="bf16"),
@@ -380,8 +381,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      schedule="linear warm-up 5%, cosine to 0.1", clip_grad_norm=1.0),
                       steps=args.steps, warmup=args.warmup, dtype=args.dtype, device=args.device,
                       device_name=device_name)
-        header = dict(device=dict(type=args.device, name=device_name,
-                                  memory_bytes=torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if cuda else None),
+        memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if cuda else None
+        header = dict(device=dict(type=args.device, name=device_name, memory_bytes=memory),
                       versions=dict(python=platform.python_version(), torch=torch.__version__,
                                     cuda=torch.version.cuda, transformers=transformers.__version__,
                                     numpy=np.__version__),
