@@ -3,7 +3,8 @@ downloaded), against the same model on attn_implementation="sdpa", with a padded
 Skipped without PyTorch and transformers.
 
 CPU: variant cpu-standard in float32; logits at the valid positions and the gradients of the attention weights
-agree with sdpa's to 1e-4 (both are float32 attention; the difference is summation order). GPU (skipped without
+agree with sdpa's to 1e-4 (both are float32 attention; the difference is summation order). Under bfloat16 autocast
+(float32 weights) flashlab runs q, k and v in bfloat16 as sdpa does, within FlashAttention's rule below. GPU (skipped without
 CUDA): flash2 in bfloat16, whose error against the float32 model is at most twice sdpa-bfloat16's plus one bfloat16
 rounding step of the logits' scale (FlashAttention's rule, with sdpa as the baseline).
 """
@@ -50,9 +51,10 @@ def padded_batch(device, left):
     return ids.to(device), mask.to(device)
 
 
-def logits_and_grads(model, ids, mask):
+def logits_and_grads(model, ids, mask, autocast=None):
     model.zero_grad()
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    with torch.autocast(ids.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits = model(input_ids=ids, attention_mask=mask).logits
     valid = mask.bool()
     (logits[valid].float().pow(2).mean()).backward()
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if "self_attn" in n}
@@ -75,6 +77,25 @@ class LlamaOnFlashlab(unittest.TestCase):
                 for name, g in want_grads.items():
                     scale = float(g.abs().max())
                     self.assertLessEqual(float((got_grads[name] - g).abs().max()), 1e-4 * max(scale, 1.0), name)
+
+    def test_cpu_standard_under_autocast(self):
+        # float32 weights under bfloat16 autocast (mixed-precision training): Llama's float32 rotary embeddings promote
+        # q and k to float32 while v is bfloat16; flashlab runs all three in bfloat16, as sdpa does under autocast,
+        # within FlashAttention's rule against the float32 model with sdpa under autocast as the baseline
+        fl_transformers.register(variant="cpu-standard", name="flashlab-cpu")
+        ids, mask = padded_batch("cpu", left=False)
+        exact = llama("sdpa", torch.float32, "cpu")
+        want, want_grads = logits_and_grads(exact, ids, mask)
+        base_logits, base_grads = logits_and_grads(exact, ids, mask, autocast=torch.bfloat16)
+        ours = copy.deepcopy(exact)
+        ours.config._attn_implementation = "flashlab-cpu"
+        got, got_grads = logits_and_grads(ours, ids, mask, autocast=torch.bfloat16)
+        step = 2.0 ** -7 * float(want.abs().max())
+        self.assertLessEqual(float((got - want).abs().max()), 2 * float((base_logits - want).abs().max()) + step)
+        for name, g in want_grads.items():
+            step = 2.0 ** -7 * float(g.abs().max())
+            self.assertLessEqual(float((got_grads[name] - g).abs().max()),
+                                 2 * float((base_grads[name] - g).abs().max()) + step, name)
 
     def test_the_model_calls_flashlab(self):
         # a variant the library does not know: the model's forward must fail in flashlab, not run sdpa instead

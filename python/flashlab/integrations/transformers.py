@@ -8,8 +8,10 @@ The attention layers then call flashlab's variant as transformers calls flash-at
 flash_attention_2 mask format, registered with the function where the version has AttentionMaskInterface) is turned
 into a varlen batch with flashlab.unpad_input, run with flash_attn_varlen_func and padded back; without padding,
 flash_attn_func. Causal attention is bottom-right aligned (decoding with a cache works); a sliding window of w keys
-is window_size (w - 1, w - 1) with causal, as transformers passes it to flash-attn. Attention probabilities are not
-returned (output_attentions needs eager), dropout during training is refused by flash_attn_func.
+is window_size (w - 1, w - 1) with causal, as transformers passes it to flash-attn. Under torch.autocast, q, k and v
+are cast to the autocast dtype, as sdpa's are (Llama's float32 rotary embeddings promote q and k to float32 while v
+is in the autocast dtype). Attention probabilities are not returned (output_attentions needs eager), dropout during
+training is refused by flash_attn_func.
 """
 
 from __future__ import annotations
@@ -20,6 +22,20 @@ from ..flash_attn import flash_attn_func, flash_attn_varlen_func
 from ..padding import pad_input, unpad_input
 
 NAME = "flashlab"
+
+
+def _autocast_dtype(q):
+    """The autocast dtype where autocast is on for q's device (sdpa runs in it there), else None."""
+    import torch
+
+    device_type = q.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument; the CUDA and CPU functions
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_dtype(device_type) if enabled else None
 
 
 def _attention(variant: str):
@@ -34,6 +50,9 @@ def _attention(variant: str):
         window = (sliding_window - 1, sliding_window - 1) if sliding_window else (-1, -1)
         # transformers: [B, H, N, d]; flash_attn: [B, N, H, d] (a view: the last dimension stays contiguous)
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+        dtype = _autocast_dtype(q)
+        if dtype is not None:  # as sdpa under autocast: float32 rotary embeddings have promoted q and k, not v
+            q, k, v = (t.to(dtype) for t in (q, k, v))
         if not q.is_contiguous():
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         batch, q_len = q.shape[0], q.shape[1]
