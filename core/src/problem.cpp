@@ -88,6 +88,9 @@ void Problem::validate() const {
   if (softmax_scale && !(std::isfinite(*softmax_scale) && *softmax_scale > 0)) {
     fail("softmax_scale", fmt::format("{}", *softmax_scale), "must be finite and > 0 (default 1/sqrt(head_dim))");
   }
+  if (!(dropout.p >= 0 && dropout.p < 1)) {
+    fail("dropout", fmt::format("{}", dropout.p), "must be in [0, 1) (the probability of dropping a weight)");
+  }
   if (cu_seqlens_q.empty() != cu_seqlens_k.empty()) {
     const char* missing = cu_seqlens_q.empty() ? "cu_seqlens_q" : "cu_seqlens_k";
     fail(missing, "(empty)", "varlen needs both cu_seqlens_q and cu_seqlens_k, each of length batch + 1");
@@ -154,6 +157,7 @@ std::string Problem::describe() const {
   if (causal) text += " causal";
   if (!window.unbounded()) text += fmt::format(" window=({},{})", window.left, window.right);
   if (softmax_scale) text += fmt::format(" scale={}", *softmax_scale);
+  if (dropout.active()) text += fmt::format(" dropout={} seed={} offset={}", dropout.p, dropout.seed, dropout.offset);
   if (is_varlen()) text += fmt::format(" varlen(total_q={} total_k={})", total_q(), total_k());
   return text;
 }

@@ -56,7 +56,9 @@ ResultRow identity(const Suite& suite, const std::string& run_id, const RowSpec&
           {"window_left", integer(p.window.left)},
           {"window_right", integer(p.window.right)},
           {"softmax_scale", p.head_dim > 0 ? number(p.scale()) : ""},
-          {"varlen", p.is_varlen() ? "1" : "0"}};
+          {"varlen", p.is_varlen() ? "1" : "0"},
+          {"dropout", number(p.dropout.p)},
+          {"dropout_seed", std::to_string(p.dropout.seed)}};
 }
 
 // Median, p20, p80 (linear interpolation between order statistics), min, relative spread (p80 - p20) / median.

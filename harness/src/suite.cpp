@@ -52,12 +52,14 @@ enum Field : int {
   kSoftmaxScale,
   kTokens,
   kModelDim,
+  kDropout,
+  kDropoutSeed,
   kFieldCount
 };
 
 // What a key holds: its TOML type and the values allowed.
 // `lengths`: a list of sequence lengths (seqlens_q, seqlens_k); `drawn`: the table of drawn lengths (seqlens).
-enum class Kind { text, pass, dtype, distribution, count, flag, window, scale, lengths, drawn };
+enum class Kind { text, pass, dtype, distribution, count, flag, window, scale, lengths, drawn, probability, natural };
 
 struct FieldSpec {
   std::string_view name;
@@ -85,6 +87,8 @@ constexpr std::array<FieldSpec, kFieldCount> kFields = {{
     {"softmax_scale", Kind::scale},
     {"tokens", Kind::count},
     {"model_dim", Kind::count},
+    {"dropout", Kind::probability},
+    {"dropout_seed", Kind::natural},
 }};
 
 // The suite's dtypes. fp64 rows run on the CPU variants (the GPU variants report them unsupported); their check
@@ -420,6 +424,12 @@ class Parser {
       case Kind::flag: return flag(path, node);
       case Kind::window: return window(path, node);
       case Kind::scale: return number(path, node, true);
+      case Kind::probability: {
+        const double p = number(path, node, false);
+        if (!(p < 1)) fail(path, fmt::format("is {}, must be in [0, 1) (the probability of dropping a weight)", p), &node);
+        return p;
+      }
+      case Kind::natural: return integer(path, node, 0);
       case Kind::lengths: return length_list(path, node);
       case Kind::drawn: return drawn_lengths(path, node);
     }
@@ -845,6 +855,8 @@ class Parser {
     p.causal = get(kCausal, false);
     p.window = get(kWindow, Window{});
     if (has(kSoftmaxScale)) p.softmax_scale = get(kSoftmaxScale, 0.0);
+    p.dropout.p = get(kDropout, 0.0);
+    p.dropout.seed = static_cast<std::uint64_t>(get(kDropoutSeed, std::int64_t{0}));
     return row;
   }
 
@@ -876,6 +888,7 @@ std::string RowSpec::key() const {
       variant, name(pass), name(dtype), name(distribution), p.batch, p.heads, p.heads_kv, p.seqlen_q, p.seqlen_k,
       p.head_dim, p.dv(), p.causal ? 1 : 0, p.window.left, p.window.right,
       p.softmax_scale ? fmt::format("{}", *p.softmax_scale) : std::string("default"));
+  if (p.dropout.active()) key += fmt::format("|dropout={}|dropout_seed={}", p.dropout.p, p.dropout.seed);
   if (p.is_varlen()) {
     key += fmt::format("|cu_q={}|cu_k={}", fmt::join(p.cu_seqlens_q, ","), fmt::join(p.cu_seqlens_k, ","));
   }

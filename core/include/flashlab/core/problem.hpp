@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "flashlab/core/dropout.hpp"
+
 namespace flashlab {
 
 // Sliding window in keys to the left and right of the (bottom-right aligned) diagonal; -1 = unbounded.
@@ -54,6 +56,8 @@ struct Problem {
   // Varlen batches: cumulative offsets, length B+1, starting at 0 (both given or neither).
   std::vector<std::int64_t> cu_seqlens_q;
   std::vector<std::int64_t> cu_seqlens_k;
+  // Attention dropout on P after the softmax (dropout.hpp): p in [0, 1), the mask keyed by (seed, offset, b, h, i, j).
+  DropoutSpec dropout{};
 
   // A varlen problem from per-sequence lengths; B, N_q and N_k follow from them.
   [[nodiscard]] static Problem varlen(std::int64_t heads, std::int64_t heads_kv, std::int64_t head_dim,
