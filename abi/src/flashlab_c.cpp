@@ -148,7 +148,8 @@ flashlab_status guarded(Body body) {
 }
 
 flashlab_status launch(const char* name, const flashlab_problem* cp, const flashlab_problem_ext* ext, flashlab_dtype cd,
-                       const flashlab_tensors* t, void* stream, const flashlab_workspace* workspace, flashlab::Pass pass) {
+                       const flashlab_tensors* t, void* stream, const flashlab_workspace* workspace,
+                       flashlab::Pass pass) {
   return guarded([&] {
     flashlab::harness::VariantChoice choice;
     const Variant& v = variant_of(name, choice);

@@ -11,10 +11,11 @@
  *  - Every call returns FLASHLAB_OK or an error code; flashlab_last_error() then holds one line naming the problem
  *    (per thread). Nothing is thrown across the ABI.
  *
- * Versioning: FLASHLAB_ABI_VERSION changes whenever an existing struct or signature here changes; flashlab_abi_version()
- * returns the library's, which a caller compares with the header's (equal, or refuse). FLASHLAB_ABI_MINOR counts
- * additions that leave every existing struct and signature as it was (new functions, new structs), so a caller built
- * against an older minor stays valid: a caller needing minor m checks flashlab_abi_minor() >= m.
+ * Versioning: FLASHLAB_ABI_VERSION changes whenever an existing struct or signature here changes;
+ * flashlab_abi_version() returns the library's, which a caller compares with the header's (equal, or refuse).
+ * FLASHLAB_ABI_MINOR counts additions that leave every existing struct and signature as it was (new functions, new
+ * structs), so a caller built against an older minor stays valid: a caller needing minor m checks
+ * flashlab_abi_minor() >= m.
  *  - minor 1: dropout (flashlab_problem_ext and the *_ext calls, flashlab_dropout_mask).
  */
 #ifndef FLASHLAB_FLASHLAB_H
@@ -63,7 +64,8 @@ typedef struct {
 
 /* What the problem gained after version 1.0, passed beside flashlab_problem to the *_ext calls (NULL: all
  * defaults). `size` is sizeof(flashlab_problem_ext) as the caller compiled it: later minors append fields, and the
- * library reads the ones past a caller's size as 0, so set size and zero the rest ({sizeof(e)} or memset).
+ * library reads the ones past a caller's size as 0, so set size and zero the rest:
+ * flashlab_problem_ext e = {.size = sizeof(e)}.
  *
  * Dropout (minor 1), as FlashAttention-2: on the normalized probabilities after the softmax,
  * O = (Z o P / (1 - p)) V, with the LSE from the undropped P, and the backward under the same keep mask Z. It applies

@@ -178,7 +178,7 @@ int main(void) {
   EXPECT(flashlab_abi_minor() >= 1, "ABI minor %d, dropout needs 1", flashlab_abi_minor());
   {
     const double p_drop = 0.3;
-    flashlab_problem_ext e = {sizeof(e)};
+    flashlab_problem_ext e = {.size = sizeof(e)};
     e.dropout_p = p_drop;
     e.dropout_seed = 0x0123456789abcdefull;
     e.dropout_offset = 5;
