@@ -229,7 +229,7 @@ inline std::int64_t fully_masked_rows(const Problem& p) {
   std::int64_t rows = 0;
   for (std::int64_t b = 0; b < p.batch; ++b) {
     const Sequence s = p.sequence(b);
-    for (std::int64_t i = 0; i < s.seqlen_q; ++i) rows += p.key_range(i, s.seqlen_q, s.seqlen_k).empty();
+    for (std::int64_t i = 0; i < s.seqlen_q; ++i) rows += p.key_range(s, i).empty();
   }
   return rows * p.heads;
 }
