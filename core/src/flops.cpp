@@ -29,12 +29,11 @@ double convention_pairs(const Problem& problem) {
   double pairs = 0;
   for (std::int64_t b = 0; b < problem.batch; ++b) {
     const Sequence s = problem.sequence(b);
-    if (s.seqlen_q == s.seqlen_k) {
-      pairs += 0.5 * static_cast<double>(s.seqlen_q) * static_cast<double>(s.seqlen_k);
+    if (s.seqlen_q == s.seqlen_k) {  // key padding: the valid tokens, as the unpadded varlen problem counts them
+      const auto valid = static_cast<double>(s.seqlen_q - s.pad_front - s.pad_back);
+      pairs += 0.5 * valid * valid;
     } else {
-      for (std::int64_t i = 0; i < s.seqlen_q; ++i) {
-        pairs += static_cast<double>(problem.key_range(i, s.seqlen_q, s.seqlen_k).size());
-      }
+      for (std::int64_t i = 0; i < s.seqlen_q; ++i) pairs += static_cast<double>(problem.key_range(s, i).size());
     }
   }
   return pairs;

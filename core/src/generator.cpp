@@ -36,7 +36,12 @@ void fill(TensorView<T, Rank> out, TensorId tensor, const InputSpec& spec) {
   const std::int64_t n = out.numel();
   const Shape<Rank> logical = contiguous_strides<Rank>(out.shape());
   InputLayout layout{1, out.shape()[Rank - 1]};  // [.., tokens, dim]
+  if (!spec.token_source.empty()) layout.token_source = spec.token_source.data();
   if constexpr (Rank == 4) layout.heads = out.shape()[2];  // [.., tokens, heads, dim]
+  if (!spec.token_source.empty() && static_cast<std::int64_t>(spec.token_source.size()) * layout.heads * layout.dim != n) {
+    throw std::invalid_argument("fill: token_source has " + std::to_string(spec.token_source.size()) +
+                                " entries, the tensor " + std::to_string(n / (layout.heads * layout.dim)) + " tokens");
+  }
   parallel_for((n + kChunk - 1) / kChunk, default_worker_count(), [&](std::int64_t chunk, int) {
     const std::int64_t end = std::min(n, (chunk + 1) * kChunk);
     for (std::int64_t linear = chunk * kChunk; linear < end; ++linear) {

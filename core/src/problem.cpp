@@ -1,6 +1,7 @@
 #include "flashlab/core/problem.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -46,7 +47,51 @@ void validate_cu_seqlens(const char* name, const std::vector<std::int64_t>& cu, 
   }
 }
 
+void validate_key_padding(const Problem& p) {
+  if (!p.is_padded()) {
+    if (!p.valid_lengths.empty()) {
+      fail("valid_lengths", fmt::format("[{}]", fmt::join(p.valid_lengths, ", ")),
+           "must be empty without key padding (key_padding = none)");
+    }
+    return;
+  }
+  if (p.is_varlen()) {
+    fail("key_padding", std::string(name(p.key_padding)),
+         "must be none for a varlen problem (varlen is the unpadded form of a padded batch)");
+  }
+  if (p.dropout.active()) {
+    fail("dropout", fmt::format("{}", p.dropout.p),
+         "must be 0 under key padding (dropout's mask is keyed by positions from the sequence's start, which the "
+         "padded and unpadded forms do not share under left padding; not supported yet)");
+  }
+  if (p.seqlen_q != p.seqlen_k) {
+    fail("seqlen_k", std::to_string(p.seqlen_k),
+         fmt::format("must equal seqlen_q = {} under key padding (the queries are padded with the keys, as in "
+                     "self-attention)",
+                     p.seqlen_q));
+  }
+  if (static_cast<std::int64_t>(p.valid_lengths.size()) != p.batch) {
+    fail("valid_lengths.size", std::to_string(p.valid_lengths.size()),
+         fmt::format("must be batch = {} (one valid length per batch entry)", p.batch));
+  }
+  for (std::size_t b = 0; b < p.valid_lengths.size(); ++b) {
+    if (p.valid_lengths[b] < 0 || p.valid_lengths[b] > p.seqlen_k) {
+      fail(fmt::format("valid_lengths[{}]", b), std::to_string(p.valid_lengths[b]),
+           fmt::format("must be in [0, seqlen_k = {}]", p.seqlen_k));
+    }
+  }
+}
+
 }  // namespace
+
+std::string_view name(KeyPadding padding) {
+  switch (padding) {
+    case KeyPadding::none: return "none";
+    case KeyPadding::right: return "right";
+    case KeyPadding::left: return "left";
+  }
+  return "?";
+}
 
 Problem Problem::varlen(std::int64_t heads, std::int64_t heads_kv, std::int64_t head_dim,
                         const std::vector<std::int64_t>& seqlens_q, const std::vector<std::int64_t>& seqlens_k) {
@@ -99,6 +144,7 @@ void Problem::validate() const {
     validate_cu_seqlens("cu_seqlens_q", cu_seqlens_q, batch, "seqlen_q", seqlen_q);
     validate_cu_seqlens("cu_seqlens_k", cu_seqlens_k, batch, "seqlen_k", seqlen_k);
   }
+  validate_key_padding(*this);
   // Element counts must fit comfortably in 64-bit indices (and in doubles, exactly).
   constexpr double kMaxElements = 9007199254740992.0;  // 2^53
   const double tokens = std::max<double>(static_cast<double>(total_q()), static_cast<double>(total_k()));
@@ -122,7 +168,10 @@ Sequence Problem::sequence(std::int64_t b) const {
     return {0, cu_seqlens_q[i], cu_seqlens_k[i], cu_seqlens_q[i + 1] - cu_seqlens_q[i],
             cu_seqlens_k[i + 1] - cu_seqlens_k[i]};
   }
-  return {b, 0, 0, seqlen_q, seqlen_k};
+  if (!is_padded()) return {b, 0, 0, seqlen_q, seqlen_k};
+  const PaddedTokens<std::int64_t> pad = flashlab::padded_tokens<std::int64_t>(
+      key_padding == KeyPadding::left, seqlen_k, valid_lengths[static_cast<std::size_t>(b)]);
+  return {b, 0, 0, seqlen_q, seqlen_k, pad.front, pad.back};
 }
 
 Window Problem::effective_window() const {
@@ -131,10 +180,30 @@ Window Problem::effective_window() const {
   return w;
 }
 
-KeyRange Problem::key_range(std::int64_t i, std::int64_t nq, std::int64_t nk) const {
+KeyRange Problem::key_range(const Sequence& s, std::int64_t i) const {
   const Window w = effective_window();
-  const KeptKeys<std::int64_t> kept = kept_keys<std::int64_t>(w.left, w.right, i, nq, nk);
+  const KeptKeys<std::int64_t> kept =
+      kept_keys_padded<std::int64_t>(w.left, w.right, i, s.seqlen_q, s.seqlen_k, s.pad_front, s.pad_back);
   return {kept.lo, kept.hi};
+}
+
+Problem Problem::unpadded() const {
+  if (!is_padded()) return *this;
+  Problem p = varlen(heads, heads_kv, head_dim, valid_lengths, valid_lengths);
+  p.head_dim_v = head_dim_v;
+  p.causal = causal;
+  p.window = window;
+  p.softmax_scale = softmax_scale;
+  return p;
+}
+
+std::vector<std::int64_t> Problem::padded_tokens() const {
+  std::vector<std::int64_t> tokens;
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const Sequence s = sequence(b);
+    for (std::int64_t n = s.pad_front; n < s.seqlen_q - s.pad_back; ++n) tokens.push_back(b * seqlen_q + n);
+  }
+  return tokens;
 }
 
 std::int64_t Problem::unmasked_pairs() const {
@@ -145,7 +214,7 @@ std::int64_t Problem::unmasked_pairs() const {
       pairs += s.seqlen_q * s.seqlen_k;
       continue;
     }
-    for (std::int64_t i = 0; i < s.seqlen_q; ++i) pairs += key_range(i, s.seqlen_q, s.seqlen_k).size();
+    for (std::int64_t i = 0; i < s.seqlen_q; ++i) pairs += key_range(s, i).size();
   }
   return pairs;
 }
@@ -159,6 +228,7 @@ std::string Problem::describe() const {
   if (softmax_scale) text += fmt::format(" scale={}", *softmax_scale);
   if (dropout.active()) text += fmt::format(" dropout={} seed={} offset={}", dropout.p, dropout.seed, dropout.offset);
   if (is_varlen()) text += fmt::format(" varlen(total_q={} total_k={})", total_q(), total_k());
+  if (is_padded()) text += fmt::format(" key_padding={}(valid={})", name(key_padding), fmt::join(valid_lengths, ","));
   return text;
 }
 

@@ -51,16 +51,19 @@ class CpuBackend final : public Backend {
       bool is_input = false;
       for (const auto& [name, id] : inputs) {
         if (t.name == name) {
-          generate_host(data[i], row.dtype, n, seed, id, row.distribution, InputLayout{t.shape[2], t.shape[3]});
+          // an unpadded row draws each token as its token of the padded tensors
+          const InputLayout layout{t.shape[2], t.shape[3],
+                                   row.token_source.empty() ? nullptr : row.token_source.data()};
+          generate_host(data[i], row.dtype, n, seed, id, row.distribution, layout);
           is_input = true;
         }
       }
       if (is_input) continue;
       if (t.name == "lse") {
         std::fill_n(static_cast<float*>(data[i]), n, std::numeric_limits<float>::quiet_NaN());
-      } else if (t.name == "cu_seqlens_q" || t.name == "cu_seqlens_k") {
-        const auto& cu = t.name == "cu_seqlens_q" ? row.problem.cu_seqlens_q : row.problem.cu_seqlens_k;
-        for (std::int64_t b = 0; b < n; ++b) static_cast<std::int32_t*>(data[i])[b] = static_cast<std::int32_t>(cu[b]);
+      } else if (is_length_tensor(t)) {
+        const std::vector<std::int32_t> lengths = length_values(row.problem, t);
+        std::copy(lengths.begin(), lengths.end(), static_cast<std::int32_t*>(data[i]));
       } else {
         for (std::int64_t e = 0; e < n; ++e) store(data[i], e, row.dtype, std::numeric_limits<double>::quiet_NaN());
       }

@@ -268,7 +268,7 @@ void standard_forward_impl(const AttentionParams& p, const LaunchContext& ctx) {
       auto sb = block.topLeftCorner(rows, nk);
       sb.noalias() = static_cast<C>(pr.scale()) * (q.middleRows(i0, rows) * k.transpose());
       for (std::int64_t r = 0; r < rows; ++r) {
-        const KeyRange keys = pr.key_range(i0 + r, nq, nk);
+        const KeyRange keys = pr.key_range(s, i0 + r);
         for (std::int64_t j = 0; j < nk; ++j) {
           const bool kept = !keys.empty() && j >= keys.lo && j <= keys.hi;
           store(sp, base + (i0 + r) * nk + j, dt, kept ? static_cast<double>(sb(r, j)) : static_cast<double>(minus_inf));
@@ -363,7 +363,7 @@ void standard_backward_impl(const AttentionParams& p, const LaunchContext& ctx) 
         // P = exp(S - LSE) from the recomputed S (rounded to the dtype), stored in the dtype
         sb.noalias() = scale * (q.middleRows(i0, rows) * k.transpose());
         for (std::int64_t r = 0; r < rows; ++r) {
-          const KeyRange keys = pr.key_range(i0 + r, nq, nk);
+          const KeyRange keys = pr.key_range(s, i0 + r);
           const float lse = p.lse[(s.slot * pr.heads + h) * lse_stride + s.q_offset + i0 + r];
           for (std::int64_t j = 0; j < nk; ++j) {
             const bool kept = !keys.empty() && j >= keys.lo && j <= keys.hi && std::isfinite(lse);
@@ -430,7 +430,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .description = "Eigen reference in double on the run's inputs (blocked rows, O(N) workspace)",
                .device = kernels::Device::cpu,
                .materializes = false,
-               .supported = "fp64 fp32 fp16 bf16; any head dim; causal, window, GQA/MQA, varlen, dropout",
+               .supported = "fp64 fp32 fp16 bf16; any head dim; causal, window, GQA/MQA, varlen, key padding, dropout",
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = reference_model,
                .bytes_model = {},
@@ -447,7 +447,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .description = "eager attention on the CPU: materializes S, P (and dP, dS) of every head in the dtype",
                .device = kernels::Device::cpu,
                .materializes = true,
-               .supported = "fp64 fp32 fp16 bf16 (fp32 arithmetic, fp64 for fp64); any head dim; causal, window, GQA/MQA, varlen, dropout",
+               .supported = "fp64 fp32 fp16 bf16 (fp32 arithmetic, fp64 for fp64); any head dim; causal, window, GQA/MQA, varlen, key padding, dropout",
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = standard_model,
                .bytes_model = {},

@@ -80,10 +80,19 @@ class GpuBackend final : public Backend {
       buffers_.emplace_back(io_, static_cast<std::size_t>(t.bytes()), "row tensor " + t.name);
       data.push_back(buffers_.back().as<void>());
     }
+    // an unpadded row's token remap, on the device while its inputs are generated (then freed: not a row tensor)
+    Workspace remap;
+    if (!row.token_source.empty()) {
+      const std::size_t bytes = row.token_source.size() * sizeof(std::int64_t);
+      remap = Workspace(io_, bytes, "token remap of the unpadded inputs");
+      FL_CUDA(cudaMemcpyAsync(remap.as<void>(), row.token_source.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    }
+    const std::int64_t* token_source = remap.as<const std::int64_t>();
     for (std::size_t i = 0; i < tensors_.size(); ++i) {
       const IoTensor& t = tensors_[i];
       const std::int64_t n = element_count<4>(t.shape);
-      const InputLayout layout{t.shape[2], t.shape[3]};  // [slots, tokens, heads, dim]
+      // [slots, tokens, heads, dim]; an unpadded row draws each token as its token of the padded tensors
+      const InputLayout layout{t.shape[2], t.shape[3], token_source};
       const auto generate = [&](TensorId id) {
         kernels::generate(data[i], row.dtype, n, seed, id, row.distribution, layout, stream_);
       };
@@ -92,9 +101,8 @@ class GpuBackend final : public Backend {
       else if (t.name == "v") generate(TensorId::v);
       else if (t.name == "d_out") generate(TensorId::d_out);
       else if (t.name == "lse") kernels::fill_nan(data[i], DType::fp32, n, stream_);
-      else if (t.name.rfind("cu_seqlens", 0) == 0) {
-        const auto& cu = t.name == "cu_seqlens_q" ? row.problem.cu_seqlens_q : row.problem.cu_seqlens_k;
-        offsets_.emplace_back(cu.begin(), cu.end());
+      else if (is_length_tensor(t)) {
+        offsets_.push_back(length_values(row.problem, t));
         FL_CUDA(cudaMemcpyAsync(data[i], offsets_.back().data(), offsets_.back().size() * sizeof(std::int32_t),
                                 cudaMemcpyHostToDevice, stream_));
       } else {
@@ -102,6 +110,10 @@ class GpuBackend final : public Backend {
       }
     }
     FL_CUDA(cudaStreamSynchronize(stream_));
+    if (!row.token_source.empty()) {
+      remap = Workspace();
+      io_.trim();
+    }
     params_ = make_params(row.problem, row.dtype, data);
     apply_options(resolve_variant(row.variant), params_);
   }

@@ -22,6 +22,7 @@ std::vector<IoTensor> io_tensors(const Problem& p, DType dtype) {
     t.push_back({"cu_seqlens_q", {p.batch + 1, 1, 1, 1}, 4});
     t.push_back({"cu_seqlens_k", {p.batch + 1, 1, 1, 1}, 4});
   }
+  if (p.is_padded()) t.push_back({"valid_lengths", {p.batch, 1, 1, 1}, 4});
   return t;
 }
 
@@ -48,12 +49,24 @@ kernels::AttentionParams make_params(const Problem& p, DType dtype, const std::v
     params.cu_seqlens_q = static_cast<const std::int32_t*>(data[9]);
     params.cu_seqlens_k = static_cast<const std::int32_t*>(data[10]);
   }
+  if (p.is_padded()) params.valid_lengths = static_cast<const std::int32_t*>(data[9]);  // never with varlen
   return params;
+}
+
+bool is_length_tensor(const IoTensor& tensor) {
+  return tensor.name == "cu_seqlens_q" || tensor.name == "cu_seqlens_k" || tensor.name == "valid_lengths";
+}
+
+std::vector<std::int32_t> length_values(const Problem& p, const IoTensor& tensor) {
+  const std::vector<std::int64_t>& wide = tensor.name == "cu_seqlens_q"   ? p.cu_seqlens_q
+                                          : tensor.name == "cu_seqlens_k" ? p.cu_seqlens_k
+                                                                          : p.valid_lengths;
+  return {wide.begin(), wide.end()};
 }
 
 bool saved_tensor(const IoTensor& tensor, Pass pass) {
   const bool gradient = tensor.name == "d_out" || tensor.name == "dq" || tensor.name == "dk" || tensor.name == "dv";
-  return !(gradient && pass == Pass::fwd) && tensor.name.rfind("cu_seqlens", 0) != 0;
+  return !(gradient && pass == Pass::fwd) && !is_length_tensor(tensor);
 }
 
 void write_tensor_npy(const std::string& dir, const IoTensor& tensor, const void* host_data, DType dtype) {
@@ -89,13 +102,11 @@ void write_reference_npy(const std::string& dir, const Problem& problem, Pass pa
     write("dk_ref", data.dk);
     write("dv_ref", data.dv);
   }
-  if (problem.is_varlen()) {
-    for (const auto& [name, offsets] : {std::pair{"cu_seqlens_q", &problem.cu_seqlens_q},
-                                        std::pair{"cu_seqlens_k", &problem.cu_seqlens_k}}) {
-      const std::vector<std::int32_t> narrow(offsets->begin(), offsets->end());
-      write_npy(std::filesystem::path(dir) / (std::string(name) + ".npy"), narrow.data(), "<i4",
-                {static_cast<std::int64_t>(narrow.size())});
-    }
+  for (const IoTensor& t : io_tensors(problem, DType::fp32)) {
+    if (!is_length_tensor(t)) continue;
+    const std::vector<std::int32_t> narrow = length_values(problem, t);
+    write_npy(std::filesystem::path(dir) / (t.name + ".npy"), narrow.data(), "<i4",
+              {static_cast<std::int64_t>(narrow.size())});
   }
 }
 

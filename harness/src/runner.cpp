@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -58,7 +59,11 @@ ResultRow identity(const Suite& suite, const std::string& run_id, const RowSpec&
           {"softmax_scale", p.head_dim > 0 ? number(p.scale()) : ""},
           {"varlen", p.is_varlen() ? "1" : "0"},
           {"dropout", number(p.dropout.p)},
-          {"dropout_seed", std::to_string(p.dropout.seed)}};
+          {"dropout_seed", std::to_string(p.dropout.seed)},
+          {"key_padding", std::string(name(p.key_padding))},
+          {"valid_tokens", p.is_padded() ? integer(std::accumulate(p.valid_lengths.begin(), p.valid_lengths.end(),
+                                                                   std::int64_t{0}))
+                                         : ""}};
 }
 
 // Median, p20, p80 (linear interpolation between order statistics), min, relative spread (p80 - p20) / median.
@@ -180,9 +185,11 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
   } catch (const InvalidProblem& e) {
     return finish("error", e.what());
   }
-  const kernels::Support support = variant->supports(row.problem, row.dtype, row.pass);
-  if (!support.ok) return finish("unsupported", support.reason);
-  const Problem& p = row.problem;
+  kernels::Support support;
+  const std::optional<RowSpec> run = row_as_run(row, *variant, support);
+  if (!run) return finish("unsupported", support.reason);
+  r["unpadded"] = run->token_source.empty() ? "0" : "1";
+  const Problem& p = run->problem;
   r["flops"] = number(attention_flops(p, row.pass));
   r["workspace_model_bytes"] = integer(variant->workspace_model(p, row.dtype, row.pass));
   r["bytes_model_min"] = number(minimum_bytes(p, row.dtype, row.pass));
@@ -201,10 +208,10 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
     const GroupChoice choice = choose_groups(p, row.pass, settings, static_cast<std::uint64_t>(row.index));
     std::optional<BaselineRun> baseline;
     if (variant->device == kernels::Device::cuda && !choice.groups.empty() && !variant->materializes) {
-      baseline = run_gpu_baseline(row, settings.seed, choice, *backend);
+      baseline = run_gpu_baseline(*run, settings.seed, choice, *backend);
     }
     backend->workspace().reset_peak();
-    backend->prepare(row, settings.seed);
+    backend->prepare(*run, settings.seed);
     r["io_bytes"] = integer(backend->io_bytes());
     const kernels::AttentionParams& params = backend->params();
     auto forward = [&] { variant->forward(params, backend->context()); };
@@ -230,7 +237,8 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
       subject.baseline = baseline ? &baseline_fetch : nullptr;
     }
     const auto verify_start = std::chrono::steady_clock::now();
-    const Expectation expected(p, row.dtype, row.pass, {settings.seed, row.distribution, row.dtype}, choice, subject);
+    const InputSpec inputs{settings.seed, row.distribution, row.dtype, run->token_source};
+    const Expectation expected(p, row.dtype, row.pass, inputs, choice, subject);
     double verify_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - verify_start).count();
     const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h,
                                   const std::vector<std::int64_t>& rows) { return backend->fetch(t, b, h, &rows); };
@@ -275,7 +283,7 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
     if (save_tensors.count(row.index)) {
       const std::string dir = (run_dir / "tensors" / fmt::format("row-{}", row.index)).string();
       backend->save_tensors(dir, row.pass);
-      write_reference_npy(dir, p, row.pass, {settings.seed, row.distribution, row.dtype});
+      write_reference_npy(dir, p, row.pass, inputs);
     }
     backend->release();
     if (verification.verified() && !verification.pass) return finish("error", "verification failed: " + verification.failure);
@@ -334,6 +342,21 @@ std::string format_duration(double seconds) {
 }
 
 }  // namespace
+
+std::optional<RowSpec> row_as_run(const RowSpec& row, const kernels::Variant& variant, kernels::Support& support) {
+  support = variant.supports(row.problem, row.dtype, row.pass);
+  if (support.ok) return row;
+  if (!row.problem.is_padded()) return std::nullopt;
+  RowSpec unpadded = row;
+  unpadded.problem = row.problem.unpadded();
+  const kernels::Support varlen = variant.supports(unpadded.problem, row.dtype, row.pass);
+  if (!varlen.ok) {
+    support.reason = "its unpadded varlen form: " + varlen.reason;
+    return std::nullopt;
+  }
+  unpadded.token_source = row.problem.padded_tokens();
+  return unpadded;
+}
 
 std::set<std::int64_t> parse_row_list(const std::string& text) {
   std::set<std::int64_t> rows;
@@ -414,8 +437,8 @@ int run_suite(const RunOptions& options) {
       if (v) {
         try {
           row.problem.validate();
-          const kernels::Support s = v->supports(row.problem, row.dtype, row.pass);
-          if (!s.ok) status = "unsupported: " + s.reason;
+          kernels::Support s;
+          if (!row_as_run(row, *v, s)) status = "unsupported: " + s.reason;
         } catch (const InvalidProblem& e) {
           status = std::string("error: ") + e.what();
         }

@@ -54,12 +54,20 @@ enum Field : int {
   kModelDim,
   kDropout,
   kDropoutSeed,
+  kKeyPadding,
+  kPaddedFraction,
+  kValidLengths,
+  kPaddingSeed,
   kFieldCount
 };
 
 // What a key holds: its TOML type and the values allowed.
-// `lengths`: a list of sequence lengths (seqlens_q, seqlens_k); `drawn`: the table of drawn lengths (seqlens).
-enum class Kind { text, pass, dtype, distribution, count, flag, window, scale, lengths, drawn, probability, natural };
+// `lengths`: a list of sequence lengths (seqlens_q, seqlens_k, valid_lengths); `drawn`: the table of drawn lengths
+// (seqlens); `padding`: the side of a key-padding mask; `fraction`: a number of [0, 1]; `probability`: a number
+// of [0, 1); `seed`: an integer >= 0.
+enum class Kind {
+  text, pass, dtype, distribution, count, flag, window, scale, lengths, drawn, padding, fraction, probability, seed
+};
 
 struct FieldSpec {
   std::string_view name;
@@ -88,7 +96,11 @@ constexpr std::array<FieldSpec, kFieldCount> kFields = {{
     {"tokens", Kind::count},
     {"model_dim", Kind::count},
     {"dropout", Kind::probability},
-    {"dropout_seed", Kind::natural},
+    {"dropout_seed", Kind::seed},
+    {"key_padding", Kind::padding},
+    {"padded_fraction", Kind::fraction},
+    {"valid_lengths", Kind::lengths},
+    {"padding_seed", Kind::seed},
 }};
 
 // The suite's dtypes. fp64 rows run on the CPU variants (the GPU variants report them unsupported); their check
@@ -208,6 +220,29 @@ std::int64_t draw_length(std::mt19937_64& engine, const LengthDraw& d) {
   const std::int64_t lo = std::max(low, std::int64_t{1} << e);
   const std::int64_t hi = std::min(d.max, static_cast<std::int64_t>((std::uint64_t{2} << e) - 1));
   return lo + static_cast<std::int64_t>(uniform_below(engine, static_cast<std::uint64_t>(hi - lo) + 1));
+}
+
+// Valid lengths of a batch of `batch` entries of `seqlen` tokens of which round(fraction B N) are padding, drawn with
+// `seed`: the entries in a random order (Fisher-Yates), each taking a uniform share of the padding left, between what
+// the entries after it cannot hold and what it can (at most N); the last takes the rest. Every entry may be anything
+// from unpadded to empty, and the padded tokens add up exactly. Integer draws from std::mt19937_64 only (above).
+std::vector<std::int64_t> draw_valid_lengths(std::int64_t batch, std::int64_t seqlen, double fraction,
+                                             std::uint64_t seed) {
+  std::mt19937_64 engine(seed);
+  std::vector<std::int64_t> order(static_cast<std::size_t>(std::max<std::int64_t>(batch, 0)));
+  for (std::size_t b = 0; b < order.size(); ++b) order[b] = static_cast<std::int64_t>(b);
+  for (std::size_t b = order.size(); b > 1; --b) std::swap(order[b - 1], order[uniform_below(engine, b)]);
+  std::int64_t left = std::llround(fraction * static_cast<double>(batch) * static_cast<double>(seqlen));
+  std::vector<std::int64_t> valid(order.size(), seqlen);
+  for (std::size_t r = 0; r < order.size(); ++r) {
+    const auto after = static_cast<std::int64_t>(order.size() - r - 1);
+    const std::int64_t lo = std::max<std::int64_t>(0, left - after * seqlen), hi = std::min(seqlen, left);
+    const std::int64_t padded =
+        lo + static_cast<std::int64_t>(uniform_below(engine, static_cast<std::uint64_t>(hi - lo) + 1));
+    valid[static_cast<std::size_t>(order[r])] = seqlen - padded;
+    left -= padded;
+  }
+  return valid;
 }
 
 class Parser {
@@ -429,14 +464,36 @@ class Parser {
         if (!(p < 1)) fail(path, fmt::format("is {}, must be in [0, 1) (the probability of dropping a weight)", p), &node);
         return p;
       }
-      case Kind::natural: return integer(path, node, 0);
       case Kind::lengths: return length_list(path, node);
       case Kind::drawn: return drawn_lengths(path, node);
+      case Kind::padding: return padding_side(path, node);
+      case Kind::fraction: {
+        const double value = number(path, node, false);
+        if (value > 1) {
+          fail(path, fmt::format("is {}, must be in [0, 1] (the share of the batch's tokens padded)", value), &node);
+        }
+        return value;
+      }
+      case Kind::seed: return integer(path, node, 0);
     }
     fail(path, "unhandled kind");
   }
 
-  // seqlens_q, seqlens_k: one varlen batch, a length >= 0 per sequence.
+  // key_padding: "right" or "left", the sides whose valid tokens are one interval of each batch entry (what the
+  // problem's mask rule and the varlen form of the fused kernels take).
+  std::string padding_side(const std::string& path, const toml::node& node) const {
+    const std::string value = text(path, node, true);
+    if (value != "right" && value != "left") {
+      fail(path,
+           fmt::format("is \"{}\", must be \"right\" or \"left\" (a key-padding mask whose valid keys are one interval "
+                       "per batch entry; other masks are not supported)",
+                       value),
+           &node);
+    }
+    return value;
+  }
+
+  // seqlens_q, seqlens_k, valid_lengths: one batch, a length >= 0 per sequence.
   Lengths length_list(const std::string& path, const toml::node& node) const {
     const toml::array* list = node.as_array();
     if (list == nullptr) {
@@ -646,6 +703,7 @@ class Parser {
         }
       }
     }
+    check_key_padding(fields);
     if (!fields[kVariant].set()) fail("variant", "missing: every row needs a variant (in [fixed] or [axes])");
     if (fields[kSeqlenQ].set() != fields[kSeqlenK].set()) {
       const Field given = fields[kSeqlenQ].set() ? kSeqlenQ : kSeqlenK;
@@ -674,6 +732,53 @@ class Parser {
     };
     divides(kTokens, fields[kSeqlen].set() ? kSeqlen : kSeqlenQ, 1);
     divides(kModelDim, kHeadDim, Problem{}.head_dim);
+  }
+
+  // key_padding and the keys that give its lengths: padded_fraction (with padding_seed) or valid_lengths.
+  void check_key_padding(const std::array<Values, kFieldCount>& fields) const {
+    auto exclusive = [&](Field a, Field b, std::string_view why) {
+      if (fields[a].set() && fields[b].set()) {
+        fail(fields[a].path, fmt::format("cannot be set together with '{}' ({})", fields[b].path, why), fields[a].node);
+      }
+    };
+    for (const Field needs : {kPaddedFraction, kValidLengths, kPaddingSeed}) {
+      if (fields[needs].set() && !fields[kKeyPadding].set()) {
+        fail(fields[needs].path, "needs key_padding (\"right\" or \"left\")", fields[needs].node);
+      }
+    }
+    if (!fields[kKeyPadding].set()) return;
+    const Values& padding = fields[kKeyPadding];
+    exclusive(kPaddedFraction, kValidLengths, "the valid lengths are drawn or listed, not both");
+    if (!fields[kPaddedFraction].set() && !fields[kValidLengths].set()) {
+      fail(padding.path, "needs padded_fraction (lengths drawn with padding_seed) or valid_lengths (listed)",
+           padding.node);
+    }
+    if (fields[kPaddingSeed].set() && !fields[kPaddedFraction].set()) {
+      fail(fields[kPaddingSeed].path, "needs padded_fraction (the seed draws the valid lengths it implies)",
+           fields[kPaddingSeed].node);
+    }
+    for (const Field varlen : {kSeqlensQ, kSeqlensK, kSeqlens}) {
+      exclusive(kKeyPadding, varlen, "a varlen batch is already unpadded");
+    }
+    for (const Field lengths : {kSeqlenQ, kSeqlenK}) {
+      exclusive(kKeyPadding, lengths, "the queries are padded with the keys, as in self-attention: set seqlen");
+    }
+    exclusive(kValidLengths, kBatch, "the batch size is the number of valid lengths");
+    exclusive(kValidLengths, kTokens, "the batch size is the number of valid lengths");
+    if (!fields[kValidLengths].set() || !fields[kSeqlen].set()) return;
+    for (std::size_t i = 0; i < fields[kValidLengths].values.size(); ++i) {
+      for (const Value& n : fields[kSeqlen].values) {
+        const std::int64_t seqlen = std::get<std::int64_t>(n);
+        for (const std::int64_t valid : std::get<Lengths>(fields[kValidLengths].values[i]).lengths) {
+          if (valid <= seqlen) continue;
+          const Values& v = fields[kValidLengths];
+          fail(v.axis ? fmt::format("{}[{}]", v.path, i) : v.path,
+               fmt::format("holds {}, more than seqlen = {} (a batch entry has at most seqlen valid tokens)", valid,
+                           seqlen),
+               v.node);
+        }
+      }
+    }
   }
 
   // ---- expansion
@@ -857,6 +962,16 @@ class Parser {
     if (has(kSoftmaxScale)) p.softmax_scale = get(kSoftmaxScale, 0.0);
     p.dropout.p = get(kDropout, 0.0);
     p.dropout.seed = static_cast<std::uint64_t>(get(kDropoutSeed, std::int64_t{0}));
+    if (has(kKeyPadding)) {
+      p.key_padding = get(kKeyPadding, std::string()) == "left" ? KeyPadding::left : KeyPadding::right;
+      if (has(kValidLengths)) {
+        p.valid_lengths = get(kValidLengths, Lengths{}).lengths;
+        p.batch = static_cast<std::int64_t>(p.valid_lengths.size());
+      } else {
+        p.valid_lengths = draw_valid_lengths(p.batch, p.seqlen_k, get(kPaddedFraction, 0.0),
+                                             static_cast<std::uint64_t>(get(kPaddingSeed, std::int64_t{0})));
+      }
+    }
     return row;
   }
 
@@ -892,6 +1007,7 @@ std::string RowSpec::key() const {
   if (p.is_varlen()) {
     key += fmt::format("|cu_q={}|cu_k={}", fmt::join(p.cu_seqlens_q, ","), fmt::join(p.cu_seqlens_k, ","));
   }
+  if (p.is_padded()) key += fmt::format("|pad={}:{}", name(p.key_padding), fmt::join(p.valid_lengths, ","));
   return key;
 }
 
@@ -972,10 +1088,15 @@ std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::st
       }
       const bool wanted = value == "true" || value == "1";
       tests.emplace_back([wanted](const RowSpec& r) { return r.problem.causal == wanted; });
+    } else if (key == "key_padding") {
+      if (value != "none" && value != "right" && value != "left") {
+        throw bad(fmt::format("'{}' is not none, right or left", value));
+      }
+      tests.emplace_back([value](const RowSpec& r) { return name(r.problem.key_padding) == value; });
     } else {
       throw bad(
           "unknown (expected variant, pass, dtype, distribution, batch, heads, heads_kv, seqlen, seqlen_q, "
-          "seqlen_k, head_dim, causal)");
+          "seqlen_k, head_dim, causal, key_padding)");
     }
   }
   std::vector<RowSpec> kept;

@@ -37,10 +37,15 @@ Problem group_of(const Problem& p, std::int64_t nq, std::int64_t nk) {
   return sub;
 }
 
-// Group b's problem (sequence b).
+// Group b's problem (sequence b, with its key padding).
 Problem group_problem(const Problem& p, std::int64_t b) {
   const Sequence s = p.sequence(b);
-  return group_of(p, s.seqlen_q, s.seqlen_k);
+  Problem sub = group_of(p, s.seqlen_q, s.seqlen_k);
+  if (p.is_padded()) {
+    sub.key_padding = p.key_padding;
+    sub.valid_lengths = {p.valid_lengths[static_cast<std::size_t>(b)]};
+  }
+  return sub;
 }
 
 // Cost of verifying every entry of a problem, in flop-equivalents: the fp64 reference, the fp32 upcast and the
@@ -60,7 +65,8 @@ double verification_flops(const Problem& p, Pass pass) {
   return 4 * attention_flops(p, backward ? Pass::fwdbwd : Pass::fwd) + kEntryFlops * entries;
 }
 
-// Inputs of group (b, g) as the full problem's generator gives them (global linear indices, the tensors' layouts);
+// Inputs of group (b, g) as the full problem's generator gives them (global linear indices, the tensors' layouts,
+// the token remap of an unpadded row);
 // dO only when there is a backward pass. `query_rows`, when given, limits Q to those rows (the others stay 0): a
 // forward check reads no other query row.
 reference::GroupInputs group_inputs(const Problem& p, const Group& grp, const InputSpec& in, Pass pass,
@@ -77,8 +83,9 @@ reference::GroupInputs group_inputs(const Problem& p, const Group& grp, const In
   g.v.resize(static_cast<std::size_t>(s.seqlen_k * dv));
   auto value = [&](TensorId t, const Shape<4>& shape, std::int64_t token, std::int64_t head, std::int64_t c) {
     const std::int64_t linear = ((s.slot * shape[1] + token) * shape[2] + head) * shape[3] + c;
+    const InputLayout layout{shape[2], shape[3], in.token_source.empty() ? nullptr : in.token_source.data()};
     return input_value(in.seed, static_cast<std::uint32_t>(t), static_cast<std::uint64_t>(linear), in.distribution,
-                       in.dtype, InputLayout{shape[2], shape[3]});
+                       in.dtype, layout);
   };
   const std::int64_t nq = query_rows ? static_cast<std::int64_t>(query_rows->size()) : s.seqlen_q;
   auto query_row = [&](std::int64_t r) { return query_rows ? (*query_rows)[static_cast<std::size_t>(r)] : r; };

@@ -65,7 +65,8 @@ const ForwardTile& tile_of(const Problem& p, const LaunchOptions& options) {
     throw Unsupported("flash3: no forward tile with br = " + std::to_string(options.block_m) + ", bc = " +
                       std::to_string(options.block_n) + ", stages = " +
                       std::to_string(options.stages) + " at head_dim " + std::to_string(p.head_dim) +
-                      " (compiled, rows x keys / stages: " + tiles_of(p.head_dim) + ")");
+                      " (compiled, rows x keys / stages: " + tiles_of(p.head_dim) +
+                      (kTileSweep ? ")" : "; the tile sweep's tiles need a build with -DFLASHLAB_TILE_SWEEP=ON)"));
   }
   return *tile;
 }
@@ -96,14 +97,25 @@ std::vector<KernelInfo> kernels() {
 #endif
 }
 
-// FlashAttention's bytes model with flash3's 128 query rows per CTA: K and V are streamed once per query block.
+// The tile the models describe: the launch's, or for a tile this build lacks (refused at launch, where the row
+// becomes `unsupported`) the one the options name, the default's sizes filling what they leave open.
+ForwardTile model_tile(const Problem& p, const LaunchOptions& options) {
+  if (const ForwardTile* tile = find_tile(p.head_dim, options.block_m, options.block_n, options.stages)) return *tile;
+  const ForwardTile* fallback = find_tile(p.head_dim, 0, 0, 0);
+  ForwardTile t = fallback != nullptr ? *fallback : ForwardTile{static_cast<int>(p.head_dim), 128, 128, 2};
+  if (options.block_m > 0) t.block_m = options.block_m;
+  if (options.block_n > 0) t.block_n = options.block_n;
+  return t;
+}
+
+// FlashAttention's bytes model with the tile's query rows per CTA: K and V are streamed once per query block.
 double bytes_model(const Problem& p, DType dtype, Pass pass, const LaunchOptions& options) {
-  return flash_bytes(p, dtype, pass, tile_of(p, options).block_m);
+  return flash_bytes(p, dtype, pass, model_tile(p, options).block_m);
 }
 
 // Where flash3 rounds (reference/NUMERICS.md): flash2's forward on other instructions (wgmma; P from registers).
 numerics::DataPath data_path(const Problem& p, DType dtype, const AttentionParams& params) {
-  return online_softmax_forward_path(dtype, tile_of(p, params.options).block_n, "wgmma");
+  return online_softmax_forward_path(dtype, model_tile(p, params.options).block_n, "wgmma");
 }
 
 }  // namespace

@@ -88,6 +88,7 @@ struct ForwardArgs {
   float scale_log2;
   int m_blocks;  // query blocks of the longest sequence; a work tile is (query block, head, batch entry)
   int batch;
+  int group_pairs;  // persistent: (batch entry, head) pairs per group of the walk (K and V of a group fit in L2)
 };
 
 // Shared memory of one CTA; every tile is in 64-column chunks of 128-byte rows (the TMA box of the 128-byte swizzle),
@@ -191,9 +192,12 @@ __device__ inline Tile tile_of(const ForwardArgs& args, int m_block, int head, i
 __device__ inline int own_m_block() { return static_cast<int>(gridDim.x - 1 - blockIdx.x); }
 
 // The work tiles of a CTA: its own (own_m_block, blockIdx.y, .z) without kPersistent; with it, tiles blockIdx.x,
-// + gridDim.x, ... of all of them, numbered with the query block fastest and descending within each (head, batch
-// entry): the longest causal tiles of a head come first, and the CTAs running at once share a few heads' K and V in
-// L2.
+// + gridDim.x, ... of all of them. The (batch entry, head) pairs are taken in groups of args.group_pairs whose K and
+// V fit in L2; within a group the query block is slowest, longest first, and the pair fastest. So every round of
+// gridDim.x tiles has blocks of about one length (each CTA's tiles sweep the lengths from longest to shortest: the
+// causal work is balanced), and the CTAs running at once read the K and V of one group. (The query block fastest
+// instead put a CTA's tiles in a narrow band of lengths whenever gridDim.x is close to a multiple of the query
+// blocks: 3x more work on some CTAs than others at N = 16384, 132 SMs.)
 template <bool kPersistent>
 struct TileWalk {
   int next;
@@ -206,9 +210,13 @@ struct TileWalk {
   __device__ Tile take(const ForwardArgs& args) {
     int m_block, head, batch;
     if constexpr (kPersistent) {
-      m_block = args.m_blocks - 1 - next % args.m_blocks;
-      head = next / args.m_blocks % args.heads;
-      batch = next / (args.m_blocks * args.heads);
+      const int group_tiles = args.group_pairs * args.m_blocks;  // the last group may have fewer pairs
+      const int first_pair = next / group_tiles * args.group_pairs, within = next % group_tiles;
+      const int pairs_here = min(args.group_pairs, args.heads * args.batch - first_pair);
+      const int pair = first_pair + within % pairs_here;
+      m_block = args.m_blocks - 1 - within / pairs_here;
+      head = pair % args.heads;
+      batch = pair / args.heads;
       next += static_cast<int>(gridDim.x);
     } else {
       m_block = own_m_block();
@@ -633,6 +641,10 @@ void launch(const AttentionParams& params, void* stream) {
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
   args.m_blocks = static_cast<int>(m_blocks);
   args.batch = static_cast<int>(p.batch);
+  // half of L2 for the K and V of a group's pairs (per query head: GQA's shared K and V count once per head)
+  const std::int64_t kv_bytes = std::max<std::int64_t>(p.seqlen_k * (p.head_dim + p.dv()) * 2, 1);
+  args.group_pairs = static_cast<int>(std::clamp<std::int64_t>(
+      device_attribute<cudaDevAttrL2CacheSize>() / 2 / kv_bytes, 1, p.heads * p.batch));
 
   auto* kernel = forward_kernel<T, kBlockM, kHeadDim, kBlockN, kStages, kPingpong, kPersistent>;
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSharedBytes));

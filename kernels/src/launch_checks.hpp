@@ -18,9 +18,14 @@ constexpr std::int64_t kMaxGridYZ = 65535;
 
 namespace detail {
 
-// The support rules the fused kernels share, after their dtype and head-dim rules: head_dim_v == head_dim, lengths
+// The support rules the fused kernels share, after their dtype and head-dim rules: no key padding (they run its
+// unpadded varlen form), head_dim_v == head_dim, lengths
 // below kMaxLength, heads and batch entries at most kMaxGridYZ. Support::no names `variant` and the rule.
 inline Support fused_kernel_limits(const std::string& variant, const Problem& p) {
+  if (p.is_padded()) {
+    return Support::no(variant + " takes key padding as its unpadded varlen form (Problem::unpadded, as "
+                                 "FlashAttention's unpad_input), not as a padded batch");
+  }
   if (p.dv() != p.head_dim) {
     return Support::no(variant + " needs head_dim_v == head_dim (head_dim_v = " + std::to_string(p.dv()) +
                        ", head_dim = " + std::to_string(p.head_dim) + ")");
@@ -55,8 +60,8 @@ inline void check_tensor(const char* variant, const void* data, const Strides& s
 }
 
 // Everything a launch of `pass` checks before it allocates or launches: the problem is valid, the variant's
-// `supports` accepts it, Q, K, V, O (and for bwd and fwdbwd dO, dQ, dK, dV) pass check_tensor, LSE is given, and a
-// varlen problem has its offsets.
+// `supports` accepts it, Q, K, V, O (and for bwd and fwdbwd dO, dQ, dK, dV) pass check_tensor, LSE is given, a
+// varlen problem has its offsets and a key-padding problem its valid lengths.
 inline void check_launch(const char* variant, const AttentionParams& params, Pass pass,
                          Support (*supports)(const Problem&, DType, Pass)) {
   const Problem& p = params.problem;
@@ -78,6 +83,10 @@ inline void check_launch(const char* variant, const AttentionParams& params, Pas
   if (p.is_varlen()) {
     require(params.cu_seqlens_q != nullptr && params.cu_seqlens_k != nullptr, variant, "cu_seqlens_q",
             "and cu_seqlens_k must be device arrays for a varlen problem");
+  }
+  if (p.is_padded()) {
+    require(params.valid_lengths != nullptr, variant, "valid_lengths",
+            "must be a device array for a key-padding problem");
   }
 }
 

@@ -16,6 +16,8 @@
 // For GQA (H > H_kv) in fp16/bf16 the sums over a group's query heads accumulate in fp32 buffers (beta = 1)
 // and are rounded to dtype once; fp32 runs accumulate in dK/dV directly.
 //
+// Key padding runs dense, as eager frameworks run a padded batch: the GEMMs compute every score, the row kernels
+// mask the padded keys and keep nothing in a padded query row (core's mask rule, key_range below).
 // A fully masked row gives P = 0, LSE = -inf, O = 0 and zero gradients; an empty sequence (N_k = 0) writes
 // O = 0, LSE = -inf and dQ = 0, one with N_q = 0 writes dK = dV = 0.
 //
@@ -203,12 +205,25 @@ struct Rows {
   std::int64_t window_right;
   float* lse;
   std::int64_t lse_stride;
+  // key padding (dense batches): valid tokens of each batch entry, null without padding; entry of row r:
+  // slot + r / (heads N_q)
+  const std::int32_t* valid_lengths;
+  bool left_padding;
+  std::int64_t heads;
+  std::int64_t slot;
 };
 
-// Keys [lo, hi] that query i keeps: core's mask rule (core/mask.hpp), as Problem::key_range computes it.
-__device__ inline void key_range(const Rows& rows, std::int64_t i, std::int64_t& lo, std::int64_t& hi) {
-  const KeptKeys<std::int64_t> kept =
-      kept_keys<std::int64_t>(rows.window_left, rows.window_right, i, rows.seqlen_q, rows.seqlen_k);
+// Keys [lo, hi] that query i of score row `row` keeps: core's mask rule (core/mask.hpp) with the row's key padding,
+// as Problem::key_range computes it. A padded row keeps none (empty: the fully masked row's path).
+__device__ inline void key_range(const Rows& rows, std::int64_t row, std::int64_t i, std::int64_t& lo,
+                                 std::int64_t& hi) {
+  PaddedTokens<std::int64_t> pad{0, 0};
+  if (rows.valid_lengths != nullptr) {
+    const std::int64_t b = rows.slot + row / (rows.heads * rows.seqlen_q);
+    pad = padded_tokens<std::int64_t>(rows.left_padding, rows.seqlen_k, rows.valid_lengths[b]);
+  }
+  const KeptKeys<std::int64_t> kept = kept_keys_padded<std::int64_t>(rows.window_left, rows.window_right, i,
+                                                                     rows.seqlen_q, rows.seqlen_k, pad.front, pad.back);
   lo = kept.lo;
   hi = kept.hi;
 }
@@ -240,7 +255,7 @@ __global__ void __launch_bounds__(kThreadsPerRow* kRowsPerBlock<kThreadsPerRow>)
     // prologue: load the row, mask it
     const std::int64_t i = row % rows.seqlen_q;
     std::int64_t lo, hi;
-    key_range(rows, i, lo, hi);
+    key_range(rows, row, i, lo, hi);
     T* row_ptr = scores + row * rows.ld;
     float x[kVecs][kElems];
 #pragma unroll
@@ -313,7 +328,7 @@ __global__ void __launch_bounds__(kThreads) softmax_forward_long_kernel(T* __res
   for (std::int64_t row = blockIdx.x; row < rows.count; row += gridDim.x) {
     const std::int64_t i = row % rows.seqlen_q;
     std::int64_t lo, hi;
-    key_range(rows, i, lo, hi);
+    key_range(rows, row, i, lo, hi);
     T* row_ptr = scores + row * rows.ld;
     // main loop: running maximum m_i and l_i = sum exp(x - m_i) of this thread's columns
     float m_i = kNegInf;
@@ -430,7 +445,7 @@ __global__ void __launch_bounds__(kThreadsPerRow* kRowsPerBlock<kThreadsPerRow>)
     }
     const float d_row = row_reduce<kThreadsPerRow>(dot, scratch, SumOp{});
     std::int64_t lo, hi;
-    key_range(rows, i, lo, hi);
+    key_range(rows, row, i, lo, hi);
     const float lse_log2 = lse * kLog2e;
     // main loop: kBackwardUnroll vectors of S and dP loaded (kept packed) before any is used
     for (std::int64_t base = std::int64_t{lane} * kElems; base < rows.seqlen_k; base += kBackwardUnroll * kStride) {
@@ -828,6 +843,10 @@ Rows rows_of(const AttentionParams& params, const Segment& seg) {
   // LSE is [B, H, N_q] (dense: row r at r) or [H, total_q] (varlen: head h of the sequence at h total_q + q0)
   rows.lse = params.lse + seg.q_token;
   rows.lse_stride = p.is_varlen() ? p.total_q() : p.seqlen_q;
+  rows.valid_lengths = p.is_padded() ? params.valid_lengths : nullptr;
+  rows.left_padding = p.key_padding == KeyPadding::left;
+  rows.heads = p.heads;
+  rows.slot = seg.slot;
   return rows;
 }
 
@@ -1092,7 +1111,7 @@ Variant standard_variant() {
   v.materializes = true;
   v.supported =
       "fp32, fp16, bf16; head_dim and head_dim_v multiples of 8; causal, sliding window, GQA/MQA, varlen, "
-      "N_q != N_k; fwd, bwd";
+      "key padding (dense, masked), N_q != N_k; fwd, bwd";
   v.supports = supports;
   v.workspace_model = workspace_bytes;
   v.forward = forward;

@@ -125,13 +125,17 @@ BackwardPlan plan_backward(const Problem& p, std::int64_t row_block, int workers
 }
 
 // The key columns [c0, c0 + width) any row of the block [i0, i0 + rows) may see: key_range's bounds are
-// non-decreasing in i, so the first row gives the lowest and the last row the highest.
+// non-decreasing in i over the valid rows (padded rows keep nothing), so the block's first valid row gives the lowest
+// and its last valid row the highest.
 struct Columns {
   std::int64_t c0, width;
 };
 Columns block_columns(const Problem& p, const Sequence& s, std::int64_t i0, std::int64_t rows) {
-  const std::int64_t c0 = p.key_range(i0, s.seqlen_q, s.seqlen_k).lo;
-  const std::int64_t c1 = p.key_range(i0 + rows - 1, s.seqlen_q, s.seqlen_k).hi + 1;
+  const std::int64_t first = std::max(i0, s.pad_front);
+  const std::int64_t last = std::min(i0 + rows, s.seqlen_q - s.pad_back) - 1;
+  if (first > last) return {0, 0};
+  const std::int64_t c0 = p.key_range(s, first).lo;
+  const std::int64_t c1 = p.key_range(s, last).hi + 1;
   return {c0, std::max<std::int64_t>(0, c1 - c0)};
 }
 
@@ -165,7 +169,7 @@ void masked_scores(const Problem& p, const Sequence& s, std::int64_t i0, std::in
   const Scalar minus_inf = -std::numeric_limits<Scalar>::infinity();
   const std::int64_t width = scores.cols();
   for (std::int64_t r = 0; r < scores.rows(); ++r) {
-    const KeyRange keys = p.key_range(i0 + r, s.seqlen_q, s.seqlen_k);
+    const KeyRange keys = p.key_range(s, i0 + r);
     std::int64_t keep_begin = 0, keep_end = 0;  // kept columns [keep_begin, keep_end) of this row
     if (!keys.empty()) {
       keep_begin = std::clamp<std::int64_t>(keys.lo - c0, 0, width);

@@ -101,8 +101,8 @@ struct Blocks {
   [[nodiscard]] std::int64_t rows(std::int64_t block) const { return std::min(size, n - block * size); }
 };
 
-// The mask of one query row: kept keys [lo, hi].
-KeyRange keys_of(const Problem& p, std::int64_t i) { return p.key_range(i, p.seqlen_q, p.seqlen_k); }
+// The mask of one query row: kept keys [lo, hi] (the group is one sequence, with its key padding if any).
+KeyRange keys_of(const Problem& p, std::int64_t i) { return p.key_range(p.sequence(0), i); }
 
 // Dropout's factor of weight (i, j) of head h of the group (batch 1: subsequence h, the group's offset): 0 dropped,
 // 1 / (1 - p) kept, 1 without dropout.
@@ -127,7 +127,7 @@ class DropFactor {
   double kept_;
 };
 
-// The masks keep a band whose ends move monotonically with the query row, so the work of a block of rows (or keys)
+// The masks keep a band whose ends move monotonically with the query row (padded rows keep nothing), so the work of a block of rows (or keys)
 // is confined to a span: the keys that rows which[first .. first + count) see, or the query rows that see a key of
 // [lo, hi]. Entries inside a span that the mask drops are still tested one by one; the spans only skip the columns
 // (rows) that no entry of the block keeps. An empty span (lo > hi) when nothing is kept.

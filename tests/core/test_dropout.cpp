@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <set>
+#include <string>
 
 #include "catch.hpp"
 #include "flashlab/core/dropout.hpp"
@@ -97,6 +98,23 @@ TEST_CASE("Problem validates dropout p: 0 <= p < 1", "[core][dropout]") {
   p.dropout = {0.1, 7, 8};
   CHECK_NOTHROW(p.validate());
   CHECK(p.describe().find("dropout=0.1 seed=7 offset=8") != std::string::npos);
+}
+
+TEST_CASE("Problem refuses dropout under key padding, naming both", "[core][dropout]") {
+  Problem p;
+  p.batch = 2;
+  p.seqlen_q = p.seqlen_k = 16;
+  p.key_padding = KeyPadding::left;
+  p.valid_lengths = {16, 9};
+  CHECK_NOTHROW(p.validate());
+  p.dropout = {0.1, 7, 0};
+  try {
+    p.validate();
+    FAIL("dropout under key padding was accepted");
+  } catch (const InvalidProblem& e) {
+    CHECK(std::string(e.what()).find("dropout") != std::string::npos);
+    CHECK(std::string(e.what()).find("key padding") != std::string::npos);
+  }
 }
 
 }  // namespace

@@ -172,4 +172,20 @@ TEST_CASE("pass names parse back, unknown names list the allowed set", "[flops]"
   for (const char* allowed : {"fwd", "bwd", "fwdbwd"}) CHECK(message.find(allowed) != std::string::npos);
 }
 
+TEST_CASE("key padding counts the valid tokens, as the unpadded varlen form does", "[flops][padding]") {
+  for (const bool causal : {false, true}) {
+    for (const KeyPadding side : {KeyPadding::right, KeyPadding::left}) {
+      Problem p = make(3, 4, 97, 97, 64);
+      p.causal = causal;
+      p.key_padding = side;
+      p.valid_lengths = {97, 0, 40};
+      INFO(p.describe());
+      const double valid_pairs = causal ? (97.0 * 97 + 40.0 * 40) / 2 : 97.0 * 97 + 40.0 * 40;
+      CHECK(convention_pairs(p) == valid_pairs);
+      CHECK(attention_flops(p, Pass::fwdbwd) == attention_flops(p.unpadded(), Pass::fwdbwd));
+      CHECK(attention_flops(p, Pass::fwd) == 4.0 * 4 * valid_pairs * 64);
+    }
+  }
+}
+
 }  // namespace flashlab

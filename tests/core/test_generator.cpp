@@ -672,4 +672,65 @@ TEST_CASE("fill of a structured distribution decodes the logical shape, not the 
   }
 }
 
+TEST_CASE("unpadded inputs hold the padded inputs' valid tokens bit for bit", "[generator][padding]") {
+  // A key-padding problem and its unpadded varlen form: fill() of the unpadded tensors with the token remap must give
+  // each packed token exactly the values of its token in the padded tensors, for every tensor and distribution (the
+  // structured ones decode the token, so the remap must reach them too).
+  for (const KeyPadding side : {KeyPadding::right, KeyPadding::left}) {
+    Problem p;
+    p.batch = 4;
+    p.heads = 3;
+    p.heads_kv = 1;
+    p.seqlen_q = p.seqlen_k = 37;
+    p.head_dim = 24;
+    p.key_padding = side;
+    p.valid_lengths = {37, 0, 5, 20};
+    const Problem u = p.unpadded();
+    const AttentionShapes padded_shapes = attention_shapes(p), unpadded_shapes = attention_shapes(u);
+    const std::vector<std::int64_t> source = p.padded_tokens();
+    for (const Distribution distribution : kDistributions) {
+      for (const DType dtype : {DType::fp64, DType::bf16}) {
+        const InputSpec padded_spec{7, distribution, dtype};
+        InputSpec unpadded_spec = padded_spec;
+        unpadded_spec.token_source = source;
+        for (const TensorId id : {TensorId::q, TensorId::k, TensorId::v, TensorId::d_out}) {
+          const bool key_side = id == TensorId::k || id == TensorId::v;
+          const Shape<4> shape_p = key_side ? padded_shapes.k : padded_shapes.q;
+          const Shape<4> shape_u = key_side ? unpadded_shapes.k : unpadded_shapes.q;
+          Tensor<double, 4> a(shape_p), b(shape_u);
+          fill(a.view(), id, padded_spec);
+          fill(b.view(), id, unpadded_spec);
+          INFO(name(side) << " " << name(distribution) << " " << name(dtype) << " tensor " << static_cast<int>(id));
+          std::int64_t differ = 0;
+          for (std::int64_t t = 0; t < shape_u[1]; ++t) {
+            const std::int64_t slot = source[static_cast<std::size_t>(t)] / p.seqlen_q;
+            const std::int64_t n = source[static_cast<std::size_t>(t)] % p.seqlen_q;
+            for (std::int64_t h = 0; h < shape_u[2]; ++h) {
+              for (std::int64_t c = 0; c < shape_u[3]; ++c) {
+                differ += std::bit_cast<std::uint64_t>(b(0, t, h, c)) != std::bit_cast<std::uint64_t>(a(slot, n, h, c));
+              }
+            }
+          }
+          CHECK(differ == 0);
+        }
+      }
+    }
+    // the remap itself, element by element: token t of the unpadded tensor is drawn as its source token
+    const InputLayout remapped{3, 24, source.data()};
+    for (std::uint64_t index = 0; index < source.size() * 3 * 24; index += 7) {
+      const std::uint64_t expected = (static_cast<std::uint64_t>(source[index / 72]) * 3 + (index / 24) % 3) * 24 + index % 24;
+      CHECK(source_index(index, remapped) == expected);
+      CHECK(input_value(5, kK, index, Distribution::ramp, DType::fp16, remapped) ==
+            input_value(5, kK, expected, Distribution::ramp, DType::fp16, InputLayout{3, 24}));
+    }
+  }
+}
+
+TEST_CASE("fill refuses a token remap of the wrong length", "[generator][padding]") {
+  Tensor<double, 4> t({1, 5, 2, 8});
+  InputSpec spec{1, Distribution::normal, DType::fp64};
+  spec.token_source = {0, 1, 2};
+  CHECK_THROWS_AS(fill(t.view(), TensorId::q, spec), std::invalid_argument);
+}
+
 }  // namespace flashlab

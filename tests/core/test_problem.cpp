@@ -67,9 +67,12 @@ std::int64_t brute_force_pairs(const Problem& p, const std::vector<std::int64_t>
   return pairs;
 }
 
+// A sequence of lengths (nq, nk) without key padding.
+Sequence unpadded_sequence(std::int64_t nq, std::int64_t nk) { return {0, 0, 0, nq, nk}; }
+
 void check_range(const Problem& p, std::int64_t i, std::int64_t nq, std::int64_t nk, std::int64_t lo, std::int64_t hi) {
   INFO("row " << i << " of Nq=" << nq << " Nk=" << nk << " in " << p.describe());
-  const KeyRange r = p.key_range(i, nq, nk);
+  const KeyRange r = p.key_range(unpadded_sequence(nq, nk), i);
   CHECK(r.lo == lo);
   CHECK(r.hi == hi);
   CHECK(!r.empty());
@@ -78,7 +81,7 @@ void check_range(const Problem& p, std::int64_t i, std::int64_t nq, std::int64_t
 
 void check_empty(const Problem& p, std::int64_t i, std::int64_t nq, std::int64_t nk) {
   INFO("row " << i << " of Nq=" << nq << " Nk=" << nk << " in " << p.describe());
-  const KeyRange r = p.key_range(i, nq, nk);
+  const KeyRange r = p.key_range(unpadded_sequence(nq, nk), i);
   CHECK(r.empty());
   CHECK(r.size() == 0);
 }
@@ -324,7 +327,7 @@ TEST_CASE("key_range under causal masks", "[problem][mask]") {
     Problem w;
     w.window = {-1, 0};
     for (std::int64_t i = 0; i < 7; ++i) {
-      const KeyRange a = p.key_range(i, 7, 4), b = w.key_range(i, 7, 4);
+      const KeyRange a = p.key_range(unpadded_sequence(7, 4), i), b = w.key_range(unpadded_sequence(7, 4), i);
       CHECK(a.size() == b.size());
       if (!a.empty()) {
         CHECK(a.lo == b.lo);
@@ -507,3 +510,150 @@ TEST_CASE("kept_keys is the mask rule key by key, and its tile-index form clamps
     }
   }
 }
+
+namespace flashlab {
+namespace {
+
+// Key padding written out for one batch entry of N tokens with v valid ones: the valid tokens are [f, f + v) with
+// f = 0 (right) or N - v (left); query i keeps key j when both are valid and the unpadded rule of a sequence of
+// length v keeps (i - f, j - f).
+bool kept_with_padding(bool left_side, std::int64_t n, std::int64_t v, std::int64_t i, std::int64_t j, bool causal,
+                       Window window) {
+  const std::int64_t f = left_side ? n - v : 0;
+  if (i < f || i >= f + v || j < f || j >= f + v) return false;
+  return kept(i - f, j - f, v, v, causal, window);
+}
+
+Problem padded(KeyPadding side, std::int64_t n, std::vector<std::int64_t> valid) {
+  Problem p;
+  p.batch = static_cast<std::int64_t>(valid.size());
+  p.heads = 4;
+  p.heads_kv = 2;
+  p.seqlen_q = p.seqlen_k = n;
+  p.head_dim = 32;
+  p.key_padding = side;
+  p.valid_lengths = std::move(valid);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("key_range under key padding keeps exactly the valid pairs of the mask", "[problem][mask][padding]") {
+  struct Mask {
+    bool causal;
+    Window window;
+  };
+  const std::int64_t n = GENERATE(1, 17, 33);
+  for (const KeyPadding side : {KeyPadding::right, KeyPadding::left}) {
+    for (const Mask mask : {Mask{false, {}}, Mask{true, {}}, Mask{false, {3, 2}}, Mask{true, {4, 0}}, Mask{false, {0, 0}}}) {
+      Problem p = padded(side, n, {n, 0, n / 2, 1});
+      p.causal = mask.causal;
+      p.window = mask.window;
+      REQUIRE_NOTHROW(p.validate());
+      for (std::int64_t b = 0; b < p.batch; ++b) {
+        const Sequence s = p.sequence(b);
+        const std::int64_t v = p.valid_lengths[static_cast<std::size_t>(b)];
+        for (std::int64_t i = 0; i < n; ++i) {
+          INFO(p.describe() << " entry " << b << " row " << i);
+          const KeyRange r = p.key_range(s, i);
+          std::int64_t kept_count = 0;
+          for (std::int64_t j = 0; j < n; ++j) {
+            const bool expected = kept_with_padding(side == KeyPadding::left, n, v, i, j, mask.causal, mask.window);
+            CHECK((!r.empty() && r.lo <= j && j <= r.hi) == expected);
+            kept_count += expected ? 1 : 0;
+          }
+          CHECK(r.size() == kept_count);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("kept_keys_padded is kept_keys without padding and stays in the tile-index limits", "[problem][mask][padding]") {
+  for (const std::int64_t n : {1, 5, 9}) {
+    for (const std::int64_t left : {-1, 0, 2}) {
+      for (const std::int64_t right : {-1, 0, 3}) {
+        for (std::int64_t i = 0; i < n; ++i) {
+          const KeptKeys<std::int64_t> a = kept_keys<std::int64_t>(left, right, i, n, n);
+          const KeptKeys<std::int64_t> b = kept_keys_padded<std::int64_t>(left, right, i, n, n, 0, 0);
+          CHECK((a.lo == b.lo && a.hi == b.hi));
+          for (std::int64_t front = 0; front <= n; ++front) {
+            for (std::int64_t back = 0; front + back <= n; ++back) {
+              INFO("N " << n << " window " << left << "," << right << " row " << i << " pad " << front << "," << back);
+              const KeptKeys<std::int64_t> t = kept_keys_padded<std::int64_t, true>(left, right, i, n, n, front, back);
+              CHECK((t.lo >= 0 && t.lo <= n && t.hi >= -1 && t.hi <= n - 1));
+              const bool padded_row = i < front || i >= n - back;
+              if (padded_row) CHECK(t.lo > t.hi);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("validate rejects inconsistent key padding", "[problem][padding]") {
+  SECTION("valid lengths without key padding") {
+    Problem p = padded(KeyPadding::right, 8, {8, 3});
+    p.key_padding = KeyPadding::none;
+    require_invalid(p, "valid_lengths", {"[8, 3]", "without key padding"});
+  }
+  SECTION("one valid length per batch entry") {
+    Problem p = padded(KeyPadding::right, 8, {8, 3});
+    p.batch = 3;
+    require_invalid(p, "valid_lengths.size", {"2", "batch = 3"});
+  }
+  SECTION("a valid length above N") {
+    require_invalid(padded(KeyPadding::left, 8, {8, 9}), "valid_lengths[1]", {"9", "[0, seqlen_k = 8]"});
+    require_invalid(padded(KeyPadding::left, 8, {-1, 2}), "valid_lengths[0]", {"-1", "[0, seqlen_k = 8]"});
+  }
+  SECTION("queries padded with the keys: N_q == N_k") {
+    Problem p = padded(KeyPadding::right, 8, {8, 3});
+    p.seqlen_q = 4;
+    require_invalid(p, "seqlen_k", {"8", "seqlen_q = 4", "self-attention"});
+  }
+  SECTION("not with varlen") {
+    Problem p = Problem::varlen(2, 1, 16, {3, 5}, {3, 5});
+    p.key_padding = KeyPadding::right;
+    p.valid_lengths = {3, 5};
+    require_invalid(p, "key_padding", {"right", "varlen"});
+  }
+}
+
+TEST_CASE("unpadded() and padded_tokens() are unpad_input's varlen form and index map", "[problem][padding]") {
+  for (const KeyPadding side : {KeyPadding::right, KeyPadding::left}) {
+    Problem p = padded(side, 6, {4, 0, 6, 1});
+    p.causal = true;
+    p.window = {2, -1};
+    p.softmax_scale = 0.5;
+    p.head_dim_v = 16;
+    const Problem u = p.unpadded();
+    REQUIRE_NOTHROW(u.validate());
+    CHECK(u.is_varlen());
+    CHECK_FALSE(u.is_padded());
+    CHECK(u.cu_seqlens_q == std::vector<std::int64_t>{0, 4, 4, 10, 11});
+    CHECK(u.cu_seqlens_k == u.cu_seqlens_q);
+    CHECK(u.seqlen_q == 6);
+    CHECK((u.heads == 4 && u.heads_kv == 2 && u.head_dim == 32 && u.dv() == 16));
+    CHECK((u.causal && u.window == p.window && u.scale() == 0.5));
+    const std::vector<std::int64_t> tokens = p.padded_tokens();
+    const std::vector<std::int64_t> expected =
+        side == KeyPadding::right ? std::vector<std::int64_t>{0, 1, 2, 3, 12, 13, 14, 15, 16, 17, 18}
+                                  : std::vector<std::int64_t>{2, 3, 4, 5, 12, 13, 14, 15, 16, 17, 23};
+    CHECK(tokens == expected);
+    // the two forms keep the same pairs, so they count the same flops
+    CHECK(p.unmasked_pairs() == u.unmasked_pairs());
+  }
+  const Problem plain = dense(5, 5);
+  CHECK(plain.unpadded().describe() == plain.describe());
+  CHECK(plain.padded_tokens().size() == 10);
+}
+
+TEST_CASE("describe() names the key padding", "[problem][padding]") {
+  const std::string text = padded(KeyPadding::left, 8, {8, 3}).describe();
+  INFO(text);
+  CHECK(text.find("key_padding=left(valid=8,3)") != std::string::npos);
+  CHECK(name(KeyPadding::right) == "right");
+}
+
+}  // namespace flashlab

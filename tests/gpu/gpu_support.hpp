@@ -129,12 +129,13 @@ struct DeviceTensors {
   Problem problem;
   DType dtype;
   AttentionShapes shapes;
-  DeviceBuffer q, k, v, d_out, o, lse, dq, dk, dv, cu_q, cu_k;
+  DeviceBuffer q, k, v, d_out, o, lse, dq, dk, dv, cu_q, cu_k, valid;
 
   static std::size_t bytes(const Shape<4>& s, DType dtype) {
     return static_cast<std::size_t>(element_count<4>(s)) * size_bytes(dtype);
   }
   static std::size_t cu_bytes(const Problem& p) { return p.is_varlen() ? (p.batch + 1) * sizeof(std::int32_t) : 0; }
+  static std::size_t valid_bytes(const Problem& p) { return p.is_padded() ? p.batch * sizeof(std::int32_t) : 0; }
 
   // Inputs Q, K, V, dO of `distribution`; the layouts come from the [slots, tokens, heads, dim] shapes.
   DeviceTensors(const Problem& p, DType t, std::uint64_t seed, void* stream,
@@ -152,7 +153,8 @@ struct DeviceTensors {
         dk(bytes(shapes.k, t)),
         dv(bytes(shapes.v, t)),
         cu_q(cu_bytes(p)),
-        cu_k(cu_bytes(p)) {
+        cu_k(cu_bytes(p)),
+        valid(valid_bytes(p)) {
     const auto generate = [&](const DeviceBuffer& buffer, const Shape<4>& shape, TensorId id) {
       kernels::generate(buffer.get(), t, element_count<4>(shape), seed, id, distribution,
                         InputLayout{shape[2], shape[3]}, stream);
@@ -167,6 +169,10 @@ struct DeviceTensors {
       const std::vector<std::int32_t> ck(p.cu_seqlens_k.begin(), p.cu_seqlens_k.end());
       CHECK_CUDA(cudaMemcpy(cu_q.get(), cq.data(), cu_q.bytes(), cudaMemcpyHostToDevice));
       CHECK_CUDA(cudaMemcpy(cu_k.get(), ck.data(), cu_k.bytes(), cudaMemcpyHostToDevice));
+    }
+    if (p.is_padded()) {
+      const std::vector<std::int32_t> lengths(p.valid_lengths.begin(), p.valid_lengths.end());
+      CHECK_CUDA(cudaMemcpy(valid.get(), lengths.data(), valid.bytes(), cudaMemcpyHostToDevice));
     }
   }
 
@@ -203,6 +209,7 @@ struct DeviceTensors {
     a.dv_strides = a.v_strides;
     a.cu_seqlens_q = static_cast<const std::int32_t*>(cu_q.get());
     a.cu_seqlens_k = static_cast<const std::int32_t*>(cu_k.get());
+    a.valid_lengths = static_cast<const std::int32_t*>(valid.get());
     return a;
   }
 };
@@ -229,7 +236,7 @@ inline std::int64_t fully_masked_rows(const Problem& p) {
   std::int64_t rows = 0;
   for (std::int64_t b = 0; b < p.batch; ++b) {
     const Sequence s = p.sequence(b);
-    for (std::int64_t i = 0; i < s.seqlen_q; ++i) rows += p.key_range(i, s.seqlen_q, s.seqlen_k).empty();
+    for (std::int64_t i = 0; i < s.seqlen_q; ++i) rows += p.key_range(s, i).empty();
   }
   return rows * p.heads;
 }
@@ -258,6 +265,12 @@ inline Problem causal(Problem p) {
 
 inline Problem windowed(Problem p, std::int64_t left, std::int64_t right) {
   p.window = {left, right};
+  return p;
+}
+
+inline Problem key_padded(Problem p, KeyPadding side, std::vector<std::int64_t> valid_lengths) {
+  p.key_padding = side;
+  p.valid_lengths = std::move(valid_lengths);
   return p;
 }
 

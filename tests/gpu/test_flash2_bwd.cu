@@ -43,7 +43,7 @@ UnseenRows unseen_rows(const Problem& p, const AttentionShapes& shapes) {
     const Sequence s = p.sequence(b);
     std::vector<char> seen(static_cast<std::size_t>(s.seqlen_k), 0);
     for (std::int64_t i = 0; i < s.seqlen_q; ++i) {
-      const KeyRange r = p.key_range(i, s.seqlen_q, s.seqlen_k);
+      const KeyRange r = p.key_range(s, i);
       if (r.empty()) u.queries.push_back(s.slot * shapes.q[1] + s.q_offset + i);
       for (std::int64_t j = r.lo; j <= r.hi; ++j) seen[static_cast<std::size_t>(j)] = 1;
     }

@@ -162,3 +162,42 @@ TEST_CASE("an architecture-specific variant refuses another GPU, naming both", "
     CHECK(what.find(info.name + " (" + std::to_string(major) + "." + std::to_string(minor) + ")") != std::string::npos);
   }
 }
+
+TEST_CASE("kernels::generate draws an unpadded tensor's tokens as the padded tensor's valid tokens",
+          "[gpu][generator][padding]") {
+  using namespace flashlab;
+  // the token remap on the device (a device array of source tokens) gives what fill() gives on the host
+  Problem p;
+  p.batch = 3;
+  p.heads = 3;
+  p.seqlen_q = p.seqlen_k = 97;
+  p.head_dim = 40;
+  p.key_padding = KeyPadding::left;
+  p.valid_lengths = {97, 0, 30};
+  const std::vector<std::int64_t> source = p.padded_tokens();
+  const Shape<4> shape = attention_shapes(p.unpadded()).q;
+  const std::int64_t count = element_count<4>(shape);
+  void* device_source = nullptr;
+  CHECK_CUDA(cudaMalloc(&device_source, source.size() * sizeof(std::int64_t)));
+  CHECK_CUDA(cudaMemcpy(device_source, source.data(), source.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice));
+  for (Distribution distribution : kDistributions) {
+    INFO(name(distribution));
+    InputSpec spec{9, distribution, DType::bf16};
+    spec.token_source = source;
+    Tensor<double, 4> expected(shape);
+    fill(expected.view(), TensorId::k, spec);
+    void* device = nullptr;
+    CHECK_CUDA(cudaMalloc(&device, static_cast<std::size_t>(count) * sizeof(double)));
+    const InputLayout layout{shape[2], shape[3], static_cast<const std::int64_t*>(device_source)};
+    kernels::generate(device, DType::fp64, count, 9, TensorId::k, distribution, layout, nullptr);
+    // fp64 storage of the bf16-rounded values: generate rounds to the dtype it stores, so draw fp64 and round here
+    std::vector<double> got(static_cast<std::size_t>(count));
+    CHECK_CUDA(cudaMemcpy(got.data(), device, got.size() * sizeof(double), cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaFree(device));
+    std::int64_t mismatches = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) mismatches += round_to(got[i], DType::bf16) != expected.values()[i];
+    CHECK(mismatches == 0);
+  }
+  CHECK_CUDA(cudaFree(device_source));
+}
+

@@ -175,6 +175,20 @@ TEST_CASE("standard on stress inputs stays within its bound", "[gpu][standard][n
   }
 }
 
+// Key padding runs dense: every score computed, the padded keys masked and the padded query rows fully masked. The
+// check covers every entry, padded rows and keys included (their reference values are 0 and -inf, exactly).
+TEST_CASE("standard runs key-padded batches dense and masked", "[gpu][standard][padding]") {
+  const std::vector<Case> cases = {
+      {"right padding N=97, empty and full entries",
+       key_padded(dense(4, 4, 2, 97, 97, 64), KeyPadding::right, {97, 0, 40, 1})},
+      {"left padding causal N=97", key_padded(causal(dense(3, 2, 2, 97, 97, 64)), KeyPadding::left, {5, 97, 60})},
+      {"left padding window (8, 0), N=129, long rows", key_padded(windowed(dense(2, 2, 1, 129, 129, 32), 8, 0),
+                                                                   KeyPadding::left, {129, 3})}};
+  for (const Case& c : cases) {
+    for (DType dtype : {DType::fp32, DType::bf16}) check_case(c, dtype);
+  }
+}
+
 TEST_CASE("standard allocates exactly its workspace model", "[gpu][standard]") {
   const kernels::Variant& v = variant("standard");
   std::vector<Problem> problems = {dense(2, 4, 4, 256, 256, 64), dense(3, 8, 2, 100, 37, 128),

@@ -1063,3 +1063,98 @@ TEST_CASE("suite: malformed varlen keys are one line naming the key", "[suite][v
     CHECK(message.find('\n') == std::string::npos);
   }
 }
+
+TEST_CASE("suite: key_padding makes padded rows, valid lengths listed or drawn", "[suite][padding]") {
+  const Suite suite = parse_suite(R"(
+[fixed]
+variant = "cpu-standard"
+heads = 2
+causal = true
+[[sweep]]
+fixed = { seqlen = 17, valid_lengths = [17, 0, 5] }
+axes = { key_padding = ["right", "left"] }
+[[sweep]]
+fixed = { seqlen = 1024, batch = 8, key_padding = "left", padded_fraction = 0.25, padding_seed = 1 }
+[[sweep]]
+fixed = { seqlen = 96, batch = 5, key_padding = "right", padding_seed = 7 }
+axes = { padded_fraction = [0.5, 0.0, 1.0] }
+)",
+                                  "p.toml");
+  REQUIRE(suite.rows.size() == 6);
+  const flashlab::Problem& right = suite.rows[0].problem;
+  CHECK(right.key_padding == flashlab::KeyPadding::right);
+  CHECK(suite.rows[1].problem.key_padding == flashlab::KeyPadding::left);
+  CHECK(right.batch == 3);  // the number of valid lengths
+  CHECK(right.valid_lengths == Lengths{17, 0, 5});
+  CHECK((right.seqlen_q == 17 && right.seqlen_k == 17 && right.causal && right.heads == 2));
+  CHECK_NOTHROW(right.validate());
+  CHECK(suite.rows[0].key().find("|pad=right:17,0,5") != std::string::npos);
+  CHECK(suite.rows[1].key().find("|pad=left:17,0,5") != std::string::npos);
+  // Drawn lengths: expected lists from the independent Python MT19937-64 of the seqlens test and the draw as
+  // experiments/README.md states it (entries in a Fisher-Yates order, each a uniform share of the padding left).
+  CHECK(suite.rows[2].problem.valid_lengths == Lengths{716, 786, 891, 950, 684, 673, 901, 543});
+  CHECK(suite.rows[3].problem.valid_lengths == Lengths{22, 51, 25, 77, 65});
+  CHECK(suite.rows[4].problem.valid_lengths == Lengths{96, 96, 96, 96, 96});
+  CHECK(suite.rows[5].problem.valid_lengths == Lengths{0, 0, 0, 0, 0});
+  for (const RowSpec& row : suite.rows) CHECK_NOTHROW(row.problem.validate());
+
+  // every seed: the padded tokens add up to round(fraction B N) exactly, each entry within [0, N]
+  for (int seed = 0; seed < 30; ++seed) {
+    const Suite drawn = parse_suite(
+        fmt::format("[fixed]\nvariant = \"v\"\nseqlen = 129\nbatch = 7\nkey_padding = \"right\"\n"
+                    "padded_fraction = 0.37\npadding_seed = {}\n",
+                    seed),
+        "d.toml");
+    const Lengths valid = drawn.rows[0].problem.valid_lengths;
+    std::int64_t padded = 0;
+    for (const std::int64_t v : valid) {
+      CHECK((v >= 0 && v <= 129));
+      padded += 129 - v;
+    }
+    CHECK(padded == 334);  // round(0.37 * 7 * 129 = 334.11)
+  }
+  // --filter by side
+  CHECK(filter_rows(suite.rows, "key_padding=left").size() == 2);
+  CHECK(filter_rows(suite.rows, "key_padding=none").empty());
+}
+
+TEST_CASE("suite: malformed key-padding keys are one line naming the key", "[suite][padding]") {
+  const std::string v = "[fixed]\nvariant = \"v\"\nseqlen = 8\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {v + "key_padding = \"random\"\npadded_fraction = 0.5\n",
+       "'fixed.key_padding': is \"random\", must be \"right\" or \"left\" (a key-padding mask whose valid keys are "
+       "one interval per batch entry; other masks are not supported)"},
+      {v + "key_padding = \"right\"\n", "'fixed.key_padding': needs padded_fraction"},
+      {v + "padded_fraction = 0.5\n", "'fixed.padded_fraction': needs key_padding"},
+      {v + "valid_lengths = [8]\n", "'fixed.valid_lengths': needs key_padding"},
+      {v + "padding_seed = 3\n", "'fixed.padding_seed': needs key_padding"},
+      {v + "key_padding = \"left\"\nvalid_lengths = [8]\npadding_seed = 3\n",
+       "'fixed.padding_seed': needs padded_fraction"},
+      {v + "key_padding = \"left\"\nvalid_lengths = [8]\npadded_fraction = 0.5\n",
+       "'fixed.padded_fraction': cannot be set together with 'fixed.valid_lengths'"},
+      {v + "key_padding = \"right\"\npadded_fraction = 1.5\n", "'fixed.padded_fraction': is 1.5, must be in [0, 1]"},
+      {v + "key_padding = \"right\"\npadded_fraction = -0.5\n",
+       "'fixed.padded_fraction': is -0.5, must be finite and >= 0"},
+      {v + "key_padding = \"right\"\npadded_fraction = \"half\"\n", "'fixed.padded_fraction': must be a number"},
+      {v + "key_padding = \"right\"\npadded_fraction = 0.5\npadding_seed = -1\n",
+       "'fixed.padding_seed': is -1, must be >= 0"},
+      {v + "key_padding = \"right\"\nvalid_lengths = [4, 9]\n",
+       "'fixed.valid_lengths': holds 9, more than seqlen = 8"},
+      {v + "key_padding = \"right\"\nvalid_lengths = [4, -1]\n", "'fixed.valid_lengths[1]': is -1, must be >= 0"},
+      {v + "key_padding = \"right\"\nvalid_lengths = [4]\nbatch = 2\n",
+       "'fixed.valid_lengths': cannot be set together with 'fixed.batch'"},
+      {"[fixed]\nvariant = \"v\"\nseqlen_q = 8\nseqlen_k = 8\nkey_padding = \"right\"\npadded_fraction = 0.5\n",
+       "'fixed.key_padding': cannot be set together with 'fixed.seqlen_q' (the queries are padded with the keys"},
+      {"[fixed]\nvariant = \"v\"\nseqlens_q = [8]\nkey_padding = \"right\"\npadded_fraction = 0.5\n",
+       "'fixed.key_padding': cannot be set together with 'fixed.seqlens_q' (a varlen batch is already unpadded)"},
+      {v + "[axes]\nkey_padding = [\"right\"]\nvalid_lengths = [[4], [2, 9]]\n",
+       "'axes.valid_lengths[1]': holds 9, more than seqlen = 8"},
+  };
+  for (const auto& [text, expected] : cases) {
+    INFO(text);
+    const std::string message = error_of(text);
+    INFO(message);
+    CHECK(message.rfind("bad.toml: key " + expected, 0) == 0);
+    CHECK(message.find('\n') == std::string::npos);
+  }
+}

@@ -24,7 +24,7 @@ PY
 for test in "$root"/tests/python/test_*.py; do
   FLASHLAB_TEST_INSTALLED=1 "$work/venv/bin/python" "$test" -v 2>&1 | tee "$work/log"
   # the numpy tests must run here (only the torch / CUDA ones may skip)
-  case "$(basename "$test")" in test_flash_attn.py | test_transformers.py | test_training.py) continue ;; esac  # torch
+  case "$(basename "$test")" in test_flash_attn.py | test_transformers.py | test_training.py) continue ;; esac  # PyTorch, transformers
   if grep -q "skipped" "$work/log"; then
     echo "wheel_test: $(basename "$test") skipped tests against the installed package" >&2
     exit 1

@@ -46,6 +46,16 @@ inline bool kept(const Problem& p, std::int64_t i, std::int64_t j, std::int64_t 
   return true;
 }
 
+// The mask of batch entry b with its key padding written out from the problem's fields: valid tokens [f, f + v),
+// f = 0 (right) or N - v (left), queries and keys alike; inside them the rule above on a sequence of length v.
+inline bool kept(const Problem& p, std::int64_t b, std::int64_t i, std::int64_t j, std::int64_t nq, std::int64_t nk) {
+  if (p.key_padding == KeyPadding::none) return kept(p, i, j, nq, nk);
+  const std::int64_t v = p.valid_lengths[static_cast<std::size_t>(b)];
+  const std::int64_t f = p.key_padding == KeyPadding::left ? nk - v : 0;
+  if (i < f || i >= f + v || j < f || j >= f + v) return false;
+  return kept(p, i - f, j - f, v, v);
+}
+
 // Row-by-row attention in long double with explicit loops: the independent check of the blocked reference. With
 // dropout, each (i, j) asks core's dropout_keep (the mask's one definition) and the kept weights are divided by 1 - p.
 struct Naive {
@@ -64,7 +74,7 @@ inline Naive naive_forward(const Data& data) {
         std::vector<long double> score(static_cast<std::size_t>(s.seqlen_k));
         long double row_max = -std::numeric_limits<long double>::infinity();
         for (std::int64_t j = 0; j < s.seqlen_k; ++j) {
-          if (!kept(p, i, j, s.seqlen_q, s.seqlen_k)) continue;
+          if (!kept(p, b, i, j, s.seqlen_q, s.seqlen_k)) continue;
           long double dot = 0;
           for (std::int64_t c = 0; c < p.head_dim; ++c) {
             dot += static_cast<long double>(data.q(s.slot, s.q_offset + i, h, c)) *
@@ -76,7 +86,7 @@ inline Naive naive_forward(const Data& data) {
         long double sum = 0;
         std::vector<long double> acc(static_cast<std::size_t>(p.dv()), 0.0L);
         for (std::int64_t j = 0; j < s.seqlen_k; ++j) {
-          if (!kept(p, i, j, s.seqlen_q, s.seqlen_k)) continue;
+          if (!kept(p, b, i, j, s.seqlen_q, s.seqlen_k)) continue;
           const long double e = std::exp(score[j] - row_max);
           sum += e;
           long double weight = e;

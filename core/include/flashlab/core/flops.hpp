@@ -3,7 +3,9 @@
 // Convention of the FlashAttention benchmarks: forward = 2 (d + d_v) flops per kept (query, key) pair and
 // head, i.e. 4 B H N_q N_k d when d_v = d; the causal mask (causal, or the window (-1, 0)) with N_q == N_k
 // counts exactly half of N_q N_k, every other mask the exact number of kept pairs. Backward = 2.5 x forward (five matrix
-// products instead of two), forward + backward = 3.5 x forward. Recomputation is not counted.
+// products instead of two), forward + backward = 3.5 x forward. Recomputation is not counted. Under key padding only
+// the valid tokens count (half of v_b^2 per entry for the causal mask): a padded problem and its unpadded varlen form
+// have the same flops, whatever a materializing variant computes and throws away.
 #pragma once
 
 #include <string_view>

@@ -5,7 +5,9 @@
 // The attention inputs are contiguous [.., tokens, heads, dim] (BSHD [B, N, H, d]; varlen [1, total, H, d]).
 // The iid distributions ignore where an element sits; the structured ones read its coordinates from the
 // linear index through an InputLayout: channel = i % dim, head = (i / dim) % heads, token = i / (dim heads),
-// the packed token (slot * N + n for a dense batch, the packed position for varlen).
+// the packed token (slot * N + n for a dense batch, the packed position for varlen). The unpadded (varlen) tensors
+// of a key-padding problem draw each token as its token in the padded tensors (InputLayout::token_source), so the
+// padded and the unpadded runs of one row see the same values.
 //
 // Distributions (before rounding to the run's dtype). Below, "normal" is the element's own N(0, 1) draw (the
 // value `normal` gives it); in the structured distributions (peaked to large_logits) V and dO are that draw,
@@ -51,6 +53,7 @@
 #include <array>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "flashlab/core/detmath.hpp"
 #include "flashlab/core/dtype.hpp"
@@ -75,6 +78,10 @@ inline constexpr std::array<Distribution, 8> kDistributions = {
 struct InputLayout {
   std::int64_t heads = 1;
   std::int64_t dim = 1;
+  // Unpadded inputs (a key-padding problem run as its varlen form, Problem::unpadded): token t is drawn as token
+  // token_source[t] of the padded tensor (Problem::padded_tokens), so both forms hold the same values bit for bit.
+  // Null: every token is itself. A host pointer on the host, a device pointer in a kernel.
+  const std::int64_t* token_source = nullptr;
 };
 // channel = index % dim, head = (index / dim) % heads, token = index / (dim * heads): the packed token, i.e.
 // slot * N + n for a dense batch and the packed position for varlen.
@@ -87,6 +94,15 @@ FL_HOST_DEVICE inline InputCoordinates coordinates_of(std::uint64_t index, Input
   const auto dim = static_cast<std::uint64_t>(layout.dim);
   const auto heads = static_cast<std::uint64_t>(layout.heads);
   return {index / (dim * heads), (index / dim) % heads, index % dim};
+}
+
+// The index an element is drawn as: itself, or under a token remap the same (head, channel) of its source token.
+FL_HOST_DEVICE inline std::uint64_t source_index(std::uint64_t index, InputLayout layout) {
+  if (layout.token_source == nullptr) return index;
+  const InputCoordinates at = coordinates_of(index, layout);
+  const auto source = static_cast<std::uint64_t>(layout.token_source[at.token]);
+  return (source * static_cast<std::uint64_t>(layout.heads) + at.head) * static_cast<std::uint64_t>(layout.dim) +
+         at.channel;
 }
 
 // Stream ids of the attention inputs, so Q, K, V and dO of one seed are independent.
@@ -147,9 +163,11 @@ FL_HOST_DEVICE inline double magnitude(double x) { return x < 0 ? -x : x; }
 }  // namespace detail
 
 // The exact (unrounded) sample for element `index` of tensor `tensor` under `seed`; `layout` says how `index`
-// decodes into (token, head, channel) for the structured distributions (the iid ones ignore it).
-FL_HOST_DEVICE inline double sample(std::uint64_t seed, std::uint32_t tensor, std::uint64_t index,
+// decodes into (token, head, channel) for the structured distributions (the iid ones ignore it) and, with a token
+// remap, which element it is drawn as (source_index).
+FL_HOST_DEVICE inline double sample(std::uint64_t seed, std::uint32_t tensor, std::uint64_t element,
                                     Distribution distribution, InputLayout layout) {
+  const std::uint64_t index = source_index(element, layout);
   const Philox4x32 r0 = detail::draw(seed, tensor, index, 0);
   if (distribution == Distribution::uniform) {
     return detmath::add(detmath::mul(2.0, detail::unit_interval(r0.x[0], r0.x[1])), -1.0);
@@ -197,12 +215,15 @@ struct InputSpec {
   std::uint64_t seed = 0;
   Distribution distribution = Distribution::normal;
   DType dtype = DType::fp64;  // values are rounded to this type
+  // Unpadded inputs: each token's source token (InputLayout::token_source, Problem::padded_tokens); empty: none.
+  std::vector<std::int64_t> token_source{};
 };
 
 // Fills `out` element by element; element (i0, i1, ...) gets the sample of its row-major linear index in
 // the view's shape (independent of the view's strides), with the layout of the shape's last two dimensions:
 // Rank 4 reads [.., tokens, heads, dim] (heads = shape[2], dim = shape[3]), any other rank
-// [tokens, dim] (heads = 1, dim = the last dimension). Runs on all cores.
+// [tokens, dim] (heads = 1, dim = the last dimension); with spec.token_source (one entry per token) each token is
+// drawn as its source token. Runs on all cores.
 template <class T, int Rank>
 void fill(TensorView<T, Rank> out, TensorId tensor, const InputSpec& spec);
 

@@ -4,6 +4,9 @@
 // A mask keeps key j for query i (both counted from the start of their sequence) when
 //     i + (N_k - N_q) - left <= j <= i + (N_k - N_q) + right,
 // with left/right = -1 (any negative value) meaning unbounded; causal is right = 0, aligned bottom-right.
+// Under key padding a sequence's valid tokens are an interval (queries and keys alike, self-attention): the rule
+// applies inside it as if it were the whole sequence, so a padded problem keeps exactly the pairs of its unpadded
+// varlen form (Problem::unpadded), and a padded query row keeps no key.
 #pragma once
 
 #include "flashlab/core/host_device.hpp"
@@ -45,6 +48,32 @@ FL_HOST_DEVICE constexpr KeptKeys<Int> kept_keys(Int window_left, Int window_rig
   }
   return {lo, hi};
 #endif
+}
+
+// Where a batch entry of `seqlen` tokens keeps its `valid` ones: padded tokens before them (left padding) or after
+// them (right padding).
+template <class Int>
+struct PaddedTokens {
+  Int front;
+  Int back;
+};
+template <class Int>
+FL_HOST_DEVICE constexpr PaddedTokens<Int> padded_tokens(bool left, Int seqlen, Int valid) {
+  return left ? PaddedTokens<Int>{seqlen - valid, Int(0)} : PaddedTokens<Int>{Int(0), seqlen - valid};
+}
+
+// The rule with key padding: the valid tokens are [pad_front, N - pad_back) of both N_q and N_k. A valid row keeps the
+// keys kept_keys gives it inside the valid interval, shifted back; a padded row keeps none ({pad_front, pad_front - 1},
+// which meets the tile-index form's limits too). pad_front = pad_back = 0 is kept_keys itself.
+template <class Int, bool kTileIndices = false>
+FL_HOST_DEVICE constexpr KeptKeys<Int> kept_keys_padded(Int window_left, Int window_right, Int i, Int seqlen_q,
+                                                        Int seqlen_k, Int pad_front, Int pad_back) {
+  const Int valid_q = seqlen_q - pad_front - pad_back;
+  const Int row = i - pad_front;
+  if (row < 0 || row >= valid_q) return {pad_front, pad_front - 1};
+  const KeptKeys<Int> kept =
+      kept_keys<Int, kTileIndices>(window_left, window_right, row, valid_q, seqlen_k - pad_front - pad_back);
+  return {kept.lo + pad_front, kept.hi + pad_front};
 }
 
 }  // namespace flashlab

@@ -5,12 +5,16 @@
 //  - LSE is [B, H, N_q] (varlen: [1, H, total_q]), natural log;
 //  - a mask keeps key j for query i (both counted from the start of their sequence) when
 //        i + (N_k - N_q) - left <= j <= i + (N_k - N_q) + right,
-//    with left/right = -1 meaning unbounded; causal is right = 0 (bottom-right aligned when N_q != N_k).
+//    with left/right = -1 meaning unbounded; causal is right = 0 (bottom-right aligned when N_q != N_k);
+//  - key padding (training batches padded to one length): batch entry b holds valid_lengths[b] valid tokens, one
+//    interval of its N tokens, queries and keys alike (self-attention); the rule above applies inside the interval
+//    as if it were the whole sequence, and a padded query row keeps no key.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "flashlab/core/dropout.hpp"
@@ -40,7 +44,16 @@ struct Sequence {
   std::int64_t k_offset;
   std::int64_t seqlen_q;
   std::int64_t seqlen_k;
+  // Key padding: the padded tokens before (left padding) and after (right padding) the valid ones, queries and keys
+  // alike; 0 and 0 without padding.
+  std::int64_t pad_front = 0;
+  std::int64_t pad_back = 0;
 };
+
+// A key-padding mask of a batch padded to one length, as training code meets it (a [B, N] mask of valid tokens):
+// each entry's valid tokens are one interval, at the start (right padding) or at the end (left padding).
+enum class KeyPadding : std::uint8_t { none, right, left };
+[[nodiscard]] std::string_view name(KeyPadding padding);  // "none", "right", "left"
 
 struct Problem {
   std::int64_t batch = 1;     // B
@@ -58,6 +71,12 @@ struct Problem {
   std::vector<std::int64_t> cu_seqlens_k;
   // Attention dropout on P after the softmax (dropout.hpp): p in [0, 1), the mask keyed by (seed, offset, b, h, i, j).
   DropoutSpec dropout{};
+  // Key padding (not with varlen, which is the unpadded form; N_q == N_k, the queries padded with the keys as in
+  // self-attention): entry b's valid tokens are [0, v_b) (right) or [N - v_b, N) (left), v_b = valid_lengths[b]
+  // (length B, 0 <= v_b <= N). A padded query row keeps no key (O = 0, LSE = -inf, dQ = 0); no query keeps a
+  // padded key (dK = dV = 0).
+  KeyPadding key_padding = KeyPadding::none;
+  std::vector<std::int64_t> valid_lengths;
 
   // A varlen problem from per-sequence lengths; B, N_q and N_k follow from them.
   [[nodiscard]] static Problem varlen(std::int64_t heads, std::int64_t heads_kv, std::int64_t head_dim,
@@ -68,6 +87,7 @@ struct Problem {
   void validate() const;
 
   [[nodiscard]] bool is_varlen() const { return !cu_seqlens_q.empty(); }
+  [[nodiscard]] bool is_padded() const { return key_padding != KeyPadding::none; }
   [[nodiscard]] std::int64_t dv() const { return head_dim_v == 0 ? head_dim : head_dim_v; }
   [[nodiscard]] double scale() const;
   [[nodiscard]] std::int64_t group_size() const { return heads / heads_kv; }
@@ -78,13 +98,21 @@ struct Problem {
   [[nodiscard]] Sequence sequence(std::int64_t b) const;
   // The effective window: causal turns into right = 0 (bottom-right aligned).
   [[nodiscard]] Window effective_window() const;
-  [[nodiscard]] bool is_masked() const { return causal || !window.unbounded(); }
-  // Keys query row i of a sequence of lengths (seqlen_q, seqlen_k) may attend to, clamped to [0, seqlen_k).
-  [[nodiscard]] KeyRange key_range(std::int64_t i, std::int64_t seqlen_q, std::int64_t seqlen_k) const;
+  [[nodiscard]] bool is_masked() const { return causal || !window.unbounded() || is_padded(); }
+  // Keys query row i of sequence s (counted from the sequence's start) may attend to, clamped to [0, s.seqlen_k):
+  // the mask rule of mask.hpp with s's key padding.
+  [[nodiscard]] KeyRange key_range(const Sequence& s, std::int64_t i) const;
+  // The varlen problem of the valid tokens (FlashAttention's unpad_input): sequence b has valid_lengths[b] queries
+  // and keys; heads, head dims, mask and scale as here. A problem without key padding is returned as it is.
+  [[nodiscard]] Problem unpadded() const;
+  // For each token of unpadded()'s packed tensors, its token in this problem's padded tensors, b N + n: the
+  // generator draws it there (InputLayout::token_source), so both forms of a row see the same input values.
+  [[nodiscard]] std::vector<std::int64_t> padded_tokens() const;
   // Exact number of (query, key) pairs the mask keeps, over the whole batch, per head.
   [[nodiscard]] std::int64_t unmasked_pairs() const;
 
-  // One-line description, e.g. "B=2 H=8 Hkv=2 Nq=128 Nk=256 d=64 causal window=(16,0) varlen".
+  // One-line description, e.g. "B=2 H=8 Hkv=2 Nq=128 Nk=256 d=64 causal window=(16,0) varlen" (key padding:
+  // "key_padding=right(valid=5,0,7)").
   [[nodiscard]] std::string describe() const;
 };
 

@@ -11,14 +11,17 @@
 namespace flashlab::harness {
 
 struct IoTensor {
-  std::string name;      // q, k, v, o, lse, d_out, dq, dk, dv, cu_seqlens_q, cu_seqlens_k
-  Shape<4> shape{};      // LSE: [slots, H, N_q, 1]; cu_seqlens: [B+1, 1, 1, 1]
+  std::string name;      // q, k, v, o, lse, d_out, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, valid_lengths
+  Shape<4> shape{};      // LSE: [slots, H, N_q, 1]; cu_seqlens: [B+1, 1, 1, 1]; valid_lengths: [B, 1, 1, 1]
   std::int64_t element_bytes = 0;
   [[nodiscard]] std::int64_t bytes() const { return element_count<4>(shape) * element_bytes; }
 };
 
-// The row's tensors in allocation order (inputs, outputs, gradients, varlen offsets).
+// The row's tensors in allocation order (inputs, outputs, gradients, varlen offsets or key padding's valid lengths).
 [[nodiscard]] std::vector<IoTensor> io_tensors(const Problem& problem, DType dtype);
+// The int32 tensors of lengths (cu_seqlens_q, cu_seqlens_k, valid_lengths) and their values from the problem.
+[[nodiscard]] bool is_length_tensor(const IoTensor& tensor);
+[[nodiscard]] std::vector<std::int32_t> length_values(const Problem& problem, const IoTensor& tensor);
 
 // Params over buffers `data[i]` of io_tensors()[i] (contiguous strides).
 [[nodiscard]] kernels::AttentionParams make_params(const Problem& problem, DType dtype,
@@ -30,7 +33,8 @@ struct IoTensor {
 void write_tensor_npy(const std::string& dir, const IoTensor& tensor, const void* host_data, DType dtype);
 // --save-tensors, beside the row's own tensors: the fp64 reference outputs of the row's inputs (o_ref, lse_ref; with
 // a backward dq_ref, dk_ref, dv_ref; <f8, the shapes of o, lse, dq, dk, dv: the full reference, so as costly as a
-// cpu-reference row) and, for a varlen problem, cu_seqlens_q and cu_seqlens_k (<i4, B + 1 offsets).
+// cpu-reference row) and, for a varlen problem, cu_seqlens_q and cu_seqlens_k (<i4, B + 1 offsets), for a key-padding
+// problem valid_lengths (<i4, B lengths).
 void write_reference_npy(const std::string& dir, const Problem& problem, Pass pass, const InputSpec& inputs);
 
 }  // namespace flashlab::harness

@@ -7,6 +7,9 @@
 #include <set>
 #include <string>
 
+#include "flashlab/harness/suite.hpp"
+#include "flashlab/kernels/attention.hpp"
+
 namespace flashlab::harness {
 
 // Exit codes of the flashlab program (documented in harness/README.md).
@@ -35,6 +38,13 @@ struct RunOptions {
 
 // "3", "0,5,7", "10-12", "0,4-6": row indices; throws std::invalid_argument naming the bad part.
 [[nodiscard]] std::set<std::int64_t> parse_row_list(const std::string& text);
+
+// The row as `variant` runs it: as the suite gives it, or, for a key-padding row that the variant takes only unpadded
+// (the fused kernels), its varlen form (Problem::unpadded) with token_source set, so that each token is drawn as its
+// token of the padded tensors: both forms of the row see the same input values, and their fp64 reference values
+// agree on the valid rows. Nullopt, with `support` saying why, when the variant runs neither.
+[[nodiscard]] std::optional<RowSpec> row_as_run(const RowSpec& row, const kernels::Variant& variant,
+                                                kernels::Support& support);
 
 // Runs a suite; returns an ExitCode. Throws SuiteError (malformed suite) before anything runs.
 int run_suite(const RunOptions& options);

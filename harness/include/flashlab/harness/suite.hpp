@@ -49,6 +49,10 @@ struct RowSpec {
   DType dtype = DType::fp16;
   Distribution distribution = Distribution::normal;
   Problem problem;  // varlen (Problem::varlen) for rows of seqlens_q / seqlens_k or drawn seqlens
+  // A key-padding row run as its unpadded varlen form (runner.cpp): `problem` is then Problem::unpadded() of the
+  // suite's row and each packed token is drawn as this token of the padded tensors (Problem::padded_tokens); empty
+  // for every row as the suite expands it.
+  std::vector<std::int64_t> token_source{};
   [[nodiscard]] std::string key() const;
 };
 
@@ -67,7 +71,7 @@ struct Suite {
 // --filter: comma-separated key=value terms, e.g. "variant=standard,dtype=bf16,seqlen=4096": terms of different keys
 // must all hold, terms of one key are alternatives ("dtype=fp16,dtype=bf16": either dtype).
 // Keys: variant, pass, dtype, distribution, batch, heads, heads_kv, seqlen (= seqlen_q), seqlen_q, seqlen_k,
-// head_dim, causal. Throws SuiteError on an unknown key.
+// head_dim, causal, key_padding (none, right, left). Throws SuiteError on an unknown key.
 [[nodiscard]] std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::string& filter);
 // --shard i/n (0 <= i < n): rows whose index % n == i. Throws SuiteError on malformed text.
 [[nodiscard]] std::vector<RowSpec> shard_rows(const std::vector<RowSpec>& rows, const std::string& shard);

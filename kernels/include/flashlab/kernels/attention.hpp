@@ -74,6 +74,8 @@ struct AttentionParams {
   // varlen offsets (length B+1, int32, where the variant runs); null for dense batches
   const std::int32_t* cu_seqlens_q = nullptr;
   const std::int32_t* cu_seqlens_k = nullptr;
+  // key padding: problem.valid_lengths (length B, int32, where the variant runs); null without key padding
+  const std::int32_t* valid_lengths = nullptr;
 
   LaunchOptions options;
   // Test-only (above). cpu-standard and flash2's forward (head_dim 64, where it is compiled; Unsupported elsewhere)
