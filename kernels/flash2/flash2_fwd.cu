@@ -96,7 +96,7 @@ __device__ inline bool moves_max(float m, float tile) {
 
 // kRowSumInDtype: the test-only fault Fault::row_sum_in_dtype (l_i rounded to T after every tile's addition),
 // instantiated for one tile only (kFaultHeadDim's default); every real launch has it false.
-// kDropout: attention dropout (core/dropout.hpp), instantiated for the default tiles only: after l_i has taken the
+// kDropout: attention dropout (core/dropout.hpp), instantiated for kDropoutConfigs only: after l_i has taken the
 // tile's P, each weight whose Philox word is not below the threshold is set to 0 before P V (one draw per 2 x 2
 // patch of the C fragment: rows r, r + 8, columns 2 (lane%4) + {0, 1}, word 2 r + c), and the epilogue multiplies
 // O by 1 / (1 - p) with 1 / l_i. LSE comes from the undropped P.
@@ -450,14 +450,38 @@ constexpr ForwardConfig kForwardConfigs[] = {
 #endif
 constexpr int kForwardConfigCount = sizeof(kForwardConfigs) / sizeof(kForwardConfigs[0]);
 
+// The dropout forward's tile of each head dim: the default where the keep bits fit beside it without spilling
+// (d = 32, 256), else one with fewer keys or query rows per CTA (ptxas spilled the defaults' dropout kernels at
+// d = 64, 96, 128: up to 88 bytes).
+constexpr ForwardConfig kDropoutConfigs[] = {
+    {32, 128, 128, 4}, {64, 128, 64, 4}, {96, 64, 64, 4}, {128, 64, 64, 4}, {256, 64, 64, 4},
+};
+constexpr int kDropoutConfigCount = sizeof(kDropoutConfigs) / sizeof(kDropoutConfigs[0]);
+
+// The tile a launch of (problem, options) uses: options' br x bc, else the head dim's dropout tile (with dropout)
+// or its default (the first entry of kForwardConfigs); nullptr when there is none.
+const ForwardConfig* launch_config(const Problem& p, const LaunchOptions& options) {
+  if (options.block_m == 0 && options.block_n == 0 && p.dropout.active()) {
+    for (const ForwardConfig& c : kDropoutConfigs) {
+      if (c.head_dim == p.head_dim) return &c;
+    }
+    return nullptr;
+  }
+  for (const ForwardConfig& c : kForwardConfigs) {
+    const bool defaults = options.block_m == 0 && options.block_n == 0;
+    if (c.head_dim == p.head_dim && (defaults || (c.block_m == options.block_m && c.block_n == options.block_n))) {
+      return &c;
+    }
+  }
+  return nullptr;
+}
+
 // FlashAttention's bytes model (core/bytes.hpp flash_bytes) for flash2's blocks: the forward streams K and V once per
 // query block of B_r rows (the run's tile, or the head dim's default), the backward Q, dO, LSE, D and the dQ
 // accumulator once per key block of the backward's B_c keys.
 double bytes_model(const Problem& p, DType dtype, Pass pass, const LaunchOptions& options) {
-  int rows = options.block_m;
-  for (const ForwardConfig& c : kForwardConfigs) {
-    if (rows == 0 && c.head_dim == p.head_dim) rows = c.block_m;  // the default: the head dim's first entry
-  }
+  const ForwardConfig* config = launch_config(p, options);
+  const int rows = config != nullptr ? config->block_m : options.block_m;
   if (rows == 0) throw Unsupported("flash2: no kernel for head_dim = " + std::to_string(p.head_dim));
   const double forward = flash_bytes(p, dtype, Pass::fwd, rows);
   const double backward = flash_bytes(p, dtype, Pass::bwd, backward_block_n(p.head_dim));
@@ -483,7 +507,7 @@ constexpr int kFaultHeadDim = 64;
 // grid: query blocks of the longest sequence x heads x batch entries
 template <class T, int kConfig, bool kRowSumInDtype = false, bool kDropout = false>
 void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
-  constexpr ForwardConfig c = kForwardConfigs[kConfig];
+  constexpr ForwardConfig c = kDropout ? kDropoutConfigs[kConfig] : kForwardConfigs[kConfig];  // kDropout: its table
   using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
@@ -515,13 +539,13 @@ void forward_dispatch(const ForwardArgs& args, const Problem& p, int block_m, in
   }
 }
 
-// The dropout kernels: the default tile of each head dim (the first entry of kForwardConfigs for it).
+// The dropout kernels: the head dim's entry of kDropoutConfigs.
 template <class T, int kConfig = 0>
 void forward_dropout_dispatch(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
-  if constexpr (kConfig == kForwardConfigCount) {
+  if constexpr (kConfig == kDropoutConfigCount) {
     throw Unsupported("flash2: no forward kernel for head_dim = " + std::to_string(p.head_dim));
   } else {
-    constexpr ForwardConfig c = kForwardConfigs[kConfig];
+    constexpr ForwardConfig c = kDropoutConfigs[kConfig];
     if (c.head_dim == p.head_dim) return launch_forward<T, kConfig, false, true>(args, p, stream);
     return forward_dropout_dispatch<T, kConfig + 1>(args, p, stream);
   }
@@ -545,11 +569,19 @@ void add_forward_kernels(std::vector<KernelInfo>& list, std::index_sequence<kCon
     const std::string tile = "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
                              std::to_string(c.block_n) + " " + std::string(name(Elem<T>::kDType));
     list.push_back(kernel_info(forward_kernel<Traits, T>, tile, Traits::kSharedBytes));
-    if constexpr (default_config(c.head_dim) == static_cast<int>(decltype(config)::value)) {
-      list.push_back(kernel_info(forward_kernel<Traits, T, false, true>, tile + " dropout", Traits::kSharedBytes));
-    }
   };
   (add(std::integral_constant<std::size_t, kConfigs>{}), ...);
+  auto add_dropout = [&list](auto config) {
+    constexpr ForwardConfig c = kDropoutConfigs[decltype(config)::value];
+    using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
+    list.push_back(kernel_info(forward_kernel<Traits, T, false, true>,
+                               "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
+                                   std::to_string(c.block_n) + " " + std::string(name(Elem<T>::kDType)) + " dropout",
+                               Traits::kSharedBytes));
+  };
+  [&]<std::size_t... kDropoutIndices>(std::index_sequence<kDropoutIndices...>) {
+    (add_dropout(std::integral_constant<std::size_t, kDropoutIndices>{}), ...);
+  }(std::make_index_sequence<kDropoutConfigCount>{});
   constexpr ForwardConfig c = kForwardConfigs[kFaultConfig];
   using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
   list.push_back(kernel_info(forward_kernel<Traits, T, true>,
@@ -605,7 +637,7 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
   if (p.dropout.active()) {  // the default tiles only
     if (tile.block_m != 0 || tile.block_n != 0) {
-      throw Unsupported("flash2: dropout is compiled for the default tile of each head dim only (no br, bc)");
+      throw Unsupported("flash2: dropout is compiled for one tile per head dim (kDropoutConfigs; no br, bc)");
     }
     if (params.fault != Fault::none) throw Unsupported("flash2: the test-only fault has no dropout kernel");
     switch (params.dtype) {
@@ -665,10 +697,8 @@ Support supports(const Problem& p, DType dtype, Pass) {
 // partials summed in fp32.
 numerics::DataPath data_path(const Problem& p, DType dtype, const AttentionParams& params) {
   const double u32 = unit_roundoff(DType::fp32), u = unit_roundoff(dtype);
-  int block_n = params.options.block_n;
-  for (const ForwardConfig& c : kForwardConfigs) {
-    if (block_n == 0 && c.head_dim == p.head_dim) block_n = c.block_n;  // the default: the head dim's first entry
-  }
+  const ForwardConfig* config = launch_config(p, params.options);
+  const int block_n = config != nullptr ? config->block_n : params.options.block_n;
   numerics::DataPath path = online_softmax_forward_path(dtype, block_n, "mma");
   path.summary += "; bwd: P, dS " + std::string(name(dtype)) + ", dQ fp32 atomics";
   if (p.dropout.active()) path.summary += "; dropout: Z o P in the dtype, 1/(1-p) in fp32 on O, dP and dV";
@@ -703,7 +733,7 @@ Variant flash2_variant() {
   v.materializes = false;
   v.supported =
       "fp16, bf16; head_dim 32, 64, 96, 128, 256 with head_dim_v == head_dim; causal, sliding window, GQA/MQA, "
-      "varlen, N_q != N_k, dropout (default tiles); fwd and bwd (deterministic bwd selectable)";
+      "varlen, N_q != N_k, dropout (one tile per head dim); fwd and bwd (deterministic bwd selectable)";
   v.supports = flash2::supports;
   v.workspace_model = flash2::workspace_bytes;
   v.bytes_model = flash2::bytes_model;
