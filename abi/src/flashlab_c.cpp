@@ -2,11 +2,14 @@
 // the launch params, and turns each exception into a status and a per-thread message.
 #include "flashlab/flashlab.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "flashlab/core/dropout.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/problem.hpp"
 #include "flashlab/core/tensor.hpp"
@@ -66,7 +69,21 @@ flashlab::Pass pass_of(flashlab_pass p) {
                                              " is not FLASHLAB_FORWARD or FLASHLAB_BACKWARD");
 }
 
-flashlab::Problem problem_of(const flashlab_problem* c) {
+// The caller's extension, its fields past the caller's `size` read as 0 (a caller built against an older minor).
+flashlab_problem_ext ext_of(const flashlab_problem_ext* e) {
+  flashlab_problem_ext out{};
+  out.size = sizeof(out);
+  if (e == nullptr) return out;
+  if (e->size < sizeof(e->size)) {
+    throw flashlab::InvalidProblem("ext", "ext->size " + std::to_string(e->size) +
+                                              " is not the caller's sizeof(flashlab_problem_ext)");
+  }
+  std::memcpy(reinterpret_cast<char*>(&out) + sizeof(out.size), reinterpret_cast<const char*>(e) + sizeof(e->size),
+              std::min(e->size, sizeof(out)) - sizeof(out.size));
+  return out;
+}
+
+flashlab::Problem problem_of(const flashlab_problem* c, const flashlab_problem_ext* e = nullptr) {
   if (c == nullptr) throw flashlab::InvalidProblem("problem", "problem is null");
   flashlab::Problem p;
   if (c->seqlens_q != nullptr || c->seqlens_k != nullptr) {
@@ -88,6 +105,8 @@ flashlab::Problem problem_of(const flashlab_problem* c) {
   p.causal = c->causal != 0;
   p.window = {c->window_left, c->window_right};
   if (c->softmax_scale > 0) p.softmax_scale = c->softmax_scale;
+  const flashlab_problem_ext ext = ext_of(e);
+  p.dropout = {ext.dropout_p, ext.dropout_seed, ext.dropout_offset};
   p.validate();
   return p;
 }
@@ -128,14 +147,15 @@ flashlab_status guarded(Body body) {
   }
 }
 
-flashlab_status launch(const char* name, const flashlab_problem* cp, flashlab_dtype cd, const flashlab_tensors* t,
-                       void* stream, const flashlab_workspace* workspace, flashlab::Pass pass) {
+flashlab_status launch(const char* name, const flashlab_problem* cp, const flashlab_problem_ext* ext, flashlab_dtype cd,
+                       const flashlab_tensors* t, void* stream, const flashlab_workspace* workspace,
+                       flashlab::Pass pass) {
   return guarded([&] {
     flashlab::harness::VariantChoice choice;
     const Variant& v = variant_of(name, choice);
     if (t == nullptr) throw flashlab::InvalidProblem("tensors", "tensors is null");
     AttentionParams params;
-    params.problem = problem_of(cp);
+    params.problem = problem_of(cp, ext);
     params.dtype = dtype_of(cd);
     const flashlab::kernels::Support support = v.supports(params.problem, params.dtype, pass);
     if (!support.ok) throw flashlab::Unsupported(support.reason);
@@ -183,6 +203,8 @@ extern "C" {
 
 int flashlab_abi_version(void) { return FLASHLAB_ABI_VERSION; }
 
+int flashlab_abi_minor(void) { return FLASHLAB_ABI_MINOR; }
+
 const char* flashlab_last_error(void) { return last_error.c_str(); }
 
 int flashlab_variant_count(void) { return static_cast<int>(flashlab::harness::variants().size()); }
@@ -193,34 +215,92 @@ const char* flashlab_variant_id(int index) {
   return all[static_cast<std::size_t>(index)].id.c_str();
 }
 
-flashlab_status flashlab_supports(const char* variant, const flashlab_problem* problem, flashlab_dtype dtype,
-                                  flashlab_pass pass) {
+flashlab_status flashlab_supports_ext(const char* variant, const flashlab_problem* problem,
+                                      const flashlab_problem_ext* ext, flashlab_dtype dtype, flashlab_pass pass) {
   return guarded([&] {
     flashlab::harness::VariantChoice choice;
     const Variant& v = variant_of(variant, choice);
-    const flashlab::kernels::Support s = v.supports(problem_of(problem), dtype_of(dtype), pass_of(pass));
+    const flashlab::kernels::Support s = v.supports(problem_of(problem, ext), dtype_of(dtype), pass_of(pass));
     if (!s.ok) throw flashlab::Unsupported(s.reason);
+  });
+}
+
+flashlab_status flashlab_supports(const char* variant, const flashlab_problem* problem, flashlab_dtype dtype,
+                                  flashlab_pass pass) {
+  return flashlab_supports_ext(variant, problem, nullptr, dtype, pass);
+}
+
+flashlab_status flashlab_workspace_bytes_ext(const char* variant, const flashlab_problem* problem,
+                                             const flashlab_problem_ext* ext, flashlab_dtype dtype, flashlab_pass pass,
+                                             size_t* bytes) {
+  return guarded([&] {
+    if (bytes == nullptr) throw flashlab::InvalidProblem("bytes", "bytes is null");
+    flashlab::harness::VariantChoice choice;
+    const Variant& v = variant_of(variant, choice);
+    *bytes = static_cast<size_t>(v.workspace_model(problem_of(problem, ext), dtype_of(dtype), pass_of(pass)));
   });
 }
 
 flashlab_status flashlab_workspace_bytes(const char* variant, const flashlab_problem* problem, flashlab_dtype dtype,
                                          flashlab_pass pass, size_t* bytes) {
-  return guarded([&] {
-    if (bytes == nullptr) throw flashlab::InvalidProblem("bytes", "bytes is null");
-    flashlab::harness::VariantChoice choice;
-    const Variant& v = variant_of(variant, choice);
-    *bytes = static_cast<size_t>(v.workspace_model(problem_of(problem), dtype_of(dtype), pass_of(pass)));
-  });
+  return flashlab_workspace_bytes_ext(variant, problem, nullptr, dtype, pass, bytes);
+}
+
+flashlab_status flashlab_forward_ext(const char* variant, const flashlab_problem* problem,
+                                     const flashlab_problem_ext* ext, flashlab_dtype dtype,
+                                     const flashlab_tensors* tensors, void* stream,
+                                     const flashlab_workspace* workspace) {
+  return launch(variant, problem, ext, dtype, tensors, stream, workspace, flashlab::Pass::fwd);
 }
 
 flashlab_status flashlab_forward(const char* variant, const flashlab_problem* problem, flashlab_dtype dtype,
                                  const flashlab_tensors* tensors, void* stream, const flashlab_workspace* workspace) {
-  return launch(variant, problem, dtype, tensors, stream, workspace, flashlab::Pass::fwd);
+  return launch(variant, problem, nullptr, dtype, tensors, stream, workspace, flashlab::Pass::fwd);
+}
+
+flashlab_status flashlab_backward_ext(const char* variant, const flashlab_problem* problem,
+                                      const flashlab_problem_ext* ext, flashlab_dtype dtype,
+                                      const flashlab_tensors* tensors, void* stream,
+                                      const flashlab_workspace* workspace) {
+  return launch(variant, problem, ext, dtype, tensors, stream, workspace, flashlab::Pass::bwd);
 }
 
 flashlab_status flashlab_backward(const char* variant, const flashlab_problem* problem, flashlab_dtype dtype,
                                   const flashlab_tensors* tensors, void* stream, const flashlab_workspace* workspace) {
-  return launch(variant, problem, dtype, tensors, stream, workspace, flashlab::Pass::bwd);
+  return launch(variant, problem, nullptr, dtype, tensors, stream, workspace, flashlab::Pass::bwd);
+}
+
+flashlab_status flashlab_dropout_mask(double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset,
+                                      int64_t batch_index, int64_t head, int64_t heads, int64_t seqlen_q,
+                                      int64_t seqlen_k, uint8_t* keep) {
+  return guarded([&] {
+    // the Problem's own rule for p, so the message is the one a launch gives
+    flashlab::Problem check;
+    check.batch = check.heads = check.heads_kv = check.seqlen_q = check.seqlen_k = check.head_dim = 1;
+    check.dropout.p = dropout_p;
+    check.validate();
+    if (heads < 1 || head < 0 || head >= heads || batch_index < 0) {
+      throw flashlab::InvalidProblem("head", "batch_index " + std::to_string(batch_index) + ", head " +
+                                                 std::to_string(head) + " of " + std::to_string(heads) +
+                                                 " heads: need batch_index >= 0 and 0 <= head < heads");
+    }
+    constexpr std::int64_t kMaxLength = std::int64_t{1} << 31;  // rows and keys are 32-bit in the counter
+    if (seqlen_q < 0 || seqlen_k < 0 || seqlen_q > kMaxLength || seqlen_k > kMaxLength) {
+      throw flashlab::InvalidProblem("seqlen_q", "seqlen_q " + std::to_string(seqlen_q) + ", seqlen_k " +
+                                                     std::to_string(seqlen_k) + " must be in [0, 2^31]");
+    }
+    if (keep == nullptr && seqlen_q * seqlen_k > 0) throw flashlab::InvalidProblem("keep", "keep is null");
+    const flashlab::DropoutSpec spec{dropout_p, dropout_seed, dropout_offset};
+    const std::uint32_t threshold = flashlab::dropout_keep_threshold(dropout_p);
+    const auto subsequence = static_cast<std::uint64_t>(batch_index * heads + head);
+    for (std::int64_t i = 0; i < seqlen_q; ++i) {
+      for (std::int64_t j = 0; j < seqlen_k; ++j) {
+        keep[i * seqlen_k + j] =
+            !spec.active() || flashlab::dropout_keep(spec.seed, spec.offset, subsequence, static_cast<std::uint32_t>(i),
+                                                     static_cast<std::uint32_t>(j), threshold);
+      }
+    }
+  });
 }
 
 }  // extern "C"

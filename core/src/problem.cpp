@@ -59,6 +59,11 @@ void validate_key_padding(const Problem& p) {
     fail("key_padding", std::string(name(p.key_padding)),
          "must be none for a varlen problem (varlen is the unpadded form of a padded batch)");
   }
+  if (p.dropout.active()) {
+    fail("dropout", fmt::format("{}", p.dropout.p),
+         "must be 0 under key padding (dropout's mask is keyed by positions from the sequence's start, which the "
+         "padded and unpadded forms do not share under left padding; not supported yet)");
+  }
   if (p.seqlen_q != p.seqlen_k) {
     fail("seqlen_k", std::to_string(p.seqlen_k),
          fmt::format("must equal seqlen_q = {} under key padding (the queries are padded with the keys, as in "
@@ -127,6 +132,9 @@ void Problem::validate() const {
   }
   if (softmax_scale && !(std::isfinite(*softmax_scale) && *softmax_scale > 0)) {
     fail("softmax_scale", fmt::format("{}", *softmax_scale), "must be finite and > 0 (default 1/sqrt(head_dim))");
+  }
+  if (!(dropout.p >= 0 && dropout.p < 1)) {
+    fail("dropout", fmt::format("{}", dropout.p), "must be in [0, 1) (the probability of dropping a weight)");
   }
   if (cu_seqlens_q.empty() != cu_seqlens_k.empty()) {
     const char* missing = cu_seqlens_q.empty() ? "cu_seqlens_q" : "cu_seqlens_k";
@@ -218,6 +226,7 @@ std::string Problem::describe() const {
   if (causal) text += " causal";
   if (!window.unbounded()) text += fmt::format(" window=({},{})", window.left, window.right);
   if (softmax_scale) text += fmt::format(" scale={}", *softmax_scale);
+  if (dropout.active()) text += fmt::format(" dropout={} seed={} offset={}", dropout.p, dropout.seed, dropout.offset);
   if (is_varlen()) text += fmt::format(" varlen(total_q={} total_k={})", total_q(), total_k());
   if (is_padded()) text += fmt::format(" key_padding={}(valid={})", name(key_padding), fmt::join(valid_lengths, ","));
   return text;

@@ -10,7 +10,7 @@ const std::vector<std::string>& result_columns() {
         // identity
         "key", "suite", "run_id", "row_index", "variant", "pass", "dtype", "distribution", "seed",
         "batch", "heads", "heads_kv", "seqlen_q", "seqlen_k", "head_dim", "head_dim_v", "causal",
-        "window_left", "window_right", "softmax_scale", "varlen", "materializes", "device",
+        "window_left", "window_right", "softmax_scale", "varlen", "materializes", "device", "dropout", "dropout_seed",
         "key_padding", "valid_tokens", "unpadded",
         // outcome
         "status", "reason",

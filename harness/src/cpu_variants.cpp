@@ -7,6 +7,7 @@
 #include <string>
 #include <limits>
 
+#include "flashlab/core/dropout.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/parallel.hpp"
 #include "flashlab/core/storage.hpp"
@@ -196,6 +197,29 @@ void scatter(const Block& m, void* data, DType dtype, const Strides& st, std::in
   }
 }
 
+// Dropout's factor of weight (i, j) of query head h of sequence b as PyTorch's eager dropout applies it: 0 dropped,
+// 1 / (1 - p) in C kept (core/dropout.hpp for the mask), 1 without dropout.
+template <class C>
+class DropFactor {
+ public:
+  explicit DropFactor(const Problem& p)
+      : spec_(p.dropout), heads_(p.heads), threshold_(dropout_keep_threshold(spec_.p)),
+        kept_(static_cast<C>(1.0 / (1.0 - spec_.p))) {}
+  [[nodiscard]] bool active() const { return spec_.active(); }
+  [[nodiscard]] C operator()(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const {
+    return dropout_keep(spec_.seed, spec_.offset, static_cast<std::uint64_t>(b * heads_ + h), static_cast<std::uint32_t>(i),
+                        static_cast<std::uint32_t>(j), threshold_)
+               ? kept_
+               : C(0);
+  }
+
+ private:
+  DropoutSpec spec_;
+  std::int64_t heads_;
+  std::uint32_t threshold_;
+  C kept_;
+};
+
 struct Scratch {
   Workspace memory;
   std::int64_t used = 0;
@@ -221,6 +245,7 @@ void standard_forward_impl(const AttentionParams& p, const LaunchContext& ctx) {
                          "standard scratch");
   }
   const C minus_inf = -std::numeric_limits<C>::infinity();
+  const DropFactor<C> drop(pr);
   parallel_for(pr.batch * pr.heads, workers, [&](std::int64_t item, int worker) {
     const std::int64_t b = item / pr.heads, h = item % pr.heads, g = h / pr.group_size();
     const Sequence s = pr.sequence(b);
@@ -268,12 +293,17 @@ void standard_forward_impl(const AttentionParams& p, const LaunchContext& ctx) {
       p.lse[lse_index] = row_sum == 0 ? -std::numeric_limits<float>::infinity()
                                       : static_cast<float>(static_cast<double>(shift) + std::log(static_cast<double>(row_sum)));
     }
-    // O = P V
+    // O = P V; with dropout O = dropout(P) V, dropout(P) = P Z / (1 - p) rounded to the dtype as an eager framework
+    // stores it
     for (std::int64_t i0 = 0; i0 < nq; i0 += kStandardRowBlock) {
       const std::int64_t rows = std::min(kStandardRowBlock, nq - i0);
       auto pb = block.topLeftCorner(rows, nk);
-      for (std::int64_t r = 0; r < rows; ++r)
-        for (std::int64_t j = 0; j < nk; ++j) pb(r, j) = static_cast<C>(load(sp, base + (i0 + r) * nk + j, dt));
+      for (std::int64_t r = 0; r < rows; ++r) {
+        for (std::int64_t j = 0; j < nk; ++j) {
+          pb(r, j) = static_cast<C>(load(sp, base + (i0 + r) * nk + j, dt));
+          if (drop.active()) pb(r, j) = rounded<C>(static_cast<double>(pb(r, j) * drop(b, h, i0 + r, j)), dt);
+        }
+      }
       auto ob = o_block.topRows(rows);
       ob.noalias() = pb * v;
       scatter(ob, p.o, dt, p.o_strides, s.slot, s.q_offset + i0, h);
@@ -298,6 +328,7 @@ void standard_backward_impl(const AttentionParams& p, const LaunchContext& ctx) 
   }
   const auto scale = static_cast<C>(pr.scale());
   const std::int64_t lse_stride = pr.is_varlen() ? pr.total_q() : pr.seqlen_q;
+  const DropFactor<C> drop(pr);
   parallel_for(pr.batch * pr.heads_kv, workers, [&](std::int64_t item, int worker) {
     const std::int64_t b = item / pr.heads_kv, g = item % pr.heads_kv;
     const Sequence s = pr.sequence(b);
@@ -342,21 +373,28 @@ void standard_backward_impl(const AttentionParams& p, const LaunchContext& ctx) 
             pb(r, j) = pv;
           }
         }
-        dvacc.noalias() += pb.transpose() * d_out.middleRows(i0, rows);
-        // dP = dO V^T (stored), D = rowsum(dO * O), dS = P * (dP - D) (stored)
+        // dP = dO V^T (stored), D = rowsum(dO * O), dS = P * (dP - D) (stored); with dropout dP -> dP Z / (1 - p)
+        // (stored) and dV from dropout(P)
         sb.noalias() = d_out.middleRows(i0, rows) * v.transpose();
         for (std::int64_t r = 0; r < rows; ++r) {
           C row_delta = 0;
           for (std::int64_t c = 0; c < dv; ++c) row_delta += d_out(i0 + r, c) * o(i0 + r, c);
           delta.as<float>()[(s.slot * pr.heads + h) * lse_stride + s.q_offset + i0 + r] = static_cast<float>(row_delta);
           for (std::int64_t j = 0; j < nk; ++j) {
-            const C dp = rounded<C>(static_cast<double>(sb(r, j)), dt);
+            C dp = rounded<C>(static_cast<double>(sb(r, j)), dt);
             store(gp, base + (i0 + r) * nk + j, dt, static_cast<double>(dp));
+            if (drop.active()) dp = rounded<C>(static_cast<double>(dp * drop(b, h, i0 + r, j)), dt);
             const C ds = rounded<C>(static_cast<double>(pb(r, j) * (dp - row_delta)), dt);
             store(gp, base + (i0 + r) * nk + j, dt, static_cast<double>(ds));
             sb(r, j) = ds;
           }
         }
+        if (drop.active()) {
+          for (std::int64_t r = 0; r < rows; ++r) {
+            for (std::int64_t j = 0; j < nk; ++j) pb(r, j) = rounded<C>(static_cast<double>(pb(r, j) * drop(b, h, i0 + r, j)), dt);
+          }
+        }
+        dvacc.noalias() += pb.transpose() * d_out.middleRows(i0, rows);
         auto dqb = dq_block.topRows(rows);
         dqb.noalias() = scale * (sb * k);
         scatter(dqb, p.dq, dt, p.dq_strides, s.slot, s.q_offset + i0, h);
@@ -392,7 +430,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .description = "Eigen reference in double on the run's inputs (blocked rows, O(N) workspace)",
                .device = kernels::Device::cpu,
                .materializes = false,
-               .supported = "fp64 fp32 fp16 bf16; any head dim; causal, window, GQA/MQA, varlen, key padding",
+               .supported = "fp64 fp32 fp16 bf16; any head dim; causal, window, GQA/MQA, varlen, key padding, dropout",
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = reference_model,
                .bytes_model = {},
@@ -409,7 +447,7 @@ std::vector<kernels::Variant> cpu_variants() {
                .description = "eager attention on the CPU: materializes S, P (and dP, dS) of every head in the dtype",
                .device = kernels::Device::cpu,
                .materializes = true,
-               .supported = "fp64 fp32 fp16 bf16 (fp32 arithmetic, fp64 for fp64); any head dim; causal, window, GQA/MQA, varlen, key padding",
+               .supported = "fp64 fp32 fp16 bf16 (fp32 arithmetic, fp64 for fp64); any head dim; causal, window, GQA/MQA, varlen, key padding, dropout",
                .supports = [](const Problem&, DType dtype, Pass) { return cpu_dtypes(dtype); },
                .workspace_model = standard_model,
                .bytes_model = {},

@@ -58,6 +58,8 @@ ResultRow identity(const Suite& suite, const std::string& run_id, const RowSpec&
           {"window_right", integer(p.window.right)},
           {"softmax_scale", p.head_dim > 0 ? number(p.scale()) : ""},
           {"varlen", p.is_varlen() ? "1" : "0"},
+          {"dropout", number(p.dropout.p)},
+          {"dropout_seed", std::to_string(p.dropout.seed)},
           {"key_padding", std::string(name(p.key_padding))},
           {"valid_tokens", p.is_padded() ? integer(std::accumulate(p.valid_lengths.begin(), p.valid_lengths.end(),
                                                                    std::int64_t{0}))

@@ -52,6 +52,8 @@ enum Field : int {
   kSoftmaxScale,
   kTokens,
   kModelDim,
+  kDropout,
+  kDropoutSeed,
   kKeyPadding,
   kPaddedFraction,
   kValidLengths,
@@ -61,9 +63,10 @@ enum Field : int {
 
 // What a key holds: its TOML type and the values allowed.
 // `lengths`: a list of sequence lengths (seqlens_q, seqlens_k, valid_lengths); `drawn`: the table of drawn lengths
-// (seqlens); `padding`: the side of a key-padding mask; `fraction`: a number of [0, 1]; `seed`: an integer >= 0.
+// (seqlens); `padding`: the side of a key-padding mask; `fraction`: a number of [0, 1]; `probability`: a number
+// of [0, 1); `seed`: an integer >= 0.
 enum class Kind {
-  text, pass, dtype, distribution, count, flag, window, scale, lengths, drawn, padding, fraction, seed
+  text, pass, dtype, distribution, count, flag, window, scale, lengths, drawn, padding, fraction, probability, seed
 };
 
 struct FieldSpec {
@@ -92,6 +95,8 @@ constexpr std::array<FieldSpec, kFieldCount> kFields = {{
     {"softmax_scale", Kind::scale},
     {"tokens", Kind::count},
     {"model_dim", Kind::count},
+    {"dropout", Kind::probability},
+    {"dropout_seed", Kind::seed},
     {"key_padding", Kind::padding},
     {"padded_fraction", Kind::fraction},
     {"valid_lengths", Kind::lengths},
@@ -454,6 +459,11 @@ class Parser {
       case Kind::flag: return flag(path, node);
       case Kind::window: return window(path, node);
       case Kind::scale: return number(path, node, true);
+      case Kind::probability: {
+        const double p = number(path, node, false);
+        if (!(p < 1)) fail(path, fmt::format("is {}, must be in [0, 1) (the probability of dropping a weight)", p), &node);
+        return p;
+      }
       case Kind::lengths: return length_list(path, node);
       case Kind::drawn: return drawn_lengths(path, node);
       case Kind::padding: return padding_side(path, node);
@@ -950,6 +960,8 @@ class Parser {
     p.causal = get(kCausal, false);
     p.window = get(kWindow, Window{});
     if (has(kSoftmaxScale)) p.softmax_scale = get(kSoftmaxScale, 0.0);
+    p.dropout.p = get(kDropout, 0.0);
+    p.dropout.seed = static_cast<std::uint64_t>(get(kDropoutSeed, std::int64_t{0}));
     if (has(kKeyPadding)) {
       p.key_padding = get(kKeyPadding, std::string()) == "left" ? KeyPadding::left : KeyPadding::right;
       if (has(kValidLengths)) {
@@ -991,6 +1003,7 @@ std::string RowSpec::key() const {
       variant, name(pass), name(dtype), name(distribution), p.batch, p.heads, p.heads_kv, p.seqlen_q, p.seqlen_k,
       p.head_dim, p.dv(), p.causal ? 1 : 0, p.window.left, p.window.right,
       p.softmax_scale ? fmt::format("{}", *p.softmax_scale) : std::string("default"));
+  if (p.dropout.active()) key += fmt::format("|dropout={}|dropout_seed={}", p.dropout.p, p.dropout.seed);
   if (p.is_varlen()) {
     key += fmt::format("|cu_q={}|cu_k={}", fmt::join(p.cu_seqlens_q, ","), fmt::join(p.cu_seqlens_k, ","));
   }

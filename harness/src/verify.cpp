@@ -33,6 +33,7 @@ Problem group_of(const Problem& p, std::int64_t nq, std::int64_t nk) {
   sub.causal = p.causal;
   sub.window = p.window;
   sub.softmax_scale = p.scale();
+  sub.dropout = p.dropout;
   return sub;
 }
 
@@ -75,6 +76,7 @@ reference::GroupInputs group_inputs(const Problem& p, const Group& grp, const In
   const std::int64_t group = p.group_size(), d = p.head_dim, dv = p.dv();
   reference::GroupInputs g;
   g.problem = group_problem(p, grp.b);
+  g.problem.dropout.offset += static_cast<std::uint64_t>(grp.b * p.heads + grp.g * group);  // the group's mask
   g.q.resize(static_cast<std::size_t>(group * s.seqlen_q * d));
   if (has_backward(pass)) g.d_out.resize(static_cast<std::size_t>(group * s.seqlen_q * dv));
   g.k.resize(static_cast<std::size_t>(s.seqlen_k * d));

@@ -44,6 +44,7 @@
 #include "flash2/flash2.hpp"
 #include "flash2/flash2_common.cuh"
 #include "flash2/kernel_traits.hpp"
+#include "flashlab/core/dropout.hpp"
 #include "flashlab/core/errors.hpp"
 #include "src/check.hpp"
 #include "src/workspace_parts.hpp"
@@ -97,6 +98,11 @@ struct BackwardArgs {
   float scale;
   float scale_log2;
   bool deterministic;
+  bool dropout;  // whether the kDropout kernel runs (core/dropout.hpp)
+  std::uint64_t dropout_seed;
+  std::uint64_t dropout_offset;
+  std::uint32_t dropout_threshold;  // a weight is kept when its word is below this
+  float rp_dropout;                 // 1 / (1 - p)
   // workspace
   float* d;        // [slots, H, tokens_q]
   float* dq_acc;   // [slots, H, tokens_acc / 16, d / 8, 128]: 16 x 8 fragments (see "dQ accumulator" below)
@@ -293,7 +299,11 @@ __device__ inline void red_add4(float* address, float x, float y, float z, float
 #endif
 }
 
-template <class Traits, class T>
+// kDropout: attention dropout with the forward's mask (core/dropout.hpp). Per m16 row block of the S / dP tile, one
+// Philox draw per 2 x 2 patch (rows r, r + 8, columns 2 (lane%4) + {0, 1} of each n8 tile, word 2 r + c) gives a
+// 32-bit keep mask (bit 4 t + 2 r + c); then dP -> Z o dP / (1 - p) before dS = P o (dP - D), P -> Z o P for dV,
+// and the epilogue multiplies dV by 1 / (1 - p).
+template <class Traits, class T, bool kDropout = false>
 __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const BackwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -497,6 +507,19 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
       const int col_base = sdp_col0 + 2 * (lane_here % 4);  // in the key block
 #pragma unroll
       for (int mt = 0; mt < Traits::kSdpMTiles; ++mt) {
+        std::uint32_t keep = 0;  // kDropout: bit 4 t + 2 r + c set where the weight is kept
+        if constexpr (kDropout) {
+          static_assert(Traits::kSdpNTiles * 4 <= 32, "the keep mask of an m16 row block fits 32 bits");
+          const std::uint64_t subsequence = std::uint64_t{blockIdx.z} * static_cast<std::uint64_t>(args.heads) + blockIdx.y;
+#pragma unroll 1
+          for (int t = 0; t < Traits::kSdpNTiles; ++t) {  // one draw at a time (unrolled, all stay live)
+            const Philox4x32 words =
+                dropout_draw(args.dropout_seed, args.dropout_offset, subsequence,
+                             static_cast<std::uint32_t>(m_start + row_base + mt * 16),
+                             static_cast<std::uint32_t>(n_start + col_base + t * 8));
+            for (int e = 0; e < 4; ++e) keep |= (words.x[e] < args.dropout_threshold ? 1u : 0u) << (4 * t + e);
+          }
+        }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = row_base + mt * 16 + 8 * r;
@@ -517,8 +540,14 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
                 const int col = n_start + col_base + t * 8 + c;
                 p = (col >= kb.lo && col <= kb.hi) ? p : 0.0f;
               }
-              pv[c] = p;
-              dsv[c] = p * (dp[mt][t][2 * r + c] - row_d);
+              if constexpr (kDropout) {
+                const bool kept = ((keep >> (4 * t + 2 * r + c)) & 1u) != 0;
+                pv[c] = kept ? p : 0.0f;
+                dsv[c] = p * ((kept ? dp[mt][t][2 * r + c] * args.rp_dropout : 0.0f) - row_d);
+              } else {
+                pv[c] = p;
+                dsv[c] = p * (dp[mt][t][2 * r + c] - row_d);
+              }
             }
             const int offset = row * kPRowBytes + (col_base + t * 8) * kElemBytes;
             *reinterpret_cast<std::uint32_t*>(shared + Traits::kPOffset + offset) = Elem<T>::pack(pv[0], pv[1]);
@@ -634,6 +663,16 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
   const int tid_end = thread_id(), lane_end = tid_end % 32;
   const int key0 = tid_end / 32 % Traits::kWarpsNdKV * Traits::kDkvRows;           // dkv_row0
   const int col0 = tid_end / 32 / Traits::kWarpsNdKV * Traits::kDkvCols + 2 * (lane_end % 4);  // dkv_col0 + lane's
+  if constexpr (kDropout) {  // dV = (Z o P)^T dO / (1 - p)
+#pragma unroll
+    for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
+#pragma unroll
+      for (int t = 0; t < Traits::kDkvNTiles; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dv[mt][t][e] *= args.rp_dropout;
+      }
+    }
+  }
 #pragma unroll
   for (int mt = 0; mt < Traits::kDkvMTiles; ++mt) {
 #pragma unroll
@@ -790,7 +829,7 @@ template <class Traits, class T>
 void launch_main(const BackwardArgs& args, const Problem& p, cudaStream_t stream) {
   const std::int64_t n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
   if (n_blocks == 0 || p.batch == 0 || p.heads == 0) return;
-  auto* kernel = backward_kernel<Traits, T>;
+  auto* kernel = args.dropout ? backward_kernel<Traits, T, true> : backward_kernel<Traits, T>;
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSharedBytes));
   const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(args);
@@ -859,8 +898,10 @@ void add_backward_kernels(std::vector<KernelInfo>& list) {
            std::string(name(Elem<T>::kDType));
   };
   list.push_back(kernel_info(backward_kernel<Small, T>, tile(Small{}), Small::kSharedBytes));
+  list.push_back(kernel_info(backward_kernel<Small, T, true>, tile(Small{}) + " dropout", Small::kSharedBytes));
   if constexpr (!std::is_same_v<Small, Large>) {
     list.push_back(kernel_info(backward_kernel<Large, T>, tile(Large{}), Large::kSharedBytes));
+    list.push_back(kernel_info(backward_kernel<Large, T, true>, tile(Large{}) + " dropout", Large::kSharedBytes));
   }
 }
 
@@ -934,6 +975,11 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
   args.deterministic = params.options.deterministic;
+  args.dropout = p.dropout.active();
+  args.dropout_seed = p.dropout.seed;
+  args.dropout_offset = p.dropout.offset;
+  args.dropout_threshold = dropout_keep_threshold(p.dropout.p);
+  args.rp_dropout = static_cast<float>(1.0 / (1.0 - p.dropout.p));
   args.dq_acc = reinterpret_cast<float*>(carve.take(plan.dq_acc));
   args.turns = reinterpret_cast<int*>(carve.take(plan.turns));
   args.d = reinterpret_cast<float*>(carve.take(plan.d));

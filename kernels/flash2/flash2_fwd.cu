@@ -40,6 +40,7 @@
 #include "flash2/flash2_common.cuh"
 #include "flash2/kernel_traits.hpp"
 #include "flashlab/core/bytes.hpp"
+#include "flashlab/core/dropout.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/kernels/device.hpp"
 #include "src/check.hpp"
@@ -73,6 +74,11 @@ struct ForwardArgs {
   int window_right;
   float scale;       // softmax scale
   float scale_log2;  // softmax scale * log2(e)
+  // dropout (kDropout kernels only; core/dropout.hpp)
+  std::uint64_t dropout_seed;
+  std::uint64_t dropout_offset;
+  std::uint32_t dropout_threshold;  // a weight is kept when its word is below this
+  float rp_dropout;                 // 1 / (1 - p)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -90,7 +96,11 @@ __device__ inline bool moves_max(float m, float tile) {
 
 // kRowSumInDtype: the test-only fault Fault::row_sum_in_dtype (l_i rounded to T after every tile's addition),
 // instantiated for one tile only (kFaultHeadDim's default); every real launch has it false.
-template <class Traits, class T, bool kRowSumInDtype = false>
+// kDropout: attention dropout (core/dropout.hpp), instantiated for kDropoutConfigs only: after l_i has taken the
+// tile's P, each weight whose Philox word is not below the threshold is set to 0 before P V (one draw per 2 x 2
+// patch of the C fragment: rows r, r + 8, columns 2 (lane%4) + {0, 1}, word 2 r + c), and the epilogue multiplies
+// O by 1 / (1 - p) with 1 / l_i. LSE comes from the undropped P.
+template <class Traits, class T, bool kRowSumInDtype = false, bool kDropout = false>
 __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const ForwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -304,6 +314,30 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
         if constexpr (kRowSumInDtype) l_i[mt][r] = static_cast<float>(T(l_i[mt][r]));  // test-only fault
       }
     }
+    if constexpr (kDropout) {  // dropout on P, after l_i (core/dropout.hpp)
+      const int tid_here = thread_id();
+      const auto row_base = static_cast<std::uint32_t>(m_start + tid_here / 32 * Traits::kRowsPerWarp + tid_here % 32 / 4);
+      const auto col_base = static_cast<std::uint32_t>(n_start + 2 * (tid_here % 4));
+      const std::uint64_t subsequence = std::uint64_t{blockIdx.z} * static_cast<std::uint64_t>(args.heads) + blockIdx.y;
+      static_assert(Traits::kSTiles * 4 <= 64, "the keep mask of an m16 row block fits 64 bits");
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        // the draws one after another into a bit mask (bit 4 t + e), then the selection: drawing every tile's
+        // patch at once (unrolled) kept them all live and spilled
+        std::uint64_t keep = 0;
+#pragma unroll 1
+        for (int t = 0; t < Traits::kSTiles; ++t) {
+          const Philox4x32 words =
+              dropout_draw(args.dropout_seed, args.dropout_offset, subsequence, row_base + mt * 16, col_base + t * 8);
+          for (int e = 0; e < 4; ++e) keep |= std::uint64_t{words.x[e] < args.dropout_threshold} << (4 * t + e);
+        }
+#pragma unroll
+        for (int t = 0; t < Traits::kSTiles; ++t) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][t][e] = ((keep >> (4 * t + e)) & 1u) != 0 ? s[mt][t][e] : 0.0f;
+        }
+      }
+    }
 
     // acc += P V: the C fragments of two n8 tiles of S are the A fragment of one k16 step (no shared memory)
 #pragma unroll
@@ -342,7 +376,8 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
       row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
       row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
       const bool empty = m_i[mt][r] == kNegInf;  // no visible key: O = 0, LSE = -inf
-      const float inv_sum = empty ? 0.0f : 1.0f / row_sum;
+      // with dropout O = acc (1 - p)^-1 / l_i: the kept weights' factor folded into the division
+      const float inv_sum = empty ? 0.0f : (kDropout ? args.rp_dropout : 1.0f) / row_sum;
       const int row = warp_row0 + mt * 16 + lane_end / 4 + 8 * r;
 #pragma unroll
       for (int t = 0; t < Traits::kOTiles; ++t) {
@@ -415,14 +450,38 @@ constexpr ForwardConfig kForwardConfigs[] = {
 #endif
 constexpr int kForwardConfigCount = sizeof(kForwardConfigs) / sizeof(kForwardConfigs[0]);
 
+// The dropout forward's tile of each head dim: the default where the keep bits fit beside it without spilling
+// (d = 32, 256), else one with fewer keys or query rows per CTA (ptxas spilled the defaults' dropout kernels at
+// d = 64, 96, 128: up to 88 bytes).
+constexpr ForwardConfig kDropoutConfigs[] = {
+    {32, 128, 128, 4}, {64, 128, 64, 4}, {96, 64, 64, 4}, {128, 64, 64, 4}, {256, 64, 64, 4},
+};
+constexpr int kDropoutConfigCount = sizeof(kDropoutConfigs) / sizeof(kDropoutConfigs[0]);
+
+// The tile a launch of (problem, options) uses: options' br x bc, else the head dim's dropout tile (with dropout)
+// or its default (the first entry of kForwardConfigs); nullptr when there is none.
+const ForwardConfig* launch_config(const Problem& p, const LaunchOptions& options) {
+  if (options.block_m == 0 && options.block_n == 0 && p.dropout.active()) {
+    for (const ForwardConfig& c : kDropoutConfigs) {
+      if (c.head_dim == p.head_dim) return &c;
+    }
+    return nullptr;
+  }
+  for (const ForwardConfig& c : kForwardConfigs) {
+    const bool defaults = options.block_m == 0 && options.block_n == 0;
+    if (c.head_dim == p.head_dim && (defaults || (c.block_m == options.block_m && c.block_n == options.block_n))) {
+      return &c;
+    }
+  }
+  return nullptr;
+}
+
 // FlashAttention's bytes model (core/bytes.hpp flash_bytes) for flash2's blocks: the forward streams K and V once per
 // query block of B_r rows (the run's tile, or the head dim's default), the backward Q, dO, LSE, D and the dQ
 // accumulator once per key block of the backward's B_c keys.
 double bytes_model(const Problem& p, DType dtype, Pass pass, const LaunchOptions& options) {
-  int rows = options.block_m;
-  for (const ForwardConfig& c : kForwardConfigs) {
-    if (rows == 0 && c.head_dim == p.head_dim) rows = c.block_m;  // the default: the head dim's first entry
-  }
+  const ForwardConfig* config = launch_config(p, options);
+  const int rows = config != nullptr ? config->block_m : options.block_m;
   if (rows == 0) throw Unsupported("flash2: no kernel for head_dim = " + std::to_string(p.head_dim));
   const double forward = flash_bytes(p, dtype, Pass::fwd, rows);
   const double backward = flash_bytes(p, dtype, Pass::bwd, backward_block_n(p.head_dim));
@@ -446,15 +505,15 @@ std::string forward_tiles_of(std::int64_t d) {
 constexpr int kFaultHeadDim = 64;
 
 // grid: query blocks of the longest sequence x heads x batch entries
-template <class T, int kConfig, bool kRowSumInDtype = false>
+template <class T, int kConfig, bool kRowSumInDtype = false, bool kDropout = false>
 void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
-  constexpr ForwardConfig c = kForwardConfigs[kConfig];
+  constexpr ForwardConfig c = kDropout ? kDropoutConfigs[kConfig] : kForwardConfigs[kConfig];  // kDropout: its table
   using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
   require_shared_bytes(Traits::kSharedBytes, "forward tile " + std::to_string(c.block_m) + "x" +
                                                  std::to_string(c.block_n) + " at head_dim " + std::to_string(c.head_dim));
-  auto* kernel = forward_kernel<Traits, T, kRowSumInDtype>;
+  auto* kernel = forward_kernel<Traits, T, kRowSumInDtype, kDropout>;
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSharedBytes));
   const dim3 grid(static_cast<unsigned>(m_blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(args);
@@ -480,6 +539,18 @@ void forward_dispatch(const ForwardArgs& args, const Problem& p, int block_m, in
   }
 }
 
+// The dropout kernels: the head dim's entry of kDropoutConfigs.
+template <class T, int kConfig = 0>
+void forward_dropout_dispatch(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
+  if constexpr (kConfig == kDropoutConfigCount) {
+    throw Unsupported("flash2: no forward kernel for head_dim = " + std::to_string(p.head_dim));
+  } else {
+    constexpr ForwardConfig c = kDropoutConfigs[kConfig];
+    if (c.head_dim == p.head_dim) return launch_forward<T, kConfig, false, true>(args, p, stream);
+    return forward_dropout_dispatch<T, kConfig + 1>(args, p, stream);
+  }
+}
+
 // The index of the default tile of head dim d in kForwardConfigs (its first entry).
 constexpr int default_config(int d) {
   for (int i = 0; i < kForwardConfigCount; ++i) {
@@ -495,12 +566,22 @@ void add_forward_kernels(std::vector<KernelInfo>& list, std::index_sequence<kCon
   auto add = [&list](auto config) {
     constexpr ForwardConfig c = kForwardConfigs[decltype(config)::value];
     using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
-    list.push_back(kernel_info(forward_kernel<Traits, T>,
-                               "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
-                                   std::to_string(c.block_n) + " " + std::string(name(Elem<T>::kDType)),
-                               Traits::kSharedBytes));
+    const std::string tile = "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
+                             std::to_string(c.block_n) + " " + std::string(name(Elem<T>::kDType));
+    list.push_back(kernel_info(forward_kernel<Traits, T>, tile, Traits::kSharedBytes));
   };
   (add(std::integral_constant<std::size_t, kConfigs>{}), ...);
+  auto add_dropout = [&list](auto config) {
+    constexpr ForwardConfig c = kDropoutConfigs[decltype(config)::value];
+    using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
+    list.push_back(kernel_info(forward_kernel<Traits, T, false, true>,
+                               "forward d=" + std::to_string(c.head_dim) + " " + std::to_string(c.block_m) + "x" +
+                                   std::to_string(c.block_n) + " " + std::string(name(Elem<T>::kDType)) + " dropout",
+                               Traits::kSharedBytes));
+  };
+  [&]<std::size_t... kDropoutIndices>(std::index_sequence<kDropoutIndices...>) {
+    (add_dropout(std::integral_constant<std::size_t, kDropoutIndices>{}), ...);
+  }(std::make_index_sequence<kDropoutConfigCount>{});
   constexpr ForwardConfig c = kForwardConfigs[kFaultConfig];
   using Traits = ForwardTraits<c.head_dim, c.block_m, c.block_n, c.warps, sizeof(T)>;
   list.push_back(kernel_info(forward_kernel<Traits, T, true>,
@@ -545,11 +626,26 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   args.window_right = window_arg(w.right);
   args.scale = static_cast<float>(p.scale());
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
+  args.dropout_seed = p.dropout.seed;
+  args.dropout_offset = p.dropout.offset;
+  args.dropout_threshold = dropout_keep_threshold(p.dropout.p);
+  args.rp_dropout = static_cast<float>(1.0 / (1.0 - p.dropout.p));
 
   const LaunchOptions& tile = params.options;
   require(tile.block_m >= 0 && tile.block_n >= 0 && (tile.block_m > 0) == (tile.block_n > 0), "block_m",
           "and block_n must be given together (br and bc), or both left 0 for the default tile");
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (p.dropout.active()) {  // the default tiles only
+    if (tile.block_m != 0 || tile.block_n != 0) {
+      throw Unsupported("flash2: dropout is compiled for one tile per head dim (kDropoutConfigs; no br, bc)");
+    }
+    if (params.fault != Fault::none) throw Unsupported("flash2: the test-only fault has no dropout kernel");
+    switch (params.dtype) {
+      case DType::fp16: return forward_dropout_dispatch<__half>(args, p, stream);
+      case DType::bf16: return forward_dropout_dispatch<__nv_bfloat16>(args, p, stream);
+      default: break;
+    }
+  }
   if (params.fault == Fault::row_sum_in_dtype) {  // test-only: the default tile of kFaultHeadDim only
     if (p.head_dim != kFaultHeadDim || tile.block_m != 0 || tile.block_n != 0) {
       throw Unsupported("flash2: the test-only fault row_sum_in_dtype is compiled for the default tile at head_dim " +
@@ -601,12 +697,11 @@ Support supports(const Problem& p, DType dtype, Pass) {
 // partials summed in fp32.
 numerics::DataPath data_path(const Problem& p, DType dtype, const AttentionParams& params) {
   const double u32 = unit_roundoff(DType::fp32), u = unit_roundoff(dtype);
-  int block_n = params.options.block_n;
-  for (const ForwardConfig& c : kForwardConfigs) {
-    if (block_n == 0 && c.head_dim == p.head_dim) block_n = c.block_n;  // the default: the head dim's first entry
-  }
+  const ForwardConfig* config = launch_config(p, params.options);
+  const int block_n = config != nullptr ? config->block_n : params.options.block_n;
   numerics::DataPath path = online_softmax_forward_path(dtype, block_n, "mma");
   path.summary += "; bwd: P, dS " + std::string(name(dtype)) + ", dQ fp32 atomics";
+  if (p.dropout.active()) path.summary += "; dropout: Z o P in the dtype, 1/(1-p) in fp32 on O, dP and dV";
   path.u_p_bwd = u;
   path.ds_from_rounded_p = false;
   path.dp = {u32, true};
@@ -638,7 +733,7 @@ Variant flash2_variant() {
   v.materializes = false;
   v.supported =
       "fp16, bf16; head_dim 32, 64, 96, 128, 256 with head_dim_v == head_dim; causal, sliding window, GQA/MQA, "
-      "varlen, N_q != N_k; fwd and bwd (deterministic bwd selectable)";
+      "varlen, N_q != N_k, dropout (one tile per head dim); fwd and bwd (deterministic bwd selectable)";
   v.supports = flash2::supports;
   v.workspace_model = flash2::workspace_bytes;
   v.bytes_model = flash2::bytes_model;

@@ -43,6 +43,7 @@ std::string tiles_of(std::int64_t head_dim) {
 namespace {
 
 Support supports(const Problem& p, DType dtype, Pass pass) {
+  if (p.dropout.active()) return Support::no("flash3 has no dropout (a forward for inference); flash2 has it");
   if (dtype != DType::fp16 && dtype != DType::bf16) {
     return Support::no("flash3 runs fp16 and bf16 (wgmma); " + std::string(name(dtype)) +
                        (dtype == DType::fp32 ? " has no path here: use standard" : " is not implemented"));

@@ -685,6 +685,9 @@ std::int64_t workspace_bytes(const Problem& p, DType dtype, Pass pass) {
 }
 
 Support supports(const Problem& p, DType dtype, Pass) {
+  if (p.dropout.active()) {
+    return Support::no("standard has no dropout (its fused softmax would need the mask); cpu-standard and flash2 have it");
+  }
   switch (dtype) {
     case DType::fp64: return Support::no("standard runs fp32, fp16 and bf16; fp64 is the CPU reference's type");
     case DType::fp8_e4m3:

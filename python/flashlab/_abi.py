@@ -1,4 +1,4 @@
-"""ctypes bindings of libflashlab's C ABI (abi/include/flashlab/flashlab.h, version 1).
+"""ctypes bindings of libflashlab's C ABI (abi/include/flashlab/flashlab.h, version 1, minor 1 or later).
 
 The library is found through the environment variable FLASHLAB_LIBRARY (a path to libflashlab.so), else beside this
 module (an installed wheel), else in the repository's build folders (build/cuda/abi, build/cpu/abi), else by the
@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 ABI_VERSION = 1
+ABI_MINOR = 1  # dropout: flashlab_problem_ext, the *_ext calls, flashlab_dropout_mask
 
 OK, INVALID, UNSUPPORTED, OUT_OF_MEMORY, CUDA, INTERNAL = range(6)
 FP64, FP32, FP16, BF16 = range(4)
@@ -42,6 +43,20 @@ class Problem(ctypes.Structure):
                 ("head_dim_v", ctypes.c_int64), ("causal", ctypes.c_int), ("window_left", ctypes.c_int64),
                 ("window_right", ctypes.c_int64), ("softmax_scale", ctypes.c_double),
                 ("seqlens_q", ctypes.POINTER(ctypes.c_int64)), ("seqlens_k", ctypes.POINTER(ctypes.c_int64))]
+
+
+class ProblemExt(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("dropout_p", ctypes.c_double), ("dropout_seed", ctypes.c_uint64),
+                ("dropout_offset", ctypes.c_uint64)]
+
+
+def make_ext(dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0) -> ProblemExt:
+    """The flashlab_problem_ext of a call: dropout applies when dropout_p > 0 (the library refuses p outside
+    [0, 1)); seed and offset are unsigned 64-bit."""
+    for name, x in (("dropout_seed", dropout_seed), ("dropout_offset", dropout_offset)):
+        if not 0 <= int(x) < 2 ** 64:
+            raise ValueError(f"flashlab: {name} = {x} must be in [0, 2^64)")
+    return ProblemExt(ctypes.sizeof(ProblemExt), float(dropout_p), int(dropout_seed), int(dropout_offset))
 
 
 class Strides(ctypes.Structure):
@@ -136,14 +151,26 @@ def library() -> ctypes.CDLL:
         lib.flashlab_variant_count.restype = ctypes.c_int
         lib.flashlab_variant_id.restype = ctypes.c_char_p
         lib.flashlab_variant_id.argtypes = [ctypes.c_int]
+        version = lib.flashlab_abi_version()
+        if version != ABI_VERSION:
+            raise ImportError(f"{path}: libflashlab ABI version {version}, this package speaks {ABI_VERSION}")
+        minor = lib.flashlab_abi_minor() if hasattr(lib, "flashlab_abi_minor") else 0
+        if minor < ABI_MINOR:
+            raise ImportError(f"{path}: libflashlab ABI {version}.{minor}, this package needs {version}.{ABI_MINOR}")
         for name in ("flashlab_forward", "flashlab_backward"):
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(Problem), ctypes.c_int, ctypes.POINTER(Tensors),
                            ctypes.c_void_p, ctypes.c_void_p]
-        version = lib.flashlab_abi_version()
-        if version != ABI_VERSION:
-            raise ImportError(f"{path}: libflashlab ABI version {version}, this package speaks {ABI_VERSION}")
+        for name in ("flashlab_forward_ext", "flashlab_backward_ext"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(Problem), ctypes.POINTER(ProblemExt), ctypes.c_int,
+                           ctypes.POINTER(Tensors), ctypes.c_void_p, ctypes.c_void_p]
+        lib.flashlab_dropout_mask.restype = ctypes.c_int
+        lib.flashlab_dropout_mask.argtypes = [ctypes.c_double, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64,
+                                              ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                              ctypes.c_void_p]
         _library = lib
         return lib
     raise ImportError("libflashlab not found (set FLASHLAB_LIBRARY to the built abi/libflashlab.so); tried: "

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "flashlab/core/dropout.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/parallel.hpp"
 #include "exp.hpp"
@@ -179,6 +180,28 @@ void masked_scores(const Problem& p, const Sequence& s, std::int64_t i0, std::in
   }
 }
 
+// Dropout (core/dropout.hpp) on a block of weights of query head h of sequence b, rows i0 + r, keys c0 + c: a dropped
+// weight becomes 0, a kept one is multiplied by `kept_scale`.
+template <class Scalar, class Block>
+void drop_weights(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t i0, std::int64_t c0, Scalar kept_scale,
+                  Block& block) {
+  const DropoutSpec& dropout = p.dropout;
+  const std::uint32_t threshold = dropout_keep_threshold(dropout.p);
+  const auto subsequence = static_cast<std::uint64_t>(b * p.heads + h);
+  for (std::int64_t c = 0; c < block.cols(); ++c) {
+    for (std::int64_t r = 0; r < block.rows(); ++r) {
+      const bool keep = dropout_keep(dropout.seed, dropout.offset, subsequence, static_cast<std::uint32_t>(i0 + r),
+                                     static_cast<std::uint32_t>(c0 + c), threshold);
+      block(r, c) = keep ? block(r, c) * kept_scale : Scalar(0);
+    }
+  }
+}
+
+template <class Scalar>
+Scalar kept_scale_of(const Problem& p) {
+  return static_cast<Scalar>(1.0 / (1.0 - p.dropout.p));
+}
+
 template <class Scalar>
 void check_forward(const Problem& p, const ForwardArgs<Scalar>& a) {
   p.validate();
@@ -252,6 +275,8 @@ void forward(const Problem& p, const ForwardArgs<Scalar>& a, const Options& opti
     exp_in_place(block.array());
     Vector<Scalar> row_sum(rows);
     ordered_row_sums<Scalar>(block, row_sum);
+    // dropout on the weights after the row sums: l_i and the LSE come from the undropped P
+    if (p.dropout.active()) drop_weights(p, it.b, it.h, it.i0, cols.c0, kept_scale_of<Scalar>(p), block);
     o.noalias() = block * v;
     for (std::int64_t r = 0; r < rows; ++r) {
       if (row_sum(r) == 0) {
@@ -333,11 +358,20 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
         prob.row(r).array() -= lse == minus_inf ? Scalar(0) : lse;
       }
       exp_in_place(prob.array());
-      dv_acc.middleRows(cols.c0, cols.width).noalias() += prob.transpose() * d_out;
-      // dS = P * (dP - D), dP = dO V^T
-      ds.noalias() = d_out * v.transpose();
       ordered_row_dots<Scalar>(d_out, o, delta);
-      ds.array() = prob.array() * (ds.array().colwise() - delta.array());
+      if (!p.dropout.active()) {
+        dv_acc.middleRows(cols.c0, cols.width).noalias() += prob.transpose() * d_out;
+        // dS = P * (dP - D), dP = dO V^T
+        ds.noalias() = d_out * v.transpose();
+        ds.array() = prob.array() * (ds.array().colwise() - delta.array());
+      } else {
+        // dP = Z o (dO V^T) / (1 - p), dS = P o (dP - D), then P -> Z o P / (1 - p) for dV (core/dropout.hpp)
+        ds.noalias() = d_out * v.transpose();
+        drop_weights(p, it.b, h, i0, cols.c0, kept_scale_of<Scalar>(p), ds);
+        ds.array() = prob.array() * (ds.array().colwise() - delta.array());
+        drop_weights(p, it.b, h, i0, cols.c0, kept_scale_of<Scalar>(p), prob);
+        dv_acc.middleRows(cols.c0, cols.width).noalias() += prob.transpose() * d_out;
+      }
       dq.noalias() = scale * (ds * k);
       dk_acc.middleRows(cols.c0, cols.width).noalias() += scale * (ds.transpose() * q);
     }

@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "flashlab/core/dropout.hpp"
 #include "flashlab/core/errors.hpp"
 #include "flashlab/core/parallel.hpp"
 #include "exp.hpp"
@@ -103,6 +104,29 @@ struct Blocks {
 // The mask of one query row: kept keys [lo, hi] (the group is one sequence, with its key padding if any).
 KeyRange keys_of(const Problem& p, std::int64_t i) { return p.key_range(p.sequence(0), i); }
 
+// Dropout's factor of weight (i, j) of head h of the group (batch 1: subsequence h, the group's offset): 0 dropped,
+// 1 / (1 - p) kept, 1 without dropout.
+class DropFactor {
+ public:
+  explicit DropFactor(const GroupInputs& in)
+      : spec_(in.problem.dropout), threshold_(dropout_keep_threshold(spec_.p)),
+        kept_(1.0 / (1.0 - spec_.p)) {}
+  [[nodiscard]] bool active() const { return spec_.active(); }
+  [[nodiscard]] double kept_scale() const { return active() ? kept_ : 1.0; }
+  [[nodiscard]] double operator()(std::int64_t h, std::int64_t i, std::int64_t j) const {
+    if (!active()) return 1.0;
+    return dropout_keep(spec_.seed, spec_.offset, static_cast<std::uint64_t>(h),
+                        static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j), threshold_)
+               ? kept_
+               : 0.0;
+  }
+
+ private:
+  DropoutSpec spec_;
+  std::uint32_t threshold_;
+  double kept_;
+};
+
 // The masks keep a band whose ends move monotonically with the query row (padded rows keep nothing), so the work of a block of rows (or keys)
 // is confined to a span: the keys that rows which[first .. first + count) see, or the query rows that see a key of
 // [lo, hi]. Entries inside a span that the mask drops are still tested one by one; the spans only skip the columns
@@ -192,6 +216,7 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
   const Mat<S> k = ConstRows(in.k.data(), sh.nk, sh.d).template cast<S>();
   const Mat<S> v = ConstRows(in.v.data(), sh.nk, sh.dv).template cast<S>();
   const std::vector<std::int64_t> forward_rows = backward ? all_rows(sh.nq) : rows.query;
+  const DropFactor drop(in);
   Values<S> out;
   out.o_all.assign(static_cast<std::size_t>(sh.g * sh.nq * sh.dv), S(0));
   out.lse_all.assign(static_cast<std::size_t>(sh.g * sh.nq), S(0));
@@ -211,6 +236,11 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
     e.array().colwise() -= shift.array();
     exp_in_place(e.array());  // apart from the broadcast: Eigen vectorizes exp only on a plain array
     const Vec<S> l = e.rowwise().sum();
+    if (drop.active()) {  // the numerator's weights Z o P / (1 - p); l keeps every weight
+      for (std::int64_t c = 0; c < e.cols(); ++c) {
+        for (std::int64_t r = 0; r < count; ++r) e(r, c) *= static_cast<S>(drop(h, forward_rows[static_cast<std::size_t>(first + r)], span_first(span) + c));
+      }
+    }
     const Mat<S> pv = e * v.middleRows(span_first(span), span.size());
     for (std::int64_t r = 0; r < count; ++r) {
       const std::int64_t i = forward_rows[static_cast<std::size_t>(first + r)];
@@ -273,6 +303,11 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
     Mat<S> prob = masked_scores<S>(p, qb, k, scale, rows.query, first, span);
     probabilities(prob, h, rows.query, first);
     Mat<S> ds = dob * v.middleRows(j0, n).transpose();
+    if (drop.active()) {  // dP = Z o (dO V^T) / (1 - p)
+      for (std::int64_t c = 0; c < n; ++c) {
+        for (std::int64_t r = 0; r < count; ++r) ds(r, c) *= static_cast<S>(drop(h, rows.query[static_cast<std::size_t>(first + r)], j0 + c));
+      }
+    }
     for (std::int64_t r = 0; r < count; ++r) {
       ds.row(r).array() -= delta[static_cast<std::size_t>(h * sh.nq + rows.query[static_cast<std::size_t>(first + r)])];
     }
@@ -311,8 +346,20 @@ Values<S> compute_values(const GroupInputs& in, const Shape& sh, const RowChoice
         }
       }
       Mat<S> ds = d_out * vb.transpose();
+      if (drop.active()) {  // dP = Z o (dO V^T) / (1 - p), and Z o P / (1 - p) for dV after dS
+        for (std::int64_t j = 0; j < count; ++j) {
+          const std::int64_t key = rows.key[static_cast<std::size_t>(first + j)];
+          for (std::int64_t r = 0; r < nr; ++r) ds(r, j) *= static_cast<S>(drop(h, i0 + r, key));
+        }
+      }
       for (std::int64_t r = 0; r < nr; ++r) ds.row(r).array() -= delta[static_cast<std::size_t>(h * sh.nq + i0 + r)];
       ds = ds.cwiseProduct(prob);
+      if (drop.active()) {
+        for (std::int64_t j = 0; j < count; ++j) {
+          const std::int64_t key = rows.key[static_cast<std::size_t>(first + j)];
+          for (std::int64_t r = 0; r < nr; ++r) prob(r, j) *= static_cast<S>(drop(h, i0 + r, key));
+        }
+      }
       dv += prob.transpose() * d_out;
       dk += scale * (ds.transpose() * q);
     }
@@ -377,6 +424,12 @@ double tiny_error(const DataPath& path, double p, bool rounded) {
   if (p < kFp32MinNormal && path.u_exp > 0) return p;
   if (rounded && p < numerics::min_normal(path.p_dtype)) return std::min(p, numerics::subnormal_half_spacing(path.p_dtype));
   return 0;
+}
+// Dropout's factor 1 / (1 - p) rounded to the arithmetic's type and multiplied in: a relative error of 2 u per
+// weight of the numerator (a factor applied once to O, dV or dP bounds the same per term); a materializing path
+// stores dropout(P) and dropout(dP) again in the P type (u_p).
+double dropout_rounding(const DropFactor& drop, const DataPath& path) {
+  return drop.active() ? 2 * path.u_arith + (path.p_normalized ? path.u_p : 0) : 0;
 }
 double output_rounding(const DataPath& path, double value, double error) {
   return error + path.u_out * (std::abs(value) + error) + numerics::subnormal_half_spacing(path.out_dtype);
@@ -487,6 +540,20 @@ void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathCons
       indep_lse(r) += pij * pij * s(r, c) * s(r, c);
     }
   }
+  // Dropout: the numerator's terms carry Z o P / (1 - p) (the denominator's, weighted_sum and indep_lse, every P)
+  const DropFactor drop(in);
+  if (drop.active()) {
+    for (std::int64_t c = 0; c < n_span; ++c) {
+      for (std::int64_t r = 0; r < count; ++r) {
+        const double z = drop(h, which[static_cast<std::size_t>(first + r)], j0 + c);
+        prob(r, c) *= z;
+        weighted(r, c) *= z;
+        tiny(r, c) *= z;
+        prob_sq(r, c) *= z * z;
+        prob_sq_s_sq(r, c) *= z * z;
+      }
+    }
+  }
   const Mat<double> cons_num = weighted * v_abs, pv_abs = prob * v_abs, tiny_v = tiny * v_abs;
   Mat<double> p_round_sq, s_round_sq;
   if (pc.probabilistic) {
@@ -504,7 +571,8 @@ void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathCons
     const std::int64_t n = keys_of(p, i).size();
     const double big_r = static_cast<double>(rescales(path, n));
     const double amax = alpha_max(r);
-    const double beta_indep = path.p_normalized ? 2 * path.u_arith : 0;  // 1/l and the product, per term
+    // 1/l and the product, per term; with dropout 1 / (1 - p) rounded and its product
+    const double beta_indep = (path.p_normalized ? 2 * path.u_arith : 0) + dropout_rounding(drop, path);
     const double beta = path.u_p + beta_indep;
     const double g_pv = pc.gamma(path.pv, n);
     const double delta_l = pc.gamma(path.row_sum, numerics::row_sum_depth(n, path.row_sum_chains)) + big_r * path.u_arith;
@@ -519,7 +587,7 @@ void forward_block_bounds(const GroupInputs& in, const Shape& sh, const PathCons
               pc.lambda * path.u_p * (1 + amax) * p_round_sq(r, c) + tiny_v(r, c) * (1 + g_pv);
       }
       b.o[row * static_cast<std::size_t>(sh.dv) + static_cast<std::size_t>(c)] =
-          o_bound(path, {o, cons, num, amax, delta_l, beta, g_pv, big_r, n, v_max(c)});
+          o_bound(path, {o, cons, num, amax, delta_l, beta, g_pv, big_r, n, v_max(c) * drop.kept_scale()});
     }
     const double m = s.row(r).maxCoeff();
     // §5: the weighted argument errors, or (log-sum-exp is 1-Lipschitz in the max norm) the largest one
@@ -554,16 +622,18 @@ void row_level_bounds(const GroupInputs& in, const Shape& sh, const DataPath& pa
   const double big_r = static_cast<double>(rescales(path, n));
   const double rho = big_r * (path.u_exp + 2 * path.u_arith) + 4 * path.u_arith * a_max;
   const double amax = (1 + weight_error(path, delta)) * (1 + rho) - 1;
-  const double beta = path.u_p + (path.p_normalized ? 2 * path.u_arith : 0);
+  const DropFactor drop(in);
+  const double beta = path.u_p + (path.p_normalized ? 2 * path.u_arith : 0) + dropout_rounding(drop, path);
   const double g_pv = path.pv.gamma(n);
   const double delta_l = path.row_sum.gamma(numerics::row_sum_depth(n, path.row_sum_chains)) + big_r * path.u_arith;
   const double tiny = static_cast<double>(n) * std::max(numerics::subnormal_half_spacing(path.p_dtype), kFp32MinNormal);
   for (std::int64_t c = 0; c < sh.dv; ++c) {
     const double o = o_all[row * static_cast<std::size_t>(sh.dv) + static_cast<std::size_t>(c)];
-    const double cons = amax * (v_max(c) + std::abs(o)) / (1 - amax);
-    const double num = (beta + g_pv + big_r * path.u_arith) * (1 + amax) * (1 + beta) * v_max(c) + tiny * v_max(c) * (1 + g_pv);
+    const double v_top = v_max(c) * drop.kept_scale();  // dropout: |Z_ij v_jc| / (1 - p) <= max_j |v_jc| / (1 - p)
+    const double cons = amax * (v_top + std::abs(o)) / (1 - amax);
+    const double num = (beta + g_pv + big_r * path.u_arith) * (1 + amax) * (1 + beta) * v_top + tiny * v_top * (1 + g_pv);
     b.o[row * static_cast<std::size_t>(sh.dv) + static_cast<std::size_t>(c)] =
-        o_bound(path, {o, cons, num, amax, delta_l, beta, g_pv, big_r, n, v_max(c)});
+        o_bound(path, {o, cons, num, amax, delta_l, beta, g_pv, big_r, n, v_top});
   }
   const double lse_err = std::log1p(amax) + 2 * path.u_exp + (delta_l < 1 ? -std::log1p(-delta_l) : kInfinity) +
                          2 * path.u_arith * log_n + 2 * path.u_arith * (m_abs + std::abs(lse));
@@ -604,6 +674,8 @@ BackwardEntries backward_entries(const GroupInputs& in, const Shape& sh, const P
   const double eta = (1 + path.u_arith) * (1 + path.u_arith) * (1 + u_ds_in_eta) *
                          (1 + (path.ds_from_rounded_p ? path.u_p_bwd : 0)) - 1;
   BackwardEntries e{Mat<double>::Zero(nr, nk), Mat<double>::Zero(nr, nk), Mat<double>::Zero(nr, nk), Mat<double>::Zero(nr, nk)};
+  const DropFactor drop(in);
+  const double u_drop = dropout_rounding(drop, path);
   for (std::int64_t r = 0; r < nr; ++r) {
     const std::int64_t i = rows[static_cast<std::size_t>(r)];
     const std::size_t row = static_cast<std::size_t>(h * sh.nq + i);
@@ -626,14 +698,16 @@ BackwardEntries backward_entries(const GroupInputs& in, const Shape& sh, const P
       const double delta = argument_error(pc, gamma_qk, a(r, j), s(r, j), lse, fb.lse[row]);
       double alpha = weight_error(path, delta);
       if (pc.probabilistic) alpha += pc.lambda * path.u_scores * std::abs(s(r, j));  // one entry: no averaging
-      const double x = dp(r, j) - d;
-      double eps = gamma_dp * dp_abs(r, j) + delta_err;
-      if (path.u_dp_stored > 0) eps += path.u_dp_stored * (std::abs(dp(r, j)) + eps) + stored_tiny(path, dp(r, j));
+      // dropout: dP = Z o (dO V^T) / (1 - p), its rounding and the factor's (u_drop); dV's weights Z o P / (1 - p)
+      const double z = drop(h, i, key);
+      const double x = z * dp(r, j) - d;
+      double eps = z * (gamma_dp + u_drop) * dp_abs(r, j) + delta_err;
+      if (path.u_dp_stored > 0) eps += path.u_dp_stored * (z * std::abs(dp(r, j)) + eps) + z * stored_tiny(path, dp(r, j));
       const double tiny_p = tiny_error(path, pij, path.u_p_bwd > 0);
-      e.prob(r, j) = pij;
+      e.prob(r, j) = z * pij;
       e.ds(r, j) = pij * x;
       const double u_p_in_err = pc.probabilistic ? 0 : path.u_p_bwd;  // probabilistic: the operand term of §8
-      e.p_err(r, j) = pij * ((1 + alpha) * (1 + u_p_in_err) - 1) + tiny_p;
+      e.p_err(r, j) = z * (pij * ((1 + alpha) * (1 + u_p_in_err) * (1 + u_drop) - 1) + tiny_p);
       e.ds_err(r, j) = pij * (std::abs(x) * ((1 + alpha) * (1 + eta) - 1) + eps * (1 + alpha) * (1 + eta)) +
                        tiny_error(path, pij, path.ds_from_rounded_p) * (std::abs(x) + eps) * (1 + eta);
       if (path.u_ds > 0) e.ds_err(r, j) += stored_tiny(path, pij * x);  // dS stored below the normal range

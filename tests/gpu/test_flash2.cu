@@ -137,16 +137,19 @@ TEST_CASE("no flash2 kernel uses local memory (no register spills)", "[gpu][flas
   const kernels::Variant& v = variant("flash2");
   REQUIRE(v.kernels);
   const std::vector<kernels::KernelInfo> list = v.kernels();
-  int forward = 0, backward_main = 0, fault = 0;
+  int forward = 0, backward_main = 0, fault = 0, dropout_forward = 0, dropout_backward = 0;
   for (const kernels::KernelInfo& k : list) {
     INFO(k.name << ": " << k.registers << " registers, " << k.local_bytes << " bytes of local memory");
     CHECK(k.local_bytes == 0);
     CHECK(k.registers > 0);
     CHECK(k.registers <= 255);
     const bool test_only = k.name.find("(test-only)") != std::string::npos;
+    const bool dropout = k.name.size() >= 8 && k.name.compare(k.name.size() - 8, 8, " dropout") == 0;
     fault += test_only;
-    forward += !test_only && k.name.rfind("forward d=", 0) == 0;
-    backward_main += k.name.rfind("backward d=", 0) == 0;
+    forward += !test_only && !dropout && k.name.rfind("forward d=", 0) == 0;
+    backward_main += !dropout && k.name.rfind("backward d=", 0) == 0;
+    dropout_forward += dropout && k.name.rfind("forward d=", 0) == 0;
+    dropout_backward += dropout && k.name.rfind("backward d=", 0) == 0;
   }
 #if defined(FLASHLAB_TILE_SWEEP)
   CHECK(forward == 2 * 17);  // the forward tiles of kernels/README.md, fp16 and bf16
@@ -155,7 +158,10 @@ TEST_CASE("no flash2 kernel uses local memory (no register spills)", "[gpu][flas
 #endif
   CHECK(backward_main == 2 * 6);                      // d = 32, 64 (one and two dO buffers), 96, 128, 256
   CHECK(fault == 2);                                  // the test-only fault kernel (d = 64 default tile), fp16, bf16
-  CHECK(list.size() == std::size_t(forward + backward_main + fault + 2 * 3));  // + preprocess, dQ conversion, GQA sums
+  CHECK(dropout_forward == 2 * 5);                    // kDropoutConfigs: one tile per head dim, fp16 and bf16
+  CHECK(dropout_backward == backward_main);           // every backward tile has its dropout twin
+  CHECK(list.size() == std::size_t(forward + backward_main + fault + dropout_forward + dropout_backward +
+                                   2 * 3));  // + preprocess, dQ conversion, GQA sums
 }
 
 TEST_CASE("flash2 forward matches the fp64 reference under the baseline rule", "[gpu][flash2]") {

@@ -635,3 +635,87 @@ distribution = ["normal", "outliers", "large_logits"]
   CHECK(ok == 2 * 2 * 2 * 3);
   fs::remove_all(dir);
 }
+
+TEST_CASE("verification with dropout: the same mask passes, another mask fails", "[harness][verify][dropout]") {
+  auto backend = make_cpu_backend();
+  SuiteSettings settings;
+  for (Problem p : awkward_problems()) {
+    p.dropout = {0.2, 5, 1};
+    Problem other_mask = p;
+    other_mask.dropout.seed = 6;
+    for (const char* id : {"cpu-reference", "cpu-standard"}) {
+      for (const DType dtype : {DType::bf16, DType::fp32}) {
+        INFO(id << " " << name(dtype) << " " << p.describe());
+        const kernels::Variant* v = find_variant(id);
+        REQUIRE(v->supports(p, dtype, Pass::fwdbwd).ok);
+        const Expectation expected(p, dtype, Pass::fwdbwd, {9, Distribution::normal, dtype},
+                                   choose_groups(p, Pass::fwdbwd, settings), subject_of(*v, p, dtype));
+        const FetchOutput fetch = [&](const std::string& t, std::int64_t b, std::int64_t h,
+                                      const std::vector<std::int64_t>& rows) { return backend->fetch(t, b, h, &rows); };
+        backend->prepare(row_of(id, Pass::fwdbwd, dtype, p), 9);
+        v->forward(backend->params(), backend->context());
+        v->backward(backend->params(), backend->context());
+        const Verification good = expected.check(fetch);
+        INFO(good.failure);
+        CHECK(good.pass);
+        for (const auto& [tensor, e] : good.tensors) {
+          INFO(tensor << " error " << e.error.max_abs << " bound " << e.bound);
+          CHECK(e.above_bound == 0);
+        }
+        backend->release();
+        backend->prepare(row_of(id, Pass::fwdbwd, dtype, other_mask), 9);
+        v->forward(backend->params(), backend->context());
+        v->backward(backend->params(), backend->context());
+        const Verification bad = expected.check(fetch);
+        CHECK_FALSE(bad.pass);
+        CHECK_FALSE(bad.tensors.at("o").pass);
+        CHECK(bad.tensors.at("lse").pass);  // the LSE does not depend on the mask
+        backend->release();
+      }
+    }
+  }
+}
+
+TEST_CASE("a suite with dropout runs on the CPU variants and records it", "[harness][run][dropout]") {
+  const fs::path dir = fresh_directory("dropout");
+  RunOptions options;
+  options.suite = write_suite(dir, R"(
+[suite]
+name = "dropout"
+warmup = 0
+repetitions = 1
+
+[fixed]
+batch = 2
+heads = 2
+head_dim = 16
+seqlen = 33
+dropout_seed = 7
+
+[axes]
+variant = ["cpu-reference", "cpu-standard", "standard", "flash3"]
+pass = ["fwdbwd"]
+dtype = ["fp16"]
+dropout = [0.0, 0.17]
+)");
+  options.out = dir / "results";
+  options.run_id = "r";
+  CHECK(run_suite(options) == kExitOk);
+  const auto rows = read_results(options.out / "dropout" / "r" / "results.csv");
+  REQUIRE(rows.size() == 8);
+  int passed_with_dropout = 0;
+  for (const auto& row : rows) {
+    INFO(row.at("variant") << " dropout " << row.at("dropout") << ": " << row.at("status") << " " << row.at("reason"));
+    const bool dropout = row.at("dropout") == "0.17";
+    CHECK(row.at("dropout_seed") == "7");
+    if (row.at("variant").rfind("cpu-", 0) == 0) {
+      CHECK(row.at("status") == "ok");
+      CHECK(row.at("verify_pass") == "1");
+      passed_with_dropout += dropout ? 1 : 0;
+    } else if (dropout) {
+      CHECK(row.at("status") == "unsupported");
+    }
+  }
+  CHECK(passed_with_dropout == 2);
+  fs::remove_all(dir);
+}

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "flashlab/core/dropout.hpp"
 #include "flashlab/reference/attention_data.hpp"
 
 namespace flashlab::test {
@@ -55,7 +56,8 @@ inline bool kept(const Problem& p, std::int64_t b, std::int64_t i, std::int64_t 
   return kept(p, i - f, j - f, v, v);
 }
 
-// Row-by-row attention in long double with explicit loops: the independent check of the blocked reference.
+// Row-by-row attention in long double with explicit loops: the independent check of the blocked reference. With
+// dropout, each (i, j) asks core's dropout_keep (the mask's one definition) and the kept weights are divided by 1 - p.
 struct Naive {
   std::vector<double> o, lse;  // shaped like Data::o and Data::lse
 };
@@ -87,7 +89,14 @@ inline Naive naive_forward(const Data& data) {
           if (!kept(p, b, i, j, s.seqlen_q, s.seqlen_k)) continue;
           const long double e = std::exp(score[j] - row_max);
           sum += e;
-          for (std::int64_t c = 0; c < p.dv(); ++c) acc[c] += e * data.v(s.slot, s.k_offset + j, g, c);
+          long double weight = e;
+          if (p.dropout.active()) {
+            const bool keep = dropout_keep(p.dropout.seed, p.dropout.offset, static_cast<std::uint64_t>(b * p.heads + h),
+                                           static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j),
+                                           dropout_keep_threshold(p.dropout.p));
+            weight = keep ? e / (1.0L - p.dropout.p) : 0.0L;
+          }
+          for (std::int64_t c = 0; c < p.dv(); ++c) acc[c] += weight * data.v(s.slot, s.k_offset + j, g, c);
         }
         for (std::int64_t c = 0; c < p.dv(); ++c) {
           o_view(s.slot, s.q_offset + i, h, c) = sum == 0 ? 0.0 : static_cast<double>(acc[c] / sum);

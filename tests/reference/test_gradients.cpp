@@ -122,3 +122,18 @@ TEST_CASE("gradients match central finite differences to 1e-6", "[reference][gra
     CHECK(gradient_error(work, base, work.v.values(), base.dv.values(), options, rng) <= kTolerance);
   }
 }
+
+TEST_CASE("gradients with dropout match central finite differences under the same mask", "[reference][gradient][dropout]") {
+  const std::int64_t n = GENERATE(17, 97);
+  const reference::Options options{.row_block = 32, .workers = 1};
+  for (Case c : cases(n, 8)) {
+    c.problem.dropout = {0.3, 1234, 2};
+    INFO(c.name << ": " << c.problem.describe());
+    const Data base = test::solved(c.problem, 2000 + static_cast<std::uint64_t>(n), options);
+    Data work = base;
+    std::mt19937_64 rng(static_cast<std::uint64_t>(n * 7 + 1));
+    CHECK(gradient_error(work, base, work.q.values(), base.dq.values(), options, rng) <= kTolerance);
+    CHECK(gradient_error(work, base, work.k.values(), base.dk.values(), options, rng) <= kTolerance);
+    CHECK(gradient_error(work, base, work.v.values(), base.dv.values(), options, rng) <= kTolerance);
+  }
+}

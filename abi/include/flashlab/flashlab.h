@@ -11,8 +11,12 @@
  *  - Every call returns FLASHLAB_OK or an error code; flashlab_last_error() then holds one line naming the problem
  *    (per thread). Nothing is thrown across the ABI.
  *
- * Versioning: FLASHLAB_ABI_VERSION changes whenever a struct or a signature here changes; flashlab_abi_version()
- * returns the library's, which a caller compares with the header's.
+ * Versioning: FLASHLAB_ABI_VERSION changes whenever an existing struct or signature here changes;
+ * flashlab_abi_version() returns the library's, which a caller compares with the header's (equal, or refuse).
+ * FLASHLAB_ABI_MINOR counts additions that leave every existing struct and signature as it was (new functions, new
+ * structs), so a caller built against an older minor stays valid: a caller needing minor m checks
+ * flashlab_abi_minor() >= m.
+ *  - minor 1: dropout (flashlab_problem_ext and the *_ext calls, flashlab_dropout_mask).
  */
 #ifndef FLASHLAB_FLASHLAB_H
 #define FLASHLAB_FLASHLAB_H
@@ -25,6 +29,7 @@ extern "C" {
 #endif
 
 #define FLASHLAB_ABI_VERSION 1
+#define FLASHLAB_ABI_MINOR 1
 
 #if defined(FLASHLAB_BUILDING_ABI)
 #define FLASHLAB_API __attribute__((visibility("default")))
@@ -56,6 +61,25 @@ typedef struct {
   const int64_t* seqlens_q;
   const int64_t* seqlens_k;
 } flashlab_problem;
+
+/* What the problem gained after version 1.0, passed beside flashlab_problem to the *_ext calls (NULL: all
+ * defaults). `size` is sizeof(flashlab_problem_ext) as the caller compiled it: later minors append fields, and the
+ * library reads the ones past a caller's size as 0, so set size and zero the rest:
+ * flashlab_problem_ext e = {.size = sizeof(e)}.
+ *
+ * Dropout (minor 1), as FlashAttention-2: on the normalized probabilities after the softmax,
+ * O = (Z o P / (1 - p)) V, with the LSE from the undropped P, and the backward under the same keep mask Z. It applies
+ * only when dropout_p > 0 (in [0, 1); else FLASHLAB_ERROR_INVALID). Z is a pure function of (dropout_seed,
+ * dropout_offset, batch entry b, query head h, query row i, key j), with i and j counted from the start of their
+ * sequence: flashlab_dropout_mask gives it. Launches with the same seed and offset drop the same weights, so a
+ * backward must get the forward's; a caller wanting a fresh mask on the next launch advances dropout_offset by
+ * batch * heads (each (b, h) takes subsequence offset + b heads + h of the Philox counter). */
+typedef struct {
+  size_t size;
+  double dropout_p;
+  uint64_t dropout_seed;
+  uint64_t dropout_offset;
+} flashlab_problem_ext;
 
 /* Strides in elements of a [B, N, H, d] tensor; all 0: contiguous. */
 typedef struct {
@@ -90,6 +114,7 @@ typedef struct {
 } flashlab_workspace;
 
 FLASHLAB_API int flashlab_abi_version(void);
+FLASHLAB_API int flashlab_abi_minor(void);
 /* The message of the calling thread's last failed call ("" when none). Valid until its next call. */
 FLASHLAB_API const char* flashlab_last_error(void);
 
@@ -109,6 +134,30 @@ FLASHLAB_API flashlab_status flashlab_forward(const char* variant, const flashla
                                  const flashlab_tensors* tensors, void* stream, const flashlab_workspace* workspace);
 FLASHLAB_API flashlab_status flashlab_backward(const char* variant, const flashlab_problem* problem, flashlab_dtype dtype,
                                   const flashlab_tensors* tensors, void* stream, const flashlab_workspace* workspace);
+
+/* The calls above with the problem's extension `ext` (NULL: as the calls without _ext). Minor 1. */
+FLASHLAB_API flashlab_status flashlab_supports_ext(const char* variant, const flashlab_problem* problem,
+                                                   const flashlab_problem_ext* ext, flashlab_dtype dtype,
+                                                   flashlab_pass pass);
+FLASHLAB_API flashlab_status flashlab_workspace_bytes_ext(const char* variant, const flashlab_problem* problem,
+                                                          const flashlab_problem_ext* ext, flashlab_dtype dtype,
+                                                          flashlab_pass pass, size_t* bytes);
+FLASHLAB_API flashlab_status flashlab_forward_ext(const char* variant, const flashlab_problem* problem,
+                                                  const flashlab_problem_ext* ext, flashlab_dtype dtype,
+                                                  const flashlab_tensors* tensors, void* stream,
+                                                  const flashlab_workspace* workspace);
+FLASHLAB_API flashlab_status flashlab_backward_ext(const char* variant, const flashlab_problem* problem,
+                                                   const flashlab_problem_ext* ext, flashlab_dtype dtype,
+                                                   const flashlab_tensors* tensors, void* stream,
+                                                   const flashlab_workspace* workspace);
+
+/* Dropout's keep mask of query head `head` of batch entry `batch_index` (of `heads` query heads): keep[i seqlen_k + j]
+ * = 1 when weight (query row i, key j) is kept, 0 when dropped, for rows 0 .. seqlen_q - 1 and keys
+ * 0 .. seqlen_k - 1 of that sequence (host memory, seqlen_q seqlen_k bytes). The mask every variant applies for
+ * (dropout_p, dropout_seed, dropout_offset); dropout_p = 0 keeps every weight. Minor 1. */
+FLASHLAB_API flashlab_status flashlab_dropout_mask(double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset,
+                                                   int64_t batch_index, int64_t head, int64_t heads, int64_t seqlen_q,
+                                                   int64_t seqlen_k, uint8_t* keep);
 
 #ifdef __cplusplus
 }

@@ -10,8 +10,8 @@ into a varlen batch with flashlab.unpad_input, run with flash_attn_varlen_func a
 flash_attn_func. Causal attention is bottom-right aligned (decoding with a cache works); a sliding window of w keys
 is window_size (w - 1, w - 1) with causal, as transformers passes it to flash-attn. Under torch.autocast, q, k and v
 are cast to the autocast dtype, as sdpa's are (Llama's float32 rotary embeddings promote q and k to float32 while v
-is in the autocast dtype). Attention probabilities are not returned (output_attentions needs eager), dropout during
-training is refused by flash_attn_func.
+is in the autocast dtype). Attention probabilities are not returned (output_attentions needs eager); dropout during
+training (the model's attention_dropout) goes to flash_attn_func, which draws its mask from torch's generator.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 /* Calls libflashlab through its installed C header: the fp64 reference (cpu-reference, FLASHLAB_FP64) forward and
  * backward against a naive computation here, dense GQA and varlen with an empty sequence, cpu-standard in fp32,
- * the caller's workspace callbacks, and the error codes with their messages. Exit 0 when every check holds. */
+ * the caller's workspace callbacks, dropout (the naive computation under flashlab_dropout_mask's mask), and the error
+ * codes with their messages. Exit 0 when every check holds. */
 #include <flashlab/flashlab.h>
 #include <math.h>
 #include <stdio.h>
@@ -46,11 +47,15 @@ static double uniform(unsigned* state) {
   return (double)(*state >> 8) / 16777216.0 * 2.0 - 1.0;
 }
 
-/* naive attention of one dense batch entry b, head h (BSHD, contiguous), fp64 */
+/* naive attention of a dense batch (BSHD, contiguous), fp64. With `keep` (the keep mask [B, H, N, N], 1 kept) dropout
+ * with probability `p`: O = (Z o P / (1 - p)) V, dP = Z o (dO V^T) / (1 - p), dS = P o (dP - D), D = dO . O,
+ * dV = (Z o P / (1 - p))^T dO. */
 static void naive(int B, int H, int Hkv, int N, int d, const double* q, const double* k, const double* v,
-                  const double* dout, double* o, double* lse, double* dq, double* dk, double* dv) {
+                  const double* dout, const unsigned char* keep, double p_drop, double* o, double* lse, double* dq,
+                  double* dk, double* dv) {
   const double scale = 1.0 / sqrt((double)d);
   double* p = malloc(sizeof(double) * N);
+  double* z = malloc(sizeof(double) * N); /* Z_ij / (1 - p), 1 without dropout */
   double* dp = malloc(sizeof(double) * N);
   memset(dk, 0, sizeof(double) * B * N * Hkv * d);
   memset(dv, 0, sizeof(double) * B * N * Hkv * d);
@@ -69,17 +74,18 @@ static void naive(int B, int H, int Hkv, int N, int d, const double* q, const do
         for (int j = 0; j < N; ++j) l += (p[j] = exp(p[j] - m));
         for (int j = 0; j < N; ++j) p[j] /= l;
         lse[(b * H + h) * N + i] = m + log(l);
+        for (int j = 0; j < N; ++j) z[j] = keep ? keep[((b * H + h) * N + i) * N + j] / (1.0 - p_drop) : 1.0;
         double D = 0;
         for (int c = 0; c < d; ++c) {
           double acc = 0;
-          for (int j = 0; j < N; ++j) acc += p[j] * v[((b * N + j) * Hkv + g) * d + c];
+          for (int j = 0; j < N; ++j) acc += z[j] * p[j] * v[((b * N + j) * Hkv + g) * d + c];
           o[((b * N + i) * H + h) * d + c] = acc;
           D += acc * dout[((b * N + i) * H + h) * d + c];
         }
         for (int j = 0; j < N; ++j) {
           double s = 0;
           for (int c = 0; c < d; ++c) s += dout[((b * N + i) * H + h) * d + c] * v[((b * N + j) * Hkv + g) * d + c];
-          dp[j] = p[j] * (s - D); /* dS */
+          dp[j] = p[j] * (z[j] * s - D); /* dS */
         }
         for (int c = 0; c < d; ++c) {
           double acc = 0;
@@ -89,11 +95,12 @@ static void naive(int B, int H, int Hkv, int N, int d, const double* q, const do
         for (int j = 0; j < N; ++j)
           for (int c = 0; c < d; ++c) {
             dk[((b * N + j) * Hkv + g) * d + c] += dp[j] * qi[c] * scale;
-            dv[((b * N + j) * Hkv + g) * d + c] += p[j] * dout[((b * N + i) * H + h) * d + c];
+            dv[((b * N + j) * Hkv + g) * d + c] += z[j] * p[j] * dout[((b * N + i) * H + h) * d + c];
           }
       }
     }
   free(p);
+  free(z);
   free(dp);
 }
 
@@ -119,7 +126,7 @@ int main(void) {
   double o[B * N * H * D], dq[B * N * H * D], dk[B * N * Hkv * D], dv[B * N * Hkv * D], lse_want[B * H * N];
   double o_want[B * N * H * D], dq_want[B * N * H * D], dk_want[B * N * Hkv * D], dv_want[B * N * Hkv * D];
   float lse[B * H * N];
-  naive(B, H, Hkv, N, D, q, k, v, dout, o_want, lse_want, dq_want, dk_want, dv_want);
+  naive(B, H, Hkv, N, D, q, k, v, dout, NULL, 0, o_want, lse_want, dq_want, dk_want, dv_want);
 
   flashlab_problem p = {.batch = B, .heads = H, .heads_kv = Hkv, .seqlen_q = N, .seqlen_k = N, .head_dim = D,
                         .window_left = -1, .window_right = -1};
@@ -166,6 +173,74 @@ int main(void) {
   EXPECT(flashlab_forward("cpu-reference", &pv, FLASHLAB_FP64, &tv, NULL, NULL) == FLASHLAB_OK, "varlen: %s",
          flashlab_last_error());
   EXPECT(max_diff(ov, o_want, N * H * D) < 1e-13, "varlen O differs by %g", max_diff(ov, o_want, N * H * D));
+
+  /* dropout (minor 1): the reference under flashlab_dropout_mask's mask equals the naive computation under it */
+  EXPECT(flashlab_abi_minor() >= 1, "ABI minor %d, dropout needs 1", flashlab_abi_minor());
+  {
+    const double p_drop = 0.3;
+    flashlab_problem_ext e = {.size = sizeof(e)};
+    e.dropout_p = p_drop;
+    e.dropout_seed = 0x0123456789abcdefull;
+    e.dropout_offset = 5;
+    static unsigned char keep[B * H * N * N];
+    int kept = 0;
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h)
+        EXPECT(flashlab_dropout_mask(p_drop, e.dropout_seed, e.dropout_offset, b, h, H, N, N,
+                                     keep + (b * H + h) * N * N) == FLASHLAB_OK,
+               "mask: %s", flashlab_last_error());
+    for (int e2 = 0; e2 < B * H * N * N; ++e2) kept += keep[e2];
+    /* 648 weights kept with probability 0.7: mean 453.6, sigma 11.7; 5 sigmas */
+    EXPECT(fabs(kept - 0.7 * B * H * N * N) < 5 * sqrt(0.7 * 0.3 * B * H * N * N), "kept %d of %d", kept, B * H * N * N);
+    naive(B, H, Hkv, N, D, q, k, v, dout, keep, p_drop, o_want, lse_want, dq_want, dk_want, dv_want);
+    EXPECT(flashlab_forward_ext("cpu-reference", &p, &e, FLASHLAB_FP64, &t, NULL, NULL) == FLASHLAB_OK,
+           "dropout forward: %s", flashlab_last_error());
+    EXPECT(max_diff(o, o_want, nq) < 1e-13, "dropout O differs from the naive one by %g", max_diff(o, o_want, nq));
+    for (int e2 = 0; e2 < nl; ++e2) lse_d[e2] = lse[e2];
+    EXPECT(max_diff(lse_d, lse_want, nl) < 1e-6, "dropout LSE differs by %g", max_diff(lse_d, lse_want, nl));
+    EXPECT(flashlab_backward_ext("cpu-reference", &p, &e, FLASHLAB_FP64, &t, NULL, NULL) == FLASHLAB_OK,
+           "dropout backward: %s", flashlab_last_error());
+    EXPECT(max_diff(dq, dq_want, nq) < 1e-5, "dropout dQ differs by %g", max_diff(dq, dq_want, nq));
+    EXPECT(max_diff(dk, dk_want, nk) < 1e-5, "dropout dK differs by %g", max_diff(dk, dk_want, nk));
+    EXPECT(max_diff(dv, dv_want, nk) < 1e-5, "dropout dV differs by %g", max_diff(dv, dv_want, nk));
+    /* another offset, another mask: O changes */
+    double o_first[B * N * H * D];
+    memcpy(o_first, o, sizeof(o));
+    e.dropout_offset += B * H;
+    EXPECT(flashlab_forward_ext("cpu-reference", &p, &e, FLASHLAB_FP64, &t, NULL, NULL) == FLASHLAB_OK, "%s",
+           flashlab_last_error());
+    EXPECT(max_diff(o, o_first, nq) > 1e-3, "offset + B H gives the same O");
+    /* a caller of an older minor: fields past its size read as 0 (no dropout), and ext NULL is the plain call */
+    naive(B, H, Hkv, N, D, q, k, v, dout, NULL, 0, o_want, lse_want, dq_want, dk_want, dv_want);
+    flashlab_problem_ext old = e;
+    old.size = sizeof(old.size);
+    EXPECT(flashlab_forward_ext("cpu-reference", &p, &old, FLASHLAB_FP64, &t, NULL, NULL) == FLASHLAB_OK, "%s",
+           flashlab_last_error());
+    EXPECT(max_diff(o, o_want, nq) < 1e-13, "a size-only ext still drops (O differs by %g)", max_diff(o, o_want, nq));
+    EXPECT(flashlab_forward_ext("cpu-reference", &p, NULL, FLASHLAB_FP64, &t, NULL, NULL) == FLASHLAB_OK, "%s",
+           flashlab_last_error());
+    EXPECT(max_diff(o, o_want, nq) < 1e-13, "ext NULL: O differs by %g", max_diff(o, o_want, nq));
+    /* p = 0 keeps every weight */
+    EXPECT(flashlab_dropout_mask(0.0, 1, 2, 0, 0, H, N, N, keep) == FLASHLAB_OK, "%s", flashlab_last_error());
+    kept = 0;
+    for (int e2 = 0; e2 < N * N; ++e2) kept += keep[e2];
+    EXPECT(kept == N * N, "p = 0 kept %d of %d", kept, N * N);
+    /* p outside [0, 1): the code and a message naming dropout */
+    const double bad_p[3] = {1.0, -0.1, NAN};
+    for (int c = 0; c < 3; ++c) {
+      e.dropout_p = bad_p[c];
+      EXPECT(flashlab_forward_ext("cpu-reference", &p, &e, FLASHLAB_FP64, &t, NULL, NULL) == FLASHLAB_ERROR_INVALID,
+             "p = %g accepted", bad_p[c]);
+      EXPECT(strstr(flashlab_last_error(), "dropout") != NULL, "message: %s", flashlab_last_error());
+      EXPECT(flashlab_dropout_mask(bad_p[c], 1, 2, 0, 0, H, N, N, keep) == FLASHLAB_ERROR_INVALID, "mask p = %g",
+             bad_p[c]);
+      EXPECT(strstr(flashlab_last_error(), "dropout") != NULL, "message: %s", flashlab_last_error());
+    }
+    e.size = 0;
+    EXPECT(flashlab_supports_ext("cpu-reference", &p, &e, FLASHLAB_FP64, FLASHLAB_FORWARD) == FLASHLAB_ERROR_INVALID,
+           "ext size 0 accepted");
+    EXPECT(flashlab_dropout_mask(0.5, 1, 2, 0, H, H, N, N, keep) == FLASHLAB_ERROR_INVALID, "head == heads accepted");
+  }
 
   /* errors: a code and one line naming the problem */
   EXPECT(flashlab_forward("no-such", &p, FLASHLAB_FP64, &t, NULL, NULL) == FLASHLAB_ERROR_INVALID, "unknown variant");

@@ -17,6 +17,8 @@
 #include <string_view>
 #include <vector>
 
+#include "flashlab/core/dropout.hpp"
+
 namespace flashlab {
 
 // Sliding window in keys to the left and right of the (bottom-right aligned) diagonal; -1 = unbounded.
@@ -67,6 +69,8 @@ struct Problem {
   // Varlen batches: cumulative offsets, length B+1, starting at 0 (both given or neither).
   std::vector<std::int64_t> cu_seqlens_q;
   std::vector<std::int64_t> cu_seqlens_k;
+  // Attention dropout on P after the softmax (dropout.hpp): p in [0, 1), the mask keyed by (seed, offset, b, h, i, j).
+  DropoutSpec dropout{};
   // Key padding (not with varlen, which is the unpadded form; N_q == N_k, the queries padded with the keys as in
   // self-attention): entry b's valid tokens are [0, v_b) (right) or [N - v_b, N) (left), v_b = valid_lengths[b]
   // (length B, 0 <= v_b <= N). A padded query row keeps no key (O = 0, LSE = -inf, dQ = 0); no query keeps a

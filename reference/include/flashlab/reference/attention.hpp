@@ -6,6 +6,9 @@
 // Backward, with P = exp(S - LSE_i) recomputed from the saved LSE and D_i = rowsum(dO_i * O_i):
 //   dV_g += P^T dO_i,  dP = dO_i V^T,  dS = P * (dP - D_i),  dQ_i = scale dS K,  dK_g += scale dS^T q_i.
 // A fully masked row (no key kept) gives O = 0, LSE = -inf and zero gradients.
+// Dropout (problem.dropout, core/dropout.hpp): O_i = (Z_i o P_i / (1 - p)) V with l and LSE from the undropped P;
+// backward dV_g += (Z o P / (1 - p))^T dO_i, dP = Z o (dO_i V^T) / (1 - p), the rest as above; Z is
+// dropout_keep at (seed, offset, b H + h, i, j), i and j counted from the start of the sequence.
 //
 // Memory is bounded: query rows are processed in blocks of `row_block` rows as matrix products; only a
 // row_block x N_k score block (and in backward, dP) exists per worker, never N x N. See workspace_bytes.

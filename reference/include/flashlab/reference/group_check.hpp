@@ -9,6 +9,9 @@
 // The same entries are also computed in fp32 arithmetic (FlashAttention's upcast reference: inputs as given, every
 // operation in fp32, outputs rounded to the output dtype), and the a-priori bounds of any number of data paths
 // (numerics::DataPath) are evaluated from the exact quantities: the derivation, term by term, is NUMERICS.md.
+// Dropout (problem.dropout): the same mask as the kernels; the bounds treat Z o P / (1 - p) as the numerator's
+// weights (the denominator l keeps every weight) and add two fp32 roundings for the factor 1 / (1 - p) and its
+// product (NUMERICS.md, "Dropout").
 #pragma once
 
 #include <cstdint>
@@ -25,7 +28,10 @@ namespace flashlab::reference {
 // The group's inputs in double, row-major: q and d_out [G][N_q][d or d_v], k [N_k][d], v [N_k][d_v]; d_out may be
 // empty for a forward-only check.
 struct GroupInputs {
-  Problem problem;  // batch 1, heads G, heads_kv 1, the sequence's lengths, the scale made explicit
+  // batch 1, heads G, heads_kv 1, the sequence's lengths, the scale made explicit; the dropout of the full problem
+  // with b H + g G added to its offset, so that query head h of the group draws the mask of head g G + h of sequence
+  // b (core/dropout.hpp: the offset adds to the (batch, head) subsequence)
+  Problem problem;
   std::vector<double> q, k, v, d_out;
 };
 
