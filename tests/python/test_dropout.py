@@ -16,6 +16,9 @@ if not os.environ.get("FLASHLAB_TEST_INSTALLED"):  # else: the installed package
     sys.path.insert(0, str(ROOT / "python"))
 import flashlab  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_reference import naive  # noqa: E402  (the numpy attention, with dropout's keep mask)
+
 MASK32 = np.uint64(0xFFFFFFFF)
 
 
@@ -48,46 +51,6 @@ def independent_mask(p, seed, offset, b, h, heads, nq, nk):
     keep = (1.0 - p) * 4294967296.0
     threshold = 0xFFFFFFFF if keep >= 4294967295.0 else int(keep)
     return word < np.uint64(threshold)
-
-
-def naive(q, k, v, d_out, keep, p_drop, causal=False, window=(-1, -1)):
-    """One sequence under dropout: q [N_q, H, d], k and v [N_k, H_kv, d], keep [H, N_q, N_k]. The masks of
-    core/mask.hpp written out here; O = (Z o P / (1 - p)) V, LSE from the undropped P; the backward as
-    FlashAttention-2: dP = Z o (dO V^T) / (1 - p), dS = P o (dP - rowsum(dO o O)), dV = (Z o P / (1 - p))^T dO."""
-    nq, h, d = q.shape
-    nk, hkv, _ = k.shape
-    scale = 1 / np.sqrt(d)
-    left, right = window
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    o = np.zeros((nq, h, v.shape[2]))
-    lse = np.full((h, nq), -np.inf)
-    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    for head in range(h):
-        g = head // (h // hkv)
-        s = scale * q[:, head, :] @ k[:, g, :].T
-        i = np.arange(nq)[:, None] + nk - nq
-        j = np.arange(nk)[None, :]
-        allowed = np.ones((nq, nk), dtype=bool)
-        if left >= 0:
-            allowed &= j >= i - left
-        if right >= 0:
-            allowed &= j <= i + right
-        s = np.where(allowed, s, -np.inf)
-        m = s.max(axis=1, keepdims=True)
-        rows = np.isfinite(m[:, 0])
-        p = np.where(allowed, np.exp(s - np.where(np.isfinite(m), m, 0)), 0)
-        den = p.sum(axis=1, keepdims=True)
-        p = np.where(den > 0, p / np.where(den > 0, den, 1), 0)
-        z = keep[head] / (1 - p_drop)
-        o[:, head, :] = (z * p) @ v[:, g, :]
-        lse[head, rows] = m[rows, 0] + np.log(den[rows, 0])
-        dp = z * (d_out[:, head, :] @ v[:, g, :].T)
-        ds = p * (dp - (d_out[:, head, :] * o[:, head, :]).sum(axis=1, keepdims=True))
-        dq[:, head, :] = scale * ds @ k[:, g, :]
-        dk[:, g, :] += scale * ds.T @ q[:, head, :]
-        dv[:, g, :] += (z * p).T @ d_out[:, head, :]
-    return o, lse, dq, dk, dv
 
 
 class Dropout(unittest.TestCase):
@@ -151,7 +114,8 @@ class Dropout(unittest.TestCase):
                 np.testing.assert_array_equal(lse, lse0)  # the LSE of the undropped P
                 keep = flashlab.dropout_mask(p_drop, seed, offset, heads=4, batch=2, seqlen_q=nq, seqlen_k=nk)
                 for b in range(2):
-                    wo, _, wdq, wdk, wdv = naive(q[b], k[b], v[b], d_out[b], keep[b], p_drop, causal, window)
+                    wo, _, wdq, wdk, wdv = naive(q[b], k[b], v[b], d_out[b], causal, window, keep=keep[b],
+                                                 p_drop=p_drop)
                     np.testing.assert_allclose(o[b], wo, rtol=0, atol=1e-12)
                     for got, want in ((dq[b], wdq), (dk[b], wdk), (dv[b], wdv)):  # P from the float32 LSE
                         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, np.abs(want).max()))
@@ -170,7 +134,8 @@ class Dropout(unittest.TestCase):
         masks = flashlab.dropout_mask(p_drop, seed, offset, heads=2, seqlens_q=lq, seqlens_k=lk)
         a, c = 0, 0
         for nq, nk, keep in zip(lq, lk, masks):
-            wo, _, wdq, wdk, wdv = naive(q[a:a + nq], k[c:c + nk], v[c:c + nk], d_out[a:a + nq], keep, p_drop, True)
+            wo, _, wdq, wdk, wdv = naive(q[a:a + nq], k[c:c + nk], v[c:c + nk], d_out[a:a + nq], True, (-1, -1),
+                                         keep=keep, p_drop=p_drop)
             np.testing.assert_allclose(o[a:a + nq], wo, rtol=0, atol=1e-12)
             for got, want in ((dq[a:a + nq], wdq), (dk[c:c + nk], wdk), (dv[c:c + nk], wdv)):
                 np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, np.abs(want).max(initial=0)))

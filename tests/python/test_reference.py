@@ -15,8 +15,11 @@ if not os.environ.get("FLASHLAB_TEST_INSTALLED"):  # else: the installed package
 import flashlab  # noqa: E402
 
 
-def naive(q, k, v, d_out, causal, window, scale=None):
-    """One sequence: q [N_q, H, d], k and v [N_k, H_kv, d]; the mask rule of core/mask.hpp, written out here."""
+def naive(q, k, v, d_out, causal, window, scale=None, keep=None, p_drop=0.0):
+    """One sequence: q [N_q, H, d], k and v [N_k, H_kv, d]; the mask rule of core/mask.hpp, written out here.
+    With dropout, keep [H, N_q, N_k] is the keep mask Z: O = (Z o P / (1 - p)) V, LSE from the undropped P; the
+    backward as FlashAttention-2: dP = Z o (dO V^T) / (1 - p), dS = P o (dP - rowsum(dO o O)),
+    dV = (Z o P / (1 - p))^T dO."""
     nq, h, d = q.shape
     nk, hkv, _ = k.shape
     scale = 1 / np.sqrt(d) if scale is None else scale
@@ -31,24 +34,25 @@ def naive(q, k, v, d_out, causal, window, scale=None):
         s = scale * q[:, head, :] @ k[:, g, :].T
         i = np.arange(nq)[:, None] + nk - nq
         j = np.arange(nk)[None, :]
-        keep = np.ones((nq, nk), dtype=bool)
+        allowed = np.ones((nq, nk), dtype=bool)
         if left >= 0:
-            keep &= j >= i - left
+            allowed &= j >= i - left
         if right >= 0:
-            keep &= j <= i + right
-        s = np.where(keep, s, -np.inf)
+            allowed &= j <= i + right
+        s = np.where(allowed, s, -np.inf)
         m = s.max(axis=1, keepdims=True)
         rows = np.isfinite(m[:, 0])
-        p = np.where(keep, np.exp(s - np.where(np.isfinite(m), m, 0)), 0)
+        p = np.where(allowed, np.exp(s - np.where(np.isfinite(m), m, 0)), 0)
         den = p.sum(axis=1, keepdims=True)
         p = np.where(den > 0, p / np.where(den > 0, den, 1), 0)
-        o[:, head, :] = p @ v[:, g, :]
+        z = 1.0 if keep is None else keep[head] / (1 - p_drop)
+        o[:, head, :] = (z * p) @ v[:, g, :]
         lse[head, rows] = (m[rows, 0] + np.log(den[rows, 0]))
-        dp = d_out[:, head, :] @ v[:, g, :].T
+        dp = z * (d_out[:, head, :] @ v[:, g, :].T)
         ds = p * (dp - (d_out[:, head, :] * o[:, head, :]).sum(axis=1, keepdims=True))
         dq[:, head, :] = scale * ds @ k[:, g, :]
         dk[:, g, :] += scale * ds.T @ q[:, head, :]
-        dv[:, g, :] += p.T @ d_out[:, head, :]
+        dv[:, g, :] += (z * p).T @ d_out[:, head, :]
     return o, lse, dq, dk, dv
 
 
