@@ -235,6 +235,20 @@ class DropoutOnTheCpuVariants(unittest.TestCase):
         self.assertIsNone(plain[2])
 
 
+def allowed_keys(nq, nk, causal, window, device):
+    """[N_q, N_k]: the keys each query row keeps, core/mask.hpp's rule written out (bottom-right causal, window)."""
+    i = torch.arange(nq, device=device)[:, None] + nk - nq
+    j = torch.arange(nk, device=device)[None, :]
+    left, right = window
+    right = 0 if causal and right < 0 else (min(right, 0) if causal else right)
+    allowed = torch.ones(nq, nk, dtype=torch.bool, device=device)
+    if left >= 0:
+        allowed &= j >= i - left
+    if right >= 0:
+        allowed &= j <= i + right
+    return allowed
+
+
 def rule_error(x, ref):
     return float(np.abs(x.detach().double().cpu().numpy() - ref).max())
 
@@ -259,16 +273,7 @@ class OnTheGpu(unittest.TestCase):
     def math(self, q, k, v, d_out, causal, window):
         """PyTorch's math attention in the same dtype (the baseline of the rule), bottom-right causal and window."""
         qt, kt, vt = (t.detach().transpose(1, 2).requires_grad_(True) for t in (q, k, v))
-        nq, nk = qt.shape[2], kt.shape[2]
-        i = torch.arange(nq, device="cuda")[:, None] + nk - nq
-        j = torch.arange(nk, device="cuda")[None, :]
-        left, right = window
-        right = 0 if causal and right < 0 else (min(right, 0) if causal else right)
-        keep = torch.ones(nq, nk, dtype=torch.bool, device="cuda")
-        if left >= 0:
-            keep &= j >= i - left
-        if right >= 0:
-            keep &= j <= i + right
+        keep = allowed_keys(qt.shape[2], kt.shape[2], causal, window, "cuda")
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
             o = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=keep,
                                                                  enable_gqa=kt.shape[1] != qt.shape[1])
@@ -318,16 +323,7 @@ class OnTheGpu(unittest.TestCase):
         qt, kt, vt = (t.detach().transpose(1, 2).requires_grad_(True) for t in (q, k, v))
         group = qt.shape[1] // kt.shape[1]
         kk, vv = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
-        nq, nk = qt.shape[2], kt.shape[2]
-        i = torch.arange(nq, device="cuda")[:, None] + nk - nq
-        j = torch.arange(nk, device="cuda")[None, :]
-        left, right = window
-        right = 0 if causal and right < 0 else (min(right, 0) if causal else right)
-        allowed = torch.ones(nq, nk, dtype=torch.bool, device="cuda")
-        if left >= 0:
-            allowed &= j >= i - left
-        if right >= 0:
-            allowed &= j <= i + right
+        allowed = allowed_keys(qt.shape[2], kt.shape[2], causal, window, "cuda")
         s = (qt @ kk.transpose(-1, -2)) * (qt.shape[-1] ** -0.5)
         # a row the mask empties: softmax over zeros, then zeroed (its output is 0, as the reference's), no NaN
         s = torch.where(allowed.any(dim=-1, keepdim=True), s.masked_fill(~allowed, float("-inf")), 0)
