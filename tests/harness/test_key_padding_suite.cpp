@@ -20,11 +20,13 @@
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/runner.hpp"
 #include "flashlab/harness/suite.hpp"
+#include "row_support.hpp"
 #include "flashlab/harness/verify.hpp"
 #include "npy_file.hpp"
 
 using namespace flashlab;
 using namespace flashlab::harness;
+using flashlab::test::row_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -54,15 +56,6 @@ fixed = { seqlen = 97, batch = 3, padded_fraction = 0.25, padding_seed = 1 }
 [[sweep]]
 fixed = { seqlen = 17, valid_lengths = [17, 0, 5, 1], window = [4, -1] }
 )";
-
-RowSpec row_of(const std::string& variant, Pass pass, DType dtype, const Problem& p) {
-  RowSpec row;
-  row.variant = variant;
-  row.pass = pass;
-  row.dtype = dtype;
-  row.problem = p;
-  return row;
-}
 
 }  // namespace
 

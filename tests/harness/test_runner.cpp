@@ -22,9 +22,11 @@
 #include "flashlab/harness/results.hpp"
 #include "flashlab/harness/runner.hpp"
 #include "flashlab/harness/verify.hpp"
+#include "row_support.hpp"
 
 using namespace flashlab;
 using namespace flashlab::harness;
+using flashlab::test::row_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -60,15 +62,6 @@ dtype = ["fp16", "bf16", "fp8_e4m3"]
 seqlen = [17, 64]
 heads_kv = [2, 3]
 )";
-
-RowSpec row_of(const std::string& variant, Pass pass, DType dtype, const Problem& p) {
-  RowSpec row;
-  row.variant = variant;
-  row.pass = pass;
-  row.dtype = dtype;
-  row.problem = p;
-  return row;
-}
 
 std::vector<Problem> awkward_problems() {
   std::vector<Problem> out;
