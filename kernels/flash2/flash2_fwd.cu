@@ -635,7 +635,7 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   require(tile.block_m >= 0 && tile.block_n >= 0 && (tile.block_m > 0) == (tile.block_n > 0), "block_m",
           "and block_n must be given together (br and bc), or both left 0 for the default tile");
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
-  if (p.dropout.active()) {  // the default tiles only
+  if (p.dropout.active()) {  // kDropoutConfigs: one tile per head dim
     if (tile.block_m != 0 || tile.block_n != 0) {
       throw Unsupported("flash2: dropout is compiled for one tile per head dim (kDropoutConfigs; no br, bc)");
     }
