@@ -520,34 +520,16 @@ void launch_forward(const ForwardArgs& args, const Problem& p, cudaStream_t stre
   FL_CUDA_CHECK_LAUNCH("flash2 forward_kernel");
 }
 
-// The config at index kConfig or later that matches (d, block_m, block_n); block sizes of 0 pick the default (the
-// first entry of the head dim).
-template <class T, int kConfig = 0>
-void forward_dispatch(const ForwardArgs& args, const Problem& p, int block_m, int block_n, cudaStream_t stream) {
-  if constexpr (kConfig == kForwardConfigCount) {
-    throw Unsupported("flash2: no forward tile br = " + std::to_string(block_m) + ", bc = " + std::to_string(block_n) +
-                      " for head_dim = " + std::to_string(p.head_dim) + " (compiled: " +
-                      forward_tiles_of(p.head_dim) +
-                      (kTileSweep ? ")" : "; the tile sweep's tiles need a build with -DFLASHLAB_TILE_SWEEP=ON)"));
+// The kernel of `config`, an entry of kForwardConfigs (of kDropoutConfigs with kDropout) that launch_config chose,
+// found by its place in the table.
+template <class T, bool kDropout, int kConfig = 0>
+void launch_chosen(const ForwardArgs& args, const Problem& p, const ForwardConfig& config, cudaStream_t stream) {
+  constexpr const ForwardConfig* table = kDropout ? kDropoutConfigs : kForwardConfigs;
+  if constexpr (kConfig < (kDropout ? kDropoutConfigCount : kForwardConfigCount)) {
+    if (&config == &table[kConfig]) return launch_forward<T, kConfig, false, kDropout>(args, p, stream);
+    return launch_chosen<T, kDropout, kConfig + 1>(args, p, config, stream);
   } else {
-    constexpr ForwardConfig c = kForwardConfigs[kConfig];
-    const bool defaults = block_m == 0 && block_n == 0;
-    if (c.head_dim == p.head_dim && (defaults || (c.block_m == block_m && c.block_n == block_n))) {
-      return launch_forward<T, kConfig>(args, p, stream);
-    }
-    return forward_dispatch<T, kConfig + 1>(args, p, block_m, block_n, stream);
-  }
-}
-
-// The dropout kernels: the head dim's entry of kDropoutConfigs.
-template <class T, int kConfig = 0>
-void forward_dropout_dispatch(const ForwardArgs& args, const Problem& p, cudaStream_t stream) {
-  if constexpr (kConfig == kDropoutConfigCount) {
-    throw Unsupported("flash2: no forward kernel for head_dim = " + std::to_string(p.head_dim));
-  } else {
-    constexpr ForwardConfig c = kDropoutConfigs[kConfig];
-    if (c.head_dim == p.head_dim) return launch_forward<T, kConfig, false, true>(args, p, stream);
-    return forward_dropout_dispatch<T, kConfig + 1>(args, p, stream);
+    throw Unsupported("flash2: the chosen forward tile is not in its table");  // launch_config returns entries only
   }
 }
 
@@ -635,14 +617,16 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   require(tile.block_m >= 0 && tile.block_n >= 0 && (tile.block_m > 0) == (tile.block_n > 0), "block_m",
           "and block_n must be given together (br and bc), or both left 0 for the default tile");
   const auto stream = static_cast<cudaStream_t>(ctx.stream);
+  const ForwardConfig* config = launch_config(p, tile);
   if (p.dropout.active()) {  // kDropoutConfigs: one tile per head dim
     if (tile.block_m != 0 || tile.block_n != 0) {
       throw Unsupported("flash2: dropout is compiled for one tile per head dim (kDropoutConfigs; no br, bc)");
     }
     if (params.fault != Fault::none) throw Unsupported("flash2: the test-only fault has no dropout kernel");
+    if (config == nullptr) throw Unsupported("flash2: no forward kernel for head_dim = " + std::to_string(p.head_dim));
     switch (params.dtype) {
-      case DType::fp16: return forward_dropout_dispatch<__half>(args, p, stream);
-      case DType::bf16: return forward_dropout_dispatch<__nv_bfloat16>(args, p, stream);
+      case DType::fp16: return launch_chosen<__half, true>(args, p, *config, stream);
+      case DType::bf16: return launch_chosen<__nv_bfloat16, true>(args, p, *config, stream);
       default: break;
     }
   }
@@ -657,9 +641,15 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
       default: break;
     }
   }
+  if (config == nullptr) {
+    throw Unsupported("flash2: no forward tile br = " + std::to_string(tile.block_m) + ", bc = " +
+                      std::to_string(tile.block_n) + " for head_dim = " + std::to_string(p.head_dim) +
+                      " (compiled: " + forward_tiles_of(p.head_dim) +
+                      (kTileSweep ? ")" : "; the tile sweep's tiles need a build with -DFLASHLAB_TILE_SWEEP=ON)"));
+  }
   switch (params.dtype) {
-    case DType::fp16: return forward_dispatch<__half>(args, p, tile.block_m, tile.block_n, stream);
-    case DType::bf16: return forward_dispatch<__nv_bfloat16>(args, p, tile.block_m, tile.block_n, stream);
+    case DType::fp16: return launch_chosen<__half, false>(args, p, *config, stream);
+    case DType::bf16: return launch_chosen<__nv_bfloat16, false>(args, p, *config, stream);
     default: break;
   }
   throw Unsupported("flash2: no kernel for dtype " + std::string(name(params.dtype)) + " (fp16, bf16)");
