@@ -3,7 +3,8 @@
 RESULTS_DIR holds results.csv and run.json, and may hold peers.csv (experiments/peers/torch_sdpa.py: other
 implementations measured on the same problems, in the same columns), whose rows join the figures.
 
-report.md and its tables (tables/NAME.tex, LaTeX) are written beside the figures.
+report.md and its tables (tables/NAME.tex, LaTeX) are written beside the figures; for a run with dropout (rows at
+p > 0 beside their twins at p = 0, experiments/dropout.toml), also dropout_cost.csv (dropout.py).
 
 Exit status 0 when the report is written, 2 on malformed input (one line on stderr naming the file and the
 problem: results.csv missing or unreadable, a required column missing, a field that does not parse, run.json
@@ -17,7 +18,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import markdown
+from . import dropout, markdown
 from .data import RESULTS_FILE, RUN_FILE, InputError, load_results, load_run
 from .figures import Context, Outcome, render_all
 from .numerics import error_tables
@@ -40,8 +41,11 @@ def make_report(results_dir: str, out_dir: Optional[str] = None) -> List[Outcome
     out_dir = out_dir or os.path.join(results_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     outcomes = render_all(results, run, out_dir)
-    sections = [("Numerical error", error_tables(results, Context.of(results, run)))]
+    costs = dropout.costs(results)  # rows at dropout p > 0 and their twins at p = 0, peers included
+    sections = [("Numerical error", error_tables(results, Context.of(results, run))),
+                ("Cost of dropout", dropout.tables(costs))]
     markdown.write(os.path.join(out_dir, REPORT_FILE), results, run, outcomes, sections)
+    dropout.write_csv(out_dir, costs)
     return outcomes
 
 

@@ -25,7 +25,7 @@ REQUIRED_COLUMNS = ("variant", "pass", "dtype", "seqlen_q", "head_dim", "status"
 # Columns read as integers / as numbers (bytes, times); an empty field is None, anything else must parse.
 INT_COLUMNS = ("batch", "heads", "heads_kv", "seqlen_q", "seqlen_k", "head_dim", "head_dim_v",
                "window_left", "window_right", "materializes")
-NUMBER_COLUMNS = ("softmax_scale", "time_median_ms", "time_p20_ms", "time_p80_ms", "flops", "tflops",
+NUMBER_COLUMNS = ("softmax_scale", "dropout", "time_median_ms", "time_p20_ms", "time_p80_ms", "flops", "tflops",
                   "workspace_peak_bytes", "workspace_model_bytes", "device_peak_bytes", "io_bytes",
                   "dram_read_bytes", "dram_write_bytes", "l2_read_bytes", "l2_write_bytes",
                   "bytes_model_min", "bytes_model_variant")
@@ -62,7 +62,7 @@ DTYPE_ORDER = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3")
 # apart. Only those that actually do in a given file join the panel key (see setting_columns), so a batch
 # that follows N (a fixed `tokens` axis) or a seqlen_k equal to seqlen_q splits nothing.
 SETTING_COLUMNS = ("causal", "seqlen_k", "window_left", "window_right", "heads", "heads_kv", "head_dim_v",
-                   "batch", "distribution", "softmax_scale", "varlen", "device")
+                   "batch", "distribution", "softmax_scale", "varlen", "device", "dropout")
 
 Row = Dict[str, Any]
 

@@ -161,6 +161,8 @@ def describe(columns: Sequence[str], values: Sequence) -> str:
             parts.append(str(v))
         elif c == "tensor":
             parts.append(TENSOR_LABELS.get(v, str(v)))
+        elif c == "dropout" and isinstance(v, (int, float)):
+            parts.append(f"dropout={v:g}")
         else:
             parts.append(f"{c}={'' if v is None else v}")
     return ", ".join(parts)
@@ -326,6 +328,8 @@ def traffic(results: Results, context: Context) -> Optional[Drawn]:
 BAR_WIDTH = 0.9  # of the p20-p80 bars
 LINE_IDENTITY = ("heads", "heads_kv", "head_dim_v", "window_left", "window_right", "distribution",
                  "softmax_scale", "varlen")
+# Columns that split the speed panels further where the rows hold more than one value of them.
+SPEED_PANEL_SPLIT = ("dropout",)
 
 
 def speed_band(row: Row) -> Optional[Tuple[float, float]]:
@@ -349,9 +353,9 @@ def _speed_line(rows: Sequence[Row]) -> Tuple[List[int], List[float], Dict[int, 
 
 @figure("speed", "Speed vs N",
         "speed (the flops model over the median time; TFLOP/s, or GFLOP/s where slower) against N in the "
-        "FlashAttention-2 paper's style: one panel per (pass, head dim, causal; and device, where rows of several "
-        "devices, each with its own axis), one line per variant and peer (peers.csv) in the variant's color, the "
-        "dtype by marker and line style; bars: the speed at the p20 and p80 times; hollow markers: rows not "
+        "FlashAttention-2 paper's style: one panel per (pass, head dim, causal; and dropout and device where rows "
+        "hold several, each device with its own axis), one line per variant and peer (peers.csv) in the variant's "
+        "color, the dtype by marker and line style; bars: the speed at the p20 and p80 times; hollow markers: rows not "
         "verified (verified_heads empty or 'none: ...').",
         columns=("tflops",), measured=("tflops",))
 def speed(results: Results, context: Context) -> Optional[Drawn]:
@@ -363,24 +367,31 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
     devices = {r.get("device") for r in rows}
     devices = sorted(devices, key=lambda d: (-sum(r.get("device") == d for r in rows), order_key("device")(d))) \
         if len(devices) > 1 else [None]
-    panel_columns = ("pass", "head_dim", "causal") + (("device",) if devices != [None] else ())
+    # Rows at several dropout probabilities (experiments/dropout.toml's p = 0 and p = 0.1 twins) get panels of
+    # their own, side by side in a row of panels: in one panel their lines would share color, marker and style.
+    split = tuple(c for c in SPEED_PANEL_SPLIT if len({r.get(c) for r in rows}) > 1)
+    cell_columns = ("pass", "head_dim", "causal") + split
+    panel_columns = cell_columns + (("device",) if devices != [None] else ())
     lines: Dict[Any, List[Tuple]] = {}  # device -> (panel cell, variant, dtype, line rows, N, TFLOP/s, bands)
     merged = 0
+    width = len(cell_columns)
     for device in devices:
         for key, line_rows in group_by([r for r in rows if device is None or r.get("device") == device],
-                                       ("pass", "head_dim", "causal", "variant", "dtype") + LINE_IDENTITY):
+                                       cell_columns + ("variant", "dtype") + LINE_IDENTITY):
             # one line per problem swept over N: rows that differ in anything but N (and the batch, which a fixed
             # token count ties to N) are not points of one line, and a problem with one N is a marker alone
             ns, ys, band, extra = _speed_line(line_rows)
             if ns:
-                lines.setdefault(device, []).append((key[:3], key[3], key[4], line_rows, ns, ys, band))
+                lines.setdefault(device, []).append((key[:width], key[width], key[width + 1], line_rows, ns, ys,
+                                                     band))
                 merged += extra
     if not lines:
         return None
     devices = [d for d in devices if d in lines]
     passes = ordered({line[0][0] for d in devices for line in lines[d]}, "pass")
     styles = style.dtype_styles(ordered({line[2] for d in devices for line in lines[d]}, "dtype"))
-    cells = sorted({line[0][1:] for d in devices for line in lines[d]}, key=lambda c: (c[0] or 0, str(c[1])))
+    cells = sorted({line[0][1:] for d in devices for line in lines[d]},
+                   key=lambda c: (c[0] or 0, str(c[1]), *(order_key(s)(v) for s, v in zip(split, c[2:]))))
     strips = [(d, p) for d in devices for p in passes if any(line[0][0] == p for line in lines[d])]  # panel rows
     wraps = -(-len(cells) // MAX_COLUMNS)
     ncols, nrows = min(len(cells), MAX_COLUMNS), len(strips) * wraps
@@ -399,8 +410,8 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
             if (device, pass_name) not in strips:
                 continue
             strip = strips.index((device, pass_name)) * wraps
-            for c_index, (head_dim, causal) in enumerate(cells):
-                panel_lines = [line for line in lines[device] if line[0] == (pass_name, head_dim, causal)]
+            for c_index, cell in enumerate(cells):
+                panel_lines = [line for line in lines[device] if line[0] == (pass_name, *cell)]
                 if not panel_lines:
                     continue
                 ax = fig.add_subplot(grid[strip + c_index // MAX_COLUMNS, c_index % MAX_COLUMNS],
@@ -410,7 +421,7 @@ def speed(results: Results, context: Context) -> Optional[Drawn]:
                 ax.xaxis.set_major_formatter(style.FuncFormatter(lambda v, _: style.format_n(v)))
                 ax.set_xlabel(N_LABEL)
                 ax.set_ylabel(unit)
-                ax.set_title(describe(panel_columns, (pass_name, head_dim, causal, device)))
+                ax.set_title(describe(panel_columns, (pass_name, *cell, device)))
                 for _, variant, dtype, line_rows, ns, ys, band in panel_lines:
                     ys = [y * factor for y in ys]
                     color, marker = context.colors[variant], context.markers[dtype]
