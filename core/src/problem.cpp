@@ -59,11 +59,6 @@ void validate_key_padding(const Problem& p) {
     fail("key_padding", std::string(name(p.key_padding)),
          "must be none for a varlen problem (varlen is the unpadded form of a padded batch)");
   }
-  if (p.dropout.active()) {
-    fail("dropout", fmt::format("{}", p.dropout.p),
-         "must be 0 under key padding (dropout's mask is keyed by positions from the sequence's start, which the "
-         "padded and unpadded forms do not share under left padding; not supported yet)");
-  }
   if (p.seqlen_q != p.seqlen_k) {
     fail("seqlen_k", std::to_string(p.seqlen_k),
          fmt::format("must equal seqlen_q = {} under key padding (the queries are padded with the keys, as in "
@@ -194,6 +189,7 @@ Problem Problem::unpadded() const {
   p.causal = causal;
   p.window = window;
   p.softmax_scale = softmax_scale;
+  p.dropout = dropout;
   return p;
 }
 

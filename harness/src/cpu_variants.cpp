@@ -197,8 +197,9 @@ void scatter(const Block& m, void* data, DType dtype, const Strides& st, std::in
   }
 }
 
-// Dropout's factor of weight (i, j) of query head h of sequence b as PyTorch's eager dropout applies it: 0 dropped,
-// 1 / (1 - p) in C kept (core/dropout.hpp for the mask), 1 without dropout.
+// Dropout's factor of weight (i, j) of query head h of sequence b (s = its Sequence) as PyTorch's eager dropout
+// applies it: 0 dropped, 1 / (1 - p) in C kept (core/dropout.hpp for the mask; under key padding drawn inside the
+// valid interval, dropout_keep_padded, and 0 for a padded pair, whose weight is 0 already), 1 without dropout.
 template <class C>
 class DropFactor {
  public:
@@ -206,9 +207,9 @@ class DropFactor {
       : spec_(p.dropout), heads_(p.heads), threshold_(dropout_keep_threshold(spec_.p)),
         kept_(static_cast<C>(1.0 / (1.0 - spec_.p))) {}
   [[nodiscard]] bool active() const { return spec_.active(); }
-  [[nodiscard]] C operator()(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const {
-    return dropout_keep(spec_.seed, spec_.offset, static_cast<std::uint64_t>(b * heads_ + h), static_cast<std::uint32_t>(i),
-                        static_cast<std::uint32_t>(j), threshold_)
+  [[nodiscard]] C operator()(const Sequence& s, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const {
+    return dropout_keep_padded(spec_.seed, spec_.offset, static_cast<std::uint64_t>(b * heads_ + h), i, j, s.pad_front,
+                               s.valid_q(), s.valid_k(), threshold_)
                ? kept_
                : C(0);
   }
@@ -301,7 +302,7 @@ void standard_forward_impl(const AttentionParams& p, const LaunchContext& ctx) {
       for (std::int64_t r = 0; r < rows; ++r) {
         for (std::int64_t j = 0; j < nk; ++j) {
           pb(r, j) = static_cast<C>(load(sp, base + (i0 + r) * nk + j, dt));
-          if (drop.active()) pb(r, j) = rounded<C>(static_cast<double>(pb(r, j) * drop(b, h, i0 + r, j)), dt);
+          if (drop.active()) pb(r, j) = rounded<C>(static_cast<double>(pb(r, j) * drop(s, b, h, i0 + r, j)), dt);
         }
       }
       auto ob = o_block.topRows(rows);
@@ -383,7 +384,7 @@ void standard_backward_impl(const AttentionParams& p, const LaunchContext& ctx) 
           for (std::int64_t j = 0; j < nk; ++j) {
             C dp = rounded<C>(static_cast<double>(sb(r, j)), dt);
             store(gp, base + (i0 + r) * nk + j, dt, static_cast<double>(dp));
-            if (drop.active()) dp = rounded<C>(static_cast<double>(dp * drop(b, h, i0 + r, j)), dt);
+            if (drop.active()) dp = rounded<C>(static_cast<double>(dp * drop(s, b, h, i0 + r, j)), dt);
             const C ds = rounded<C>(static_cast<double>(pb(r, j) * (dp - row_delta)), dt);
             store(gp, base + (i0 + r) * nk + j, dt, static_cast<double>(ds));
             sb(r, j) = ds;
@@ -391,7 +392,8 @@ void standard_backward_impl(const AttentionParams& p, const LaunchContext& ctx) 
         }
         if (drop.active()) {
           for (std::int64_t r = 0; r < rows; ++r) {
-            for (std::int64_t j = 0; j < nk; ++j) pb(r, j) = rounded<C>(static_cast<double>(pb(r, j) * drop(b, h, i0 + r, j)), dt);
+            for (std::int64_t j = 0; j < nk; ++j)
+              pb(r, j) = rounded<C>(static_cast<double>(pb(r, j) * drop(s, b, h, i0 + r, j)), dt);
           }
         }
         dvacc.noalias() += pb.transpose() * d_out.middleRows(i0, rows);

@@ -180,18 +180,19 @@ void masked_scores(const Problem& p, const Sequence& s, std::int64_t i0, std::in
   }
 }
 
-// Dropout (core/dropout.hpp) on a block of weights of query head h of sequence b, rows i0 + r, keys c0 + c: a dropped
-// weight becomes 0, a kept one is multiplied by `kept_scale`.
+// Dropout (core/dropout.hpp) on a block of weights of query head h of sequence b (s = p.sequence(b)), rows i0 + r, keys
+// c0 + c: a dropped weight becomes 0, a kept one is multiplied by `kept_scale`. Under key padding the mask is drawn at
+// the positions inside the valid interval (dropout_keep_padded); a padded pair's weight, already 0, stays 0.
 template <class Scalar, class Block>
-void drop_weights(const Problem& p, std::int64_t b, std::int64_t h, std::int64_t i0, std::int64_t c0, Scalar kept_scale,
-                  Block& block) {
+void drop_weights(const Problem& p, const Sequence& s, std::int64_t b, std::int64_t h, std::int64_t i0, std::int64_t c0,
+                  Scalar kept_scale, Block& block) {
   const DropoutSpec& dropout = p.dropout;
   const std::uint32_t threshold = dropout_keep_threshold(dropout.p);
   const auto subsequence = static_cast<std::uint64_t>(b * p.heads + h);
   for (std::int64_t c = 0; c < block.cols(); ++c) {
     for (std::int64_t r = 0; r < block.rows(); ++r) {
-      const bool keep = dropout_keep(dropout.seed, dropout.offset, subsequence, static_cast<std::uint32_t>(i0 + r),
-                                     static_cast<std::uint32_t>(c0 + c), threshold);
+      const bool keep = dropout_keep_padded(dropout.seed, dropout.offset, subsequence, i0 + r, c0 + c, s.pad_front,
+                                            s.valid_q(), s.valid_k(), threshold);
       block(r, c) = keep ? block(r, c) * kept_scale : Scalar(0);
     }
   }
@@ -276,7 +277,7 @@ void forward(const Problem& p, const ForwardArgs<Scalar>& a, const Options& opti
     Vector<Scalar> row_sum(rows);
     ordered_row_sums<Scalar>(block, row_sum);
     // dropout on the weights after the row sums: l_i and the LSE come from the undropped P
-    if (p.dropout.active()) drop_weights(p, it.b, it.h, it.i0, cols.c0, kept_scale_of<Scalar>(p), block);
+    if (p.dropout.active()) drop_weights(p, s, it.b, it.h, it.i0, cols.c0, kept_scale_of<Scalar>(p), block);
     o.noalias() = block * v;
     for (std::int64_t r = 0; r < rows; ++r) {
       if (row_sum(r) == 0) {
@@ -367,9 +368,9 @@ void backward(const Problem& p, const BackwardArgs<Scalar>& a, const Options& op
       } else {
         // dP = Z o (dO V^T) / (1 - p), dS = P o (dP - D), then P -> Z o P / (1 - p) for dV (core/dropout.hpp)
         ds.noalias() = d_out * v.transpose();
-        drop_weights(p, it.b, h, i0, cols.c0, kept_scale_of<Scalar>(p), ds);
+        drop_weights(p, s, it.b, h, i0, cols.c0, kept_scale_of<Scalar>(p), ds);
         ds.array() = prob.array() * (ds.array().colwise() - delta.array());
-        drop_weights(p, it.b, h, i0, cols.c0, kept_scale_of<Scalar>(p), prob);
+        drop_weights(p, s, it.b, h, i0, cols.c0, kept_scale_of<Scalar>(p), prob);
         dv_acc.middleRows(cols.c0, cols.width).noalias() += prob.transpose() * d_out;
       }
       dq.noalias() = scale * (ds * k);

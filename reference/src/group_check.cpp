@@ -105,18 +105,21 @@ struct Blocks {
 KeyRange keys_of(const Problem& p, std::int64_t i) { return p.key_range(p.sequence(0), i); }
 
 // Dropout's factor of weight (i, j) of head h of the group (batch 1: subsequence h, the group's offset): 0 dropped,
-// 1 / (1 - p) kept, 1 without dropout.
+// 1 / (1 - p) kept, 1 without dropout. Under key padding the mask is drawn inside the valid interval
+// (dropout_keep_padded), and a padded pair, masked already, is 0.
 class DropFactor {
  public:
   explicit DropFactor(const GroupInputs& in)
-      : spec_(in.problem.dropout), threshold_(dropout_keep_threshold(spec_.p)),
-        kept_(1.0 / (1.0 - spec_.p)) {}
+      : spec_(in.problem.dropout),
+        threshold_(dropout_keep_threshold(spec_.p)),
+        kept_(1.0 / (1.0 - spec_.p)),
+        sequence_(in.problem.sequence(0)) {}
   [[nodiscard]] bool active() const { return spec_.active(); }
   [[nodiscard]] double kept_scale() const { return active() ? kept_ : 1.0; }
   [[nodiscard]] double operator()(std::int64_t h, std::int64_t i, std::int64_t j) const {
     if (!active()) return 1.0;
-    return dropout_keep(spec_.seed, spec_.offset, static_cast<std::uint64_t>(h),
-                        static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j), threshold_)
+    return dropout_keep_padded(spec_.seed, spec_.offset, static_cast<std::uint64_t>(h), i, j, sequence_.pad_front,
+                               sequence_.valid_q(), sequence_.valid_k(), threshold_)
                ? kept_
                : 0.0;
   }
@@ -125,6 +128,7 @@ class DropFactor {
   DropoutSpec spec_;
   std::uint32_t threshold_;
   double kept_;
+  Sequence sequence_;  // the group's one sequence: where its valid tokens lie
 };
 
 // The masks keep a band whose ends move monotonically with the query row (padded rows keep nothing), so the work of a block of rows (or keys)

@@ -1,6 +1,7 @@
 // The dropout keep mask (core/dropout.hpp): the counter layout against Philox called by hand, the 2 x 2 patch one draw
 // covers, the kept fraction within a binomial bound, the independence of seeds, offsets and (batch, head)
-// subsequences, the threshold, and Problem's validation of p.
+// subsequences, the threshold, Problem's validation of p, and the coordinates of a key-padded entry (the positions
+// inside its valid interval).
 #include <cmath>
 #include <cstdint>
 #include <set>
@@ -100,20 +101,46 @@ TEST_CASE("Problem validates dropout p: 0 <= p < 1", "[core][dropout]") {
   CHECK(p.describe().find("dropout=0.1 seed=7 offset=8") != std::string::npos);
 }
 
-TEST_CASE("Problem refuses dropout under key padding, naming both", "[core][dropout]") {
-  Problem p;
-  p.batch = 2;
-  p.seqlen_q = p.seqlen_k = 16;
-  p.key_padding = KeyPadding::left;
-  p.valid_lengths = {16, 9};
-  CHECK_NOTHROW(p.validate());
-  p.dropout = {0.1, 7, 0};
-  try {
-    p.validate();
-    FAIL("dropout under key padding was accepted");
-  } catch (const InvalidProblem& e) {
-    CHECK(std::string(e.what()).find("dropout") != std::string::npos);
-    CHECK(std::string(e.what()).find("key padding") != std::string::npos);
+TEST_CASE("Problem takes dropout under key padding, and its unpadded form keeps the dropout", "[core][dropout]") {
+  for (const KeyPadding side : {KeyPadding::right, KeyPadding::left}) {
+    Problem p;
+    p.batch = 2;
+    p.seqlen_q = p.seqlen_k = 16;
+    p.key_padding = side;
+    p.valid_lengths = {16, 9};
+    p.dropout = {0.1, 7, 3};
+    CHECK_NOTHROW(p.validate());
+    const Problem unpadded = p.unpadded();
+    CHECK(unpadded.is_varlen());
+    CHECK(unpadded.dropout == p.dropout);
+    CHECK_NOTHROW(unpadded.validate());
+  }
+}
+
+TEST_CASE("key padding with dropout: the padded mask is the unpadded one shifted by each entry's padding",
+          "[core][dropout]") {
+  const std::uint32_t threshold = dropout_keep_threshold(0.4);
+  const std::int64_t n = 40;
+  for (const std::int64_t valid : {std::int64_t{0}, std::int64_t{1}, std::int64_t{23}, n}) {
+    for (const bool left : {false, true}) {
+      const std::int64_t front = left ? n - valid : 0;
+      std::int64_t differ = 0, padded_kept = 0;
+      for (std::int64_t i = 0; i < n; ++i) {
+        for (std::int64_t j = 0; j < n; ++j) {
+          const bool keep = dropout_keep_padded(3, 1, 7, i, j, front, valid, valid, threshold);
+          const bool inside = i >= front && i < front + valid && j >= front && j < front + valid;
+          if (!inside) {
+            padded_kept += keep;
+          } else {
+            differ += keep != dropout_keep(3, 1, 7, static_cast<std::uint32_t>(i - front),
+                                           static_cast<std::uint32_t>(j - front), threshold);
+          }
+        }
+      }
+      INFO("valid " << valid << (left ? " left" : " right"));
+      CHECK(differ == 0);
+      CHECK(padded_kept == 0);
+    }
   }
 }
 

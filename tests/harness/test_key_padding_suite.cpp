@@ -1,7 +1,8 @@
 // Key padding end to end on the CPU: a suite of right- and left-padded rows (drawn and listed valid lengths, an empty
-// and a full batch entry) runs on cpu-reference and cpu-standard, every row verified; and the unpadded route the fused
-// kernels take (row_as_run), run here with cpu-reference standing in for a variant that refuses padded batches: its
-// inputs equal the padded ones at the valid tokens, its outputs match the padded run's, and both pass verification.
+// and a full batch entry), without and with dropout, runs on cpu-reference and cpu-standard, every row verified; and
+// the unpadded route the fused kernels take (row_as_run), run here with cpu-reference standing in for a variant that
+// refuses padded batches: its inputs equal the padded ones at the valid tokens, its outputs match the padded run's
+// (with dropout too: both forms draw the mask inside the valid interval), and both pass verification.
 #include <unistd.h>
 
 #include <cmath>
@@ -57,6 +58,32 @@ fixed = { seqlen = 97, batch = 3, padded_fraction = 0.25, padding_seed = 1 }
 fixed = { seqlen = 17, valid_lengths = [17, 0, 5, 1], window = [4, -1] }
 )";
 
+// Dropout under key padding: left padding (the side whose padded and unpadded positions differ) and right, causal
+// and not, GQA 2:1; every entry but the full one padded, one empty.
+const char* const kPaddingDropoutSuite = R"(
+[suite]
+name = "key_padding_dropout"
+warmup = 0
+repetitions = 1
+
+[fixed]
+pass = "fwdbwd"
+heads = 4
+heads_kv = 2
+head_dim = 24
+dropout = 0.1
+dropout_seed = 5
+
+[axes]
+variant = ["cpu-reference", "cpu-standard"]
+dtype = ["bf16", "fp32"]
+key_padding = ["left", "right"]
+causal = [false, true]
+
+[[sweep]]
+fixed = { seqlen = 61, valid_lengths = [61, 30, 0, 45] }
+)";
+
 }  // namespace
 
 TEST_CASE("a key-padding suite runs on the CPU variants: every row ok and verified", "[harness][run][padding]") {
@@ -106,6 +133,40 @@ TEST_CASE("a key-padding suite runs on the CPU variants: every row ok and verifi
   fs::remove_all(dir);
 }
 
+TEST_CASE("a key-padding suite with dropout runs on the CPU variants: every row ok and verified",
+          "[harness][run][padding][dropout]") {
+  const fs::path dir = fs::temp_directory_path() / ("flashlab-test-padding-dropout-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  RunOptions options;
+  options.suite = dir / "key_padding_dropout.toml";
+  std::ofstream(options.suite) << kPaddingDropoutSuite;
+  options.out = dir / "results";
+  options.run_id = "r1";
+  const Suite suite = load_suite(options.suite);
+  REQUIRE(suite.rows.size() == 2 * 2 * 2 * 2);
+
+  CHECK(run_suite(options) == kExitOk);
+  const auto rows = read_results(options.out / "key_padding_dropout" / "r1" / "results.csv");
+  REQUIRE(rows.size() == suite.rows.size());
+  std::set<std::string> sides;
+  for (const ResultRow& r : rows) {
+    INFO(r.at("key") << " " << r.at("reason"));
+    CHECK(r.at("status") == "ok");
+    CHECK(r.at("verify_pass") == "1");
+    CHECK(r.at("unpadded") == "0");
+    CHECK(r.at("dropout") == "0.1");
+    CHECK(r.at("dropout_seed") == "5");
+    CHECK(r.at("key").find("|dropout=0.1|dropout_seed=5") != std::string::npos);
+    CHECK(r.at("valid_tokens") == "136");
+    sides.insert(r.at("key_padding"));
+    for (const char* tensor : {"o", "lse", "dq", "dk", "dv"})
+      CHECK(r.at(std::string("err_") + tensor + "_pass") == "1");
+  }
+  CHECK(sides == std::set<std::string>{"left", "right"});
+  fs::remove_all(dir);
+}
+
 TEST_CASE("a variant that refuses padded batches runs the unpadded varlen form on the same values",
           "[harness][verify][padding]") {
   // cpu-reference as a fused kernel sees it: padded batches unsupported, varlen supported
@@ -117,7 +178,8 @@ TEST_CASE("a variant that refuses padded batches runs the unpadded varlen form o
   const kernels::Variant& dense_variant = *find_variant("cpu-reference");
   auto backend = make_cpu_backend();
   SuiteSettings settings;
-  for (const KeyPadding side : {KeyPadding::right, KeyPadding::left}) {
+  for (const auto& [side, rate] : {std::pair{KeyPadding::right, 0.0}, std::pair{KeyPadding::left, 0.0},
+                                   std::pair{KeyPadding::right, 0.2}, std::pair{KeyPadding::left, 0.2}}) {
     Problem p;
     p.batch = 4;
     p.heads = 4;
@@ -127,6 +189,7 @@ TEST_CASE("a variant that refuses padded batches runs the unpadded varlen form o
     p.causal = true;
     p.key_padding = side;
     p.valid_lengths = {33, 0, 7, 20};
+    p.dropout = {rate, 11, 0};
     const RowSpec row = row_of("cpu-reference", Pass::fwdbwd, DType::bf16, p);
     INFO(p.describe());
 
@@ -138,6 +201,7 @@ TEST_CASE("a variant that refuses padded batches runs the unpadded varlen form o
     REQUIRE(unpadded.has_value());
     CHECK(unpadded->problem.is_varlen());
     CHECK(unpadded->problem.cu_seqlens_q == std::vector<std::int64_t>{0, 33, 33, 40, 60});
+    CHECK(unpadded->problem.dropout == p.dropout);
     CHECK(unpadded->token_source == p.padded_tokens());
 
     // each form: run, verify against its own fp64 check, keep O, LSE, dK of every head

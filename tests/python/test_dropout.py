@@ -1,7 +1,9 @@
 """Dropout through flashlab's Python package on numpy (no PyTorch): flashlab.dropout_mask against Philox4x32-10 and
 the mask's counter layout written out here from their definitions (Salmon et al., SC'11; core/dropout.hpp's
 comment), the kept fraction within a binomial bound, and flashlab.reference with dropout, forward and backward,
-against an independent numpy attention under the mask, dense (GQA, causal, window) and varlen; the errors.
+against an independent numpy attention under the mask, dense (GQA, causal, window) and varlen; a key-padded batch's
+mask (attention_mask): the varlen mask at the valid tokens, and the varlen run padded back equal to a numpy attention
+of the padded batch under it; the errors.
 Needs the built libflashlab (FLASHLAB_LIBRARY, set by CTest)."""
 
 import os
@@ -51,6 +53,13 @@ def independent_mask(p, seed, offset, b, h, heads, nq, nk):
     keep = (1.0 - p) * 4294967296.0
     threshold = 0xFFFFFFFF if keep >= 4294967295.0 else int(keep)
     return word < np.uint64(threshold)
+
+
+def padding_mask(side, n, lengths):
+    """[B, n] valid tokens: lengths[b] of them at the start (right padding) or at the end (left padding)."""
+    positions = np.arange(n)[None, :]
+    lengths = np.asarray(lengths)[:, None]
+    return positions < lengths if side == "right" else positions >= n - lengths
 
 
 class Dropout(unittest.TestCase):
@@ -140,6 +149,54 @@ class Dropout(unittest.TestCase):
             for got, want in ((dq[a:a + nq], wdq), (dk[c:c + nk], wdk), (dv[c:c + nk], wdv)):
                 np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, np.abs(want).max(initial=0)))
             a, c = a + nq, c + nk
+
+    def test_padded_mask_is_the_varlen_mask_at_the_valid_tokens(self):
+        n, lengths = 12, [12, 5, 0, 1]
+        for side in ("right", "left"):
+            with self.subTest(side=side):
+                valid = padding_mask(side, n, lengths)
+                padded = flashlab.dropout_mask(0.4, 21, 3, heads=2, attention_mask=valid.astype(np.int32))
+                self.assertEqual(padded.shape, (4, 2, n, n))
+                for b, v in enumerate(lengths):
+                    f = n - v if side == "left" else 0
+                    # drawn at (i - f, j - f): the unpadded sequence's own rows and keys
+                    for h in range(2):
+                        np.testing.assert_array_equal(padded[b, h, f:f + v, f:f + v],
+                                                      independent_mask(0.4, 21, 3, b, h, 2, v, v))
+                    outside = np.ones((n, n), dtype=bool)
+                    outside[f:f + v, f:f + v] = False
+                    self.assertFalse(padded[b][:, outside].any())
+        with self.assertRaisesRegex(ValueError, "attention_mask alone"):
+            flashlab.dropout_mask(0.4, 21, 3, heads=2, batch=1, attention_mask=np.ones((1, 4)))
+
+    def test_padded_batch_with_dropout_equals_its_varlen_run(self):
+        # the varlen reference on unpad_input's batch, padded back, against a numpy attention of the padded batch
+        # under the padded mask: the mask reproduces what the varlen run dropped, at the padded positions
+        rng = np.random.default_rng(10)
+        n, lengths, heads, heads_kv = 19, [19, 7, 0, 12], 4, 2
+        p_drop, seed, offset = 0.3, 5, 2
+        for side in ("right", "left"):
+            for causal in (False, True):
+                with self.subTest(side=side, causal=causal):
+                    valid = padding_mask(side, n, lengths)
+                    q = rng.standard_normal((len(lengths), n, heads, 8))
+                    k = rng.standard_normal((len(lengths), n, heads_kv, 8))
+                    v_ = rng.standard_normal((len(lengths), n, heads_kv, 8))
+                    d_out = rng.standard_normal((len(lengths), n, heads, 8)) * valid[:, :, None, None]
+                    (qu, idx, cu, _, used), (ku, _, _, _, _), (vu, _, _, _, _), (du, _, _, _, _) = (
+                        flashlab.unpad_input(x, valid) for x in (q, k, v_, d_out))
+                    kw = dict(causal=causal, seqlens_q=used.tolist(), seqlens_k=used.tolist(), dropout_p=p_drop,
+                              dropout_seed=seed, dropout_offset=offset)
+                    o, lse = flashlab.reference.attention(qu, ku, vu, **kw)
+                    dq, dk, dv = flashlab.reference.attention_backward(qu, ku, vu, o, lse, du, **kw)
+                    back = [flashlab.pad_input(x, idx, len(lengths), n) for x in (o, dq, dk, dv)]
+                    keep = flashlab.dropout_mask(p_drop, seed, offset, heads=heads, attention_mask=valid)
+                    for b in range(len(lengths)):
+                        want = naive(q[b], k[b], v_[b], d_out[b], causal, (-1, -1), keep=keep[b], p_drop=p_drop,
+                                     valid=valid[b])
+                        np.testing.assert_allclose(back[0][b], want[0], rtol=0, atol=1e-12)
+                        for got, w in zip(back[1:], want[2:]):  # P from the float32 LSE
+                            np.testing.assert_allclose(got[b], w, rtol=0, atol=1e-5 * max(1.0, np.abs(w).max()))
 
     def test_zero_p_is_no_dropout(self):
         rng = np.random.default_rng(9)

@@ -15,11 +15,13 @@ if not os.environ.get("FLASHLAB_TEST_INSTALLED"):  # else: the installed package
 import flashlab  # noqa: E402
 
 
-def naive(q, k, v, d_out, causal, window, scale=None, keep=None, p_drop=0.0):
+def naive(q, k, v, d_out, causal, window, scale=None, keep=None, p_drop=0.0, valid=None):
     """One sequence: q [N_q, H, d], k and v [N_k, H_kv, d]; the mask rule of core/mask.hpp, written out here.
     With dropout, keep [H, N_q, N_k] is the keep mask Z: O = (Z o P / (1 - p)) V, LSE from the undropped P; the
     backward as FlashAttention-2: dP = Z o (dO V^T) / (1 - p), dS = P o (dP - rowsum(dO o O)),
-    dV = (Z o P / (1 - p))^T dO."""
+    dV = (Z o P / (1 - p))^T dO. valid [N] (N_q == N_k, a padded self-attention entry): only pairs of valid tokens
+    are kept (the causal and window rule on the padded positions, which for one interval of valid tokens is the rule
+    inside it)."""
     nq, h, d = q.shape
     nk, hkv, _ = k.shape
     scale = 1 / np.sqrt(d) if scale is None else scale
@@ -39,6 +41,8 @@ def naive(q, k, v, d_out, causal, window, scale=None, keep=None, p_drop=0.0):
             allowed &= j >= i - left
         if right >= 0:
             allowed &= j <= i + right
+        if valid is not None:
+            allowed &= np.asarray(valid, dtype=bool)[:, None] & np.asarray(valid, dtype=bool)[None, :]
         s = np.where(allowed, s, -np.inf)
         m = s.max(axis=1, keepdims=True)
         rows = np.isfinite(m[:, 0])

@@ -63,6 +63,12 @@ std::vector<Case> cases(std::int64_t n, std::int64_t d) {
   scaled.seqlen_k = n + 5;
   scaled.softmax_scale = 0.7;
   out.push_back({"N_k = N_q + 5, scale 0.7", scaled});
+  Problem padded = causal;
+  padded.batch = 3;
+  padded.heads = 4;
+  padded.key_padding = KeyPadding::left;
+  padded.valid_lengths = {n, 0, (n + 1) / 2};
+  out.push_back({"causal left key padding with an empty entry, gqa 2:1", padded});
   return out;
 }
 

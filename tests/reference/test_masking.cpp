@@ -226,50 +226,11 @@ TEST_CASE("key padding: the padded batch masked equals its unpadded varlen form"
       check_against_naive(dense);
       check_against_naive(varlen);
 
-      // the valid tokens of entry b sit at [f, f + v) of the padded tensors and at cu[b] + [0, v) of the varlen ones
-      double worst = 0;
-      std::int64_t padded_not_zero = 0;
-      for (std::int64_t b = 0; b < p.batch; ++b) {
-        const std::int64_t v = p.valid_lengths[static_cast<std::size_t>(b)];
-        const std::int64_t f = side == KeyPadding::left ? p.seqlen_q - v : 0;
-        const std::int64_t t0 = varlen.problem.cu_seqlens_q[static_cast<std::size_t>(b)];
-        for (std::int64_t n = 0; n < p.seqlen_q; ++n) {
-          const bool valid = n >= f && n < f + v;
-          for (std::int64_t h = 0; h < p.heads; ++h) {
-            const double lse = dense.lse(b, h, n);
-            if (valid) {
-              const double other = varlen.lse(0, h, t0 + n - f);
-              worst = std::max(worst, std::isinf(other) ? (lse == other ? 0.0 : 1.0) : std::abs(lse - other));
-            } else {
-              padded_not_zero += !(std::isinf(lse) && lse < 0);
-            }
-            for (std::int64_t c = 0; c < p.head_dim; ++c) {
-              for (const auto& [a, z] : {std::pair{&dense.o, &varlen.o}, std::pair{&dense.dq, &varlen.dq}}) {
-                if (valid) {
-                  worst = std::max(worst, std::abs((*a)(b, n, h, c) - (*z)(0, t0 + n - f, h, c)));
-                } else {
-                  padded_not_zero += (*a)(b, n, h, c) != 0.0;
-                }
-              }
-            }
-          }
-          for (std::int64_t g = 0; g < p.heads_kv; ++g) {
-            for (std::int64_t c = 0; c < p.head_dim; ++c) {
-              for (const auto& [a, z] : {std::pair{&dense.dk, &varlen.dk}, std::pair{&dense.dv, &varlen.dv}}) {
-                if (valid) {
-                  worst = std::max(worst, std::abs((*a)(b, n, g, c) - (*z)(0, t0 + n - f, g, c)));
-                } else {
-                  padded_not_zero += (*a)(b, n, g, c) != 0.0;
-                }
-              }
-            }
-          }
-        }
-      }
+      const test::PaddedComparison both = test::compare_padded_with_unpadded(dense, varlen);
       // the same fp64 arithmetic on the same values, only in other blocks of rows: equal to a few units in the last
       // place of the O(1)..O(10) values
-      CHECK(worst <= 1e-13);
-      CHECK(padded_not_zero == 0);
+      CHECK(both.worst <= 1e-13);
+      CHECK(both.padded_not_zero == 0);
     }
   }
 }

@@ -154,7 +154,9 @@ FLASHLAB_API flashlab_status flashlab_backward_ext(const char* variant, const fl
 /* Dropout's keep mask of query head `head` of batch entry `batch_index` (of `heads` query heads): keep[i seqlen_k + j]
  * = 1 when weight (query row i, key j) is kept, 0 when dropped, for rows 0 .. seqlen_q - 1 and keys
  * 0 .. seqlen_k - 1 of that sequence (host memory, seqlen_q seqlen_k bytes). The mask every variant applies for
- * (dropout_p, dropout_seed, dropout_offset); dropout_p = 0 keeps every weight. Minor 1. */
+ * (dropout_p, dropout_seed, dropout_offset); dropout_p = 0 keeps every weight. A key-padded batch entry (valid tokens
+ * one interval of its N) draws its mask inside the interval: its mask is this call's with seqlen_q = seqlen_k = the
+ * valid length, placed at the valid tokens, as in its unpadded varlen form. Minor 1. */
 FLASHLAB_API flashlab_status flashlab_dropout_mask(double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset,
                                                    int64_t batch_index, int64_t head, int64_t heads, int64_t seqlen_q,
                                                    int64_t seqlen_k, uint8_t* keep);

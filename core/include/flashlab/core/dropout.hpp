@@ -10,7 +10,8 @@
 // (D = rowsum(P o dP) still holds: sum_j P_ij dP_ij = dO_i . O_i).
 //
 // The mask is a pure function of (seed, offset, batch entry b, query head h, query row i, key j), with i and j
-// counted from the start of their sequence (as the causal mask is). One Philox4x32-10 draw (philox.hpp) gives
+// counted from the start of their sequence (as the causal mask is; under key padding from the first valid token,
+// below). One Philox4x32-10 draw (philox.hpp) gives
 // four 32-bit words to a 2 x 2 patch: rows i and i + 8 of a 16-row block (i % 16 < 8) and the key pair j, j + 1
 // (j even), word 2 r + c for row i + 8 r and key j + c. This is the patch one thread holds in an mma.sync m16n8
 // accumulator fragment, so a kernel draws each word it uses exactly once. The counter is
@@ -18,6 +19,14 @@
 // so a caller that wants a fresh mask on the next call advances offset by B H (as PyTorch's Philox offsets
 // advance). A pair is kept when its word is below keep_threshold(p) = floor((1 - p) 2^32): kept with probability
 // (1 - p) up to 2^-32.
+//
+// Key padding (Problem::key_padding): the mask coordinates of a padded batch entry are the positions inside its valid
+// interval, as they are in its unpadded varlen form (Problem::unpadded). Entry b with pad_b = N - v_b padded tokens
+// before its v_b valid ones (left padding) draws row i and key j of the padded tensors at (i - pad_b, j - pad_b); right
+// padding (valid tokens [0, v_b)) needs no shift. So the padded form and the unpadded form drop exactly the same
+// (token, token) pairs, and the materializing variants (padded batch) and the fused kernels (varlen) are checked
+// against one fp64 reference. A pair with a padded row or key is never kept: the attention mask removes it first
+// (dropout_keep_padded).
 #pragma once
 
 #include <cstdint>
@@ -63,6 +72,19 @@ FL_HOST_DEVICE constexpr int dropout_word(std::uint32_t i, std::uint32_t j) {
 FL_HOST_DEVICE inline bool dropout_keep(std::uint64_t seed, std::uint64_t offset, std::uint64_t subsequence,
                                         std::uint32_t i, std::uint32_t j, std::uint32_t threshold) {
   return dropout_draw(seed, offset, subsequence, i, j).x[dropout_word(i, j)] < threshold;
+}
+
+// Whether (row i, key j) of a batch entry whose valid tokens are rows [pad_front, pad_front + valid_q) and keys
+// [pad_front, pad_front + valid_k) of its tensors is kept: dropout_keep at (i - pad_front, j - pad_front), the
+// positions inside the valid interval; false outside it (a padded pair has no weight to keep). Without key padding
+// pad_front = 0 and valid_q, valid_k are the sequence's lengths: dropout_keep itself.
+FL_HOST_DEVICE inline bool dropout_keep_padded(std::uint64_t seed, std::uint64_t offset, std::uint64_t subsequence,
+                                               std::int64_t i, std::int64_t j, std::int64_t pad_front,
+                                               std::int64_t valid_q, std::int64_t valid_k, std::uint32_t threshold) {
+  const std::int64_t row = i - pad_front, key = j - pad_front;
+  if (row < 0 || row >= valid_q || key < 0 || key >= valid_k) return false;
+  return dropout_keep(seed, offset, subsequence, static_cast<std::uint32_t>(row), static_cast<std::uint32_t>(key),
+                      threshold);
 }
 
 }  // namespace flashlab

@@ -8,7 +8,8 @@
 //    with left/right = -1 meaning unbounded; causal is right = 0 (bottom-right aligned when N_q != N_k);
 //  - key padding (training batches padded to one length): batch entry b holds valid_lengths[b] valid tokens, one
 //    interval of its N tokens, queries and keys alike (self-attention); the rule above applies inside the interval
-//    as if it were the whole sequence, and a padded query row keeps no key.
+//    as if it were the whole sequence, and a padded query row keeps no key; dropout's mask (dropout.hpp) is drawn
+//    at the positions inside the interval too, so a padded batch and its unpadded form drop the same pairs.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +49,9 @@ struct Sequence {
   // alike; 0 and 0 without padding.
   std::int64_t pad_front = 0;
   std::int64_t pad_back = 0;
+  // The valid queries and keys: [pad_front, pad_front + valid_q()) and [pad_front, pad_front + valid_k()).
+  [[nodiscard]] std::int64_t valid_q() const { return seqlen_q - pad_front - pad_back; }
+  [[nodiscard]] std::int64_t valid_k() const { return seqlen_k - pad_front - pad_back; }
 };
 
 // A key-padding mask of a batch padded to one length, as training code meets it (a [B, N] mask of valid tokens):
@@ -69,7 +73,8 @@ struct Problem {
   // Varlen batches: cumulative offsets, length B+1, starting at 0 (both given or neither).
   std::vector<std::int64_t> cu_seqlens_q;
   std::vector<std::int64_t> cu_seqlens_k;
-  // Attention dropout on P after the softmax (dropout.hpp): p in [0, 1), the mask keyed by (seed, offset, b, h, i, j).
+  // Attention dropout on P after the softmax (dropout.hpp): p in [0, 1), the mask keyed by (seed, offset, b, h, i, j);
+  // under key padding i and j count from the entry's first valid token (dropout_keep_padded), as in unpadded().
   DropoutSpec dropout{};
   // Key padding (not with varlen, which is the unpadded form; N_q == N_k, the queries padded with the keys as in
   // self-attention): entry b's valid tokens are [0, v_b) (right) or [N - v_b, N) (left), v_b = valid_lengths[b]
@@ -103,7 +108,8 @@ struct Problem {
   // the mask rule of mask.hpp with s's key padding.
   [[nodiscard]] KeyRange key_range(const Sequence& s, std::int64_t i) const;
   // The varlen problem of the valid tokens (FlashAttention's unpad_input): sequence b has valid_lengths[b] queries
-  // and keys; heads, head dims, mask and scale as here. A problem without key padding is returned as it is.
+  // and keys; heads, head dims, mask, scale and dropout as here (the same keep mask on the valid pairs). A problem
+  // without key padding is returned as it is.
   [[nodiscard]] Problem unpadded() const;
   // For each token of unpadded()'s packed tensors, its token in this problem's padded tensors, b N + n: the
   // generator draws it there (InputLayout::token_source), so both forms of a row see the same input values.

@@ -8,7 +8,8 @@
 // A fully masked row (no key kept) gives O = 0, LSE = -inf and zero gradients.
 // Dropout (problem.dropout, core/dropout.hpp): O_i = (Z_i o P_i / (1 - p)) V with l and LSE from the undropped P;
 // backward dV_g += (Z o P / (1 - p))^T dO_i, dP = Z o (dO_i V^T) / (1 - p), the rest as above; Z is
-// dropout_keep at (seed, offset, b H + h, i, j), i and j counted from the start of the sequence.
+// dropout_keep at (seed, offset, b H + h, i, j), i and j counted from the start of the sequence (under key padding
+// from its first valid token, dropout_keep_padded: the padded batch drops the pairs its unpadded varlen form drops).
 //
 // Memory is bounded: query rows are processed in blocks of `row_block` rows as matrix products; only a
 // row_block x N_k score block (and in backward, dP) exists per worker, never N x N. See workspace_bytes.

@@ -30,7 +30,8 @@ namespace flashlab::reference {
 struct GroupInputs {
   // batch 1, heads G, heads_kv 1, the sequence's lengths, the scale made explicit; the dropout of the full problem
   // with b H + g G added to its offset, so that query head h of the group draws the mask of head g G + h of sequence
-  // b (core/dropout.hpp: the offset adds to the (batch, head) subsequence)
+  // b (core/dropout.hpp: the offset adds to the (batch, head) subsequence); with the sequence's key padding, the
+  // mask is drawn inside its valid interval (dropout_keep_padded)
   Problem problem;
   std::vector<double> q, k, v, d_out;
 };
