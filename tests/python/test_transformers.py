@@ -110,6 +110,78 @@ class LlamaOnFlashlab(unittest.TestCase):
         with self.assertRaises(flashlab.FlashlabError):
             model(input_ids=ids[:1])  # no padding: flash_attn_func
 
+    def test_from_config_and_from_pretrained_take_the_name(self):
+        # transformers 5 takes a name holding "flash" for a flash-attn build to load by name; register() claims it
+        import tempfile
+
+        import flashlab
+
+        fl_transformers.register(variant="cpu-standard", name="flashlab-cpu")
+        ids, mask = padded_batch("cpu", left=True)
+        base = llama("sdpa", torch.float32, "cpu")
+        ours = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(base.config),
+                                                             attn_implementation="flashlab-cpu")
+        ours.load_state_dict(base.state_dict())
+        self.assertEqual(ours.config._attn_implementation, "flashlab-cpu")
+        self.assertEqual(base.config._attn_implementation, "sdpa")
+        want, _ = logits_and_grads(base, ids, mask)
+        got, _ = logits_and_grads(ours, ids, mask)
+        self.assertLessEqual(float((got - want).abs().max()), 1e-4)
+        with tempfile.TemporaryDirectory() as folder:
+            ours.save_pretrained(folder)
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="flashlab-cpu")
+            self.assertEqual(loaded.config._attn_implementation, "flashlab-cpu")
+            again, _ = logits_and_grads(loaded, ids, mask)
+            self.assertEqual(float((again - got).abs().max()), 0.0)
+        # the name routes to flashlab: a variant it does not know fails in flashlab, not in a fallback
+        fl_transformers.register(variant="no-such-variant", name="flashlab-unknown")
+        unknown = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(base.config),
+                                                                attn_implementation="flashlab-unknown")
+        with self.assertRaises(flashlab.FlashlabError):
+            unknown(input_ids=ids, attention_mask=mask)
+        # other flash names still go to transformers' own loader
+        if not transformers.utils.is_flash_attn_2_available():
+            with self.assertRaises((ImportError, ValueError)):
+                transformers.AutoModelForCausalLM.from_config(copy.deepcopy(base.config),
+                                                              attn_implementation="flash_attention_2")
+
+    def test_dropout_reaches_flashlab_in_training_only(self):
+        # the model's attention_dropout goes to flash_attn(_varlen)_func in train mode, 0 in eval mode; the mask comes
+        # from torch's generator: the same seed repeats the logits, and dropout changes them
+        calls = []
+        originals = (fl_transformers.flash_attn_func, fl_transformers.flash_attn_varlen_func)
+
+        def recording(function):
+            def call(*args, **kwargs):
+                calls.append(kwargs["dropout_p"])
+                return function(*args, **kwargs)
+            return call
+
+        fl_transformers.flash_attn_func, fl_transformers.flash_attn_varlen_func = map(recording, originals)
+        try:
+            fl_transformers.register(variant="cpu-standard", name="flashlab-cpu")
+            ids, mask = padded_batch("cpu", left=False)
+            model = llama("flashlab-cpu", torch.float32, "cpu")
+            model.config.attention_dropout = 0.25
+            for layer in model.model.layers:
+                layer.self_attn.attention_dropout = 0.25
+            model.eval()
+            torch.set_grad_enabled(False)
+            plain = model(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+            self.assertEqual(set(calls), {0.0})
+            calls.clear()
+            model.train()
+            torch.manual_seed(5)
+            first = model(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+            self.assertEqual(set(calls), {0.25})
+            torch.manual_seed(5)
+            second = model(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+            self.assertEqual(float((first - second).abs().max()), 0.0)
+            self.assertGreater(float((first - plain).abs().max()), 1e-3)
+        finally:
+            torch.set_grad_enabled(True)
+            fl_transformers.flash_attn_func, fl_transformers.flash_attn_varlen_func = originals
+
     def test_refused_options(self):
         attention = fl_transformers._attention("cpu-standard")
         q = torch.zeros(1, 2, 4, 8)

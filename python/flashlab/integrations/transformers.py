@@ -2,7 +2,7 @@
 
     import flashlab.integrations.transformers as fl
     fl.register()                                   # variant flash2; fl.register(variant="flash3") for Hopper
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="flashlab")
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="flashlab")   # or from_pretrained(...)
 
 The attention layers then call flashlab's variant as transformers calls flash-attn 2: the 2-D padding mask (the
 flash_attention_2 mask format, registered with the function where the version has AttentionMaskInterface) is turned
@@ -85,4 +85,36 @@ def register(variant: str = "flash2", name: str = NAME) -> str:
         AttentionMaskInterface.register(name, flash_attention_mask)
     except ImportError:  # older versions pass the 2-D mask to functions they do not know
         pass
+    if "flash" in name:
+        _claim_flash_name(name)
     return name
+
+
+_CLAIMED = set()
+
+
+def _claim_flash_name(name: str) -> None:
+    """transformers 5 takes an attn_implementation holding "flash" for a flash-attn build and, at from_config /
+    from_pretrained, loads its functions by name (modeling_flash_attention_utils._lazy_imports): for a name it does
+    not know, a kernel from the Hub, which fails. Its loader is told that `name` is flashlab's: it returns flashlab's
+    flash_attn_func, flash_attn_varlen_func and the padding pair (no kv-cache function) for it, and defers to the
+    original for every other name. Versions without that loader (4.x) need nothing."""
+    try:
+        from transformers import modeling_flash_attention_utils as utils
+    except ImportError:
+        return
+    loader = getattr(utils, "_lazy_imports", None)
+    if loader is None:
+        return
+    _CLAIMED.add(name)
+    if getattr(loader, "_flashlab_names", None) is not None:  # already wrapped (a second register)
+        loader._flashlab_names.add(name)
+        return
+
+    def lazy_imports(implementation, *args, **kwargs):
+        if implementation in lazy_imports._flashlab_names:
+            return flash_attn_func, flash_attn_varlen_func, None, pad_input, unpad_input
+        return loader(implementation, *args, **kwargs)
+
+    lazy_imports._flashlab_names = set(_CLAIMED)
+    utils._lazy_imports = lazy_imports
