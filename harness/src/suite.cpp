@@ -1093,10 +1093,17 @@ std::vector<RowSpec> filter_rows(const std::vector<RowSpec>& rows, const std::st
         throw bad(fmt::format("'{}' is not none, right or left", value));
       }
       tests.emplace_back([value](const RowSpec& r) { return name(r.problem.key_padding) == value; });
+    } else if (key == "dropout") {  // the suite's value exactly: "0.1" parses to the same double as the TOML's 0.1
+      double wanted = 0;
+      const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), wanted);
+      if (error != std::errc() || end != value.data() + value.size() || !(wanted >= 0 && wanted < 1)) {
+        throw bad(fmt::format("'{}' is not a probability in [0, 1)", value));
+      }
+      tests.emplace_back([wanted](const RowSpec& r) { return r.problem.dropout.p == wanted; });
     } else {
       throw bad(
           "unknown (expected variant, pass, dtype, distribution, batch, heads, heads_kv, seqlen, seqlen_q, "
-          "seqlen_k, head_dim, causal, key_padding)");
+          "seqlen_k, head_dim, causal, key_padding, dropout)");
     }
   }
   std::vector<RowSpec> kept;

@@ -650,6 +650,26 @@ TEST_CASE("suite: filter rejects unknown keys and malformed terms") {
   CHECK_THROWS_WITH(filter_rows(suite.rows, "variant=standard,colour=red"), Catch::Contains("'colour'"));
 }
 
+TEST_CASE("suite: filter by dropout takes the suite's probability exactly") {
+  const Suite suite = parse_suite(
+      "[fixed]\nvariant = \"v\"\nseqlen = 64\ndropout_seed = 3\n[axes]\ndropout = [0.0, 0.1, 0.25]\n"
+      "causal = [false, true]\n",
+      "d.toml");
+  REQUIRE(suite.rows.size() == 6);
+  CHECK(filter_rows(suite.rows, "dropout=0.1").size() == 2);
+  CHECK(filter_rows(suite.rows, "dropout=0").size() == 2);
+  CHECK(filter_rows(suite.rows, "dropout=0.1,dropout=0.25").size() == 4);
+  CHECK(filter_rows(suite.rows, "dropout=0.2").empty());
+  for (const RowSpec& row : filter_rows(suite.rows, "dropout=0.25,causal=1")) {
+    CHECK(row.problem.dropout.p == 0.25);
+    CHECK(row.problem.causal);
+  }
+  for (const char* bad : {"dropout=1", "dropout=-0.1", "dropout=0.1x", "dropout=high"}) {
+    INFO(bad);
+    CHECK_THROWS_WITH(filter_rows(suite.rows, bad), Catch::Contains("is not a probability in [0, 1)"));
+  }
+}
+
 TEST_CASE("suite: shards are disjoint and their union is the whole suite") {
   const Suite suite = parse_suite(kFilterSuite, "t.toml");
   const auto rows = filter_rows(suite.rows, "dtype=bf16,causal=true");  // indices with gaps
