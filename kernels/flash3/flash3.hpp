@@ -28,8 +28,9 @@ struct ForwardTile {
 // The forward tiles compiled, the first of each head dim its default (flash3_fwd.cu says why each was chosen). A
 // suite picks another with flash3[br=..,bc=..,stages=..]; each is compiled with and without ping-pong
 // (flash3[pingpong=0|1]). br = 192 runs three consumer warpgroups (160 registers each instead of 240). The
-// persistent schedule (flash3[persistent=1]) is compiled for 128x128/2 with ping-pong at d = 64 and 128. The other
-// tiles, which only experiments/flash3_tiles.toml sweeps, need a build with -DFLASHLAB_TILE_SWEEP=ON (build time).
+// persistent schedule (flash3[persistent=1]) is compiled with ping-pong for 128x128/2 at d = 64 and 128 and for
+// 192x96/2 at d = 64. The other tiles, which only experiments/flash3_tiles.toml sweeps, need a build with
+// -DFLASHLAB_TILE_SWEEP=ON (build time).
 inline constexpr ForwardTile kForwardTiles[] = {
     {64, 192, 96, 2},   {64, 128, 128, 2},  // the default, the persistent schedule's
     {128, 128, 128, 2}, {256, 128, 64, 2},  //

@@ -664,11 +664,12 @@ void launch(const AttentionParams& params, void* stream) {
 constexpr int kTileCount = sizeof(kForwardTiles) / sizeof(kForwardTiles[0]);
 
 // Whether tile kForwardTiles[index] has a persistent kernel (with ping-pong): 128 x 128 with 2 stages at d = 64 and
-// 128. The others spill with the walk's state: d = 256 (O is 128 fp32 per thread: 168 bytes) and the 192-row d = 64
-// tile (three consumers at 160 registers: 24 bytes).
+// 128, and the 192 x 96 d = 64 default (three consumers at 160 registers: 0 bytes of spills since the walk's state
+// became the tile index; 24 bytes before). d = 256 spills with the walk's state (O is 128 fp32 per thread).
 constexpr bool has_persistent(int index) {
   const ForwardTile t = kForwardTiles[index];
-  return t.head_dim <= 128 && t.block_m == 128 && t.block_n == 128 && t.stages == 2;
+  return (t.head_dim <= 128 && t.block_m == 128 && t.block_n == 128 && t.stages == 2) ||
+         (t.head_dim == 64 && t.block_m == 192 && t.block_n == 96 && t.stages == 2);
 }
 
 template <class T, int kIndex = 0>
@@ -681,8 +682,8 @@ void dispatch(const AttentionParams& params, const ForwardTile& tile, bool pingp
         if constexpr (has_persistent(kIndex)) {
           if (pingpong) return launch<T, t.block_m, t.head_dim, t.block_n, t.stages, true, true>(params, stream);
         }
-        throw Unsupported("flash3: the persistent schedule is compiled for tile 128x128/2 with ping-pong at head_dim "
-                          "64 and 128 only (flash3[persistent=1,br=128,bc=128,stages=2]; asked: d = " +
+        throw Unsupported("flash3: the persistent schedule is compiled with ping-pong for tile 128x128/2 at head_dim "
+                          "64 and 128 and 192x96/2 at head_dim 64 only (flash3[persistent=1,br=..,bc=..]; asked: d = " +
                           std::to_string(t.head_dim) + ", " + std::to_string(t.block_m) + "x" +
                           std::to_string(t.block_n) + "/" + std::to_string(t.stages) +
                           (pingpong ? "" : ", pingpong=0") + ")");

@@ -34,8 +34,8 @@ constexpr int kTiles = 8;
 constexpr int kTiles = 4;
 #endif
 // flash3's forward kernels: each tile with and without ping-pong, and the persistent 128x128/2 of d = 64 and 128
-// (ping-pong), each in fp16 and bf16
-constexpr std::size_t kKernels = (kTiles * 2 + 2) * 2;
+// and 192x96/2 of d = 64 (ping-pong), each in fp16 and bf16
+constexpr std::size_t kKernels = (kTiles * 2 + 3) * 2;
 
 // Whether this GPU runs flash3's sm_90a kernels (compute capability 9.0).
 bool hopper() {
@@ -285,9 +285,9 @@ TEST_CASE("every flash3 tile and schedule matches the fp64 reference under the b
   CHECK(tiles == kTiles);
 }
 
-// The persistent schedule (flash3[persistent=1], tile 128x128/2 with ping-pong at d = 64 and 128): one CTA per
-// multiprocessor walks the work tiles longest first, so the K/V rings and the Q tile pass from one tile to the next.
-// The flash2 matrix on those head dims, problems with several tiles per CTA (more tiles than multiprocessors:
+// The persistent schedule (flash3[persistent=1], with ping-pong: tile 128x128/2 at d = 64 and 128, 192x96/2 at
+// d = 64): one CTA per multiprocessor walks the work tiles longest first, so the K/V rings and the Q tile pass from
+// one tile to the next. The flash2 matrix on those head dims, problems with several tiles per CTA (more tiles than multiprocessors:
 // causal, GQA, varlen with empty sequences, fully masked query blocks among them), and the refusals elsewhere.
 TEST_CASE("flash3's persistent schedule matches the fp64 reference under the baseline rule", "[gpu][flash3]") {
   if (!hopper()) return;
@@ -308,13 +308,21 @@ TEST_CASE("flash3's persistent schedule matches the fp64 reference under the bas
   for (const Case& c : cases) {
     for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, options, kSeed);
   }
-  // refused: d = 256, the 192-row tile, no ping-pong
+  // the 192-row tile (three consumers) at d = 64
+  kernels::LaunchOptions rows192 = options;
+  rows192.block_m = 192;
+  rows192.block_n = 96;
+  for (const Case& c : cases) {
+    if (c.problem.head_dim != 64) continue;
+    for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, rows192, kSeed);
+  }
+  // refused: d = 256, no ping-pong
   const Problem p256 = dense(1, 2, 2, 65, 65, 256), p64 = dense(1, 2, 2, 65, 65, 64);
   struct Refusal {
     const Problem* problem;
     int block_m, block_n, pingpong;
   };
-  for (const Refusal r : {Refusal{&p256, 0, 0, -1}, Refusal{&p64, 192, 96, -1}, Refusal{&p64, 128, 128, 0}}) {
+  for (const Refusal r : {Refusal{&p256, 0, 0, -1}, Refusal{&p64, 192, 96, 0}, Refusal{&p64, 128, 128, 0}}) {
     Stream stream;
     DeviceTensors t(*r.problem, DType::bf16, kSeed, stream.get());
     AttentionParams a = t.params();
@@ -328,7 +336,8 @@ TEST_CASE("flash3's persistent schedule matches the fp64 reference under the bas
       variant("flash3").forward(a, {allocator, stream.get()});
       FAIL("flash3 ran a persistent schedule it does not have");
     } catch (const Unsupported& e) {
-      CHECK(std::string(e.what()).find("persistent schedule is compiled for tile 128x128/2") != std::string::npos);
+      CHECK(std::string(e.what()).find("persistent schedule is compiled with ping-pong for tile 128x128/2") !=
+            std::string::npos);
     }
   }
 }
