@@ -23,6 +23,9 @@ With return_attn_probs and dropout_p > 0 the third value is flash-attn's S_dmask
 does not), in q's dtype, holding P = exp(scale S - LSE) where a weight is kept and -P where it is dropped, 0 where
 the causal or window mask removes it. Without dropout the third value is None, as flash-attn's.
 
+Other arrays: q, k, v (and cu_seqlens) may be any array with __dlpack__ (CuPy, JAX, numpy, ...); they are taken
+through torch.from_dlpack without a copy and the results are torch tensors (autograd needs torch tensors).
+
 Options flashlab does not have raise a ValueError naming the option: softcap, alibi_slopes, block_table.
 """
 
@@ -268,6 +271,24 @@ def _run(torch, q, k, v, call, return_attn_probs):
     return o, lse, call.attn_probs(torch, q, k, lse) if call.dropout[0] > 0 else None
 
 
+def _from_dlpack(torch, **arrays):
+    """Each array as a torch tensor: torch tensors as they are, any other array with __dlpack__ (CuPy, JAX, numpy,
+    ...) through torch.from_dlpack, sharing its memory; None stays None. Else TypeError naming the argument."""
+    out = []
+    for name, x in arrays.items():
+        if x is None or isinstance(x, torch.Tensor):
+            out.append(x)
+        elif hasattr(x, "__dlpack__"):
+            try:
+                out.append(torch.from_dlpack(x))
+            except (RuntimeError, TypeError, BufferError) as e:
+                raise TypeError(f"flashlab: {name} ({type(x).__name__}) could not be taken through DLPack: {e}") from e
+        else:
+            raise TypeError(f"flashlab: {name} must be a torch.Tensor or an array with __dlpack__, not "
+                            f"{type(x).__name__}")
+    return out
+
+
 def flash_attn_func(q, k, v, dropout_p: float = 0.0, softmax_scale: Optional[float] = None, causal: bool = False,
                     window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0, alibi_slopes=None,
                     deterministic: bool = False, return_attn_probs: bool = False, variant: str = "flash2",
@@ -276,6 +297,7 @@ def flash_attn_func(q, k, v, dropout_p: float = 0.0, softmax_scale: Optional[flo
     dropout_seed / dropout_offset (flashlab's): the dropout mask's key, else drawn from torch's generator."""
     torch = _torch()
     _refuse_options(dropout_p, softcap, alibi_slopes)
+    q, k, v = _from_dlpack(torch, q=q, k=k, v=v)
     call = _Call(torch, q, k, v, softmax_scale, causal, window_size, _variant(variant, deterministic),
                  dropout_p=dropout_p, dropout_seed=dropout_seed, dropout_offset=dropout_offset)
     return _run(torch, q, k, v, call, return_attn_probs)
@@ -292,6 +314,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     cu_seqlens per call); max_seqlen_q / max_seqlen_k are checked against them. Dropout as flash_attn_func's."""
     torch = _torch()
     _refuse_options(dropout_p, softcap, alibi_slopes, block_table)
+    q, k, v, cu_seqlens_q, cu_seqlens_k = _from_dlpack(torch, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q,
+                                                       cu_seqlens_k=cu_seqlens_k)
     call = _Call(torch, q, k, v, softmax_scale, causal, window_size, _variant(variant, deterministic), cu_seqlens_q,
                  cu_seqlens_k, dropout_p=dropout_p, dropout_seed=dropout_seed, dropout_offset=dropout_offset)
     longest_q = int(call._keep[0].max()) if call._keep[0].size else 0

@@ -96,6 +96,22 @@ class OnTheCpuVariants(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "max_seqlen_q = 16"):
             flashlab.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 16, 9, variant="cpu-reference")
 
+    def test_dlpack_arrays_run_as_torch_tensors(self):
+        # numpy arrays (any array with __dlpack__): the same outputs as the torch tensors they share memory with,
+        # dense and varlen; an array without __dlpack__ is refused naming the argument
+        g = np.random.default_rng(4)
+        q, k, v = (g.standard_normal((2, 9, 2, 8)).astype(np.float32) for _ in range(3))
+        got = flashlab.flash_attn_func(q, k, v, causal=True, variant="cpu-standard")
+        want = flashlab.flash_attn_func(*(torch.from_numpy(x) for x in (q, k, v)), causal=True, variant="cpu-standard")
+        self.assertIsInstance(got, torch.Tensor)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+        cu = np.array([0, 9, 18], dtype=np.int32)
+        flat = [x.reshape(18, 2, 8) for x in (q, k, v)]
+        got_varlen = flashlab.flash_attn_varlen_func(*flat, cu, cu, 9, 9, causal=True, variant="cpu-standard")
+        np.testing.assert_array_equal(got_varlen.numpy().reshape(2, 9, 2, 8), want.numpy())
+        with self.assertRaisesRegex(TypeError, "q must be a torch.Tensor or an array with __dlpack__, not list"):
+            flashlab.flash_attn_func(q.tolist(), k, v, variant="cpu-standard")
+
     def test_refused_options_name_themselves(self):
         q = torch.zeros(1, 4, 2, 8, dtype=torch.float64)
         for p in (1.0, -0.1, float("nan")):
