@@ -291,7 +291,7 @@ flashlab_status flashlab_dropout_mask(double dropout_p, uint64_t dropout_seed, u
     }
     if (keep == nullptr && seqlen_q * seqlen_k > 0) throw flashlab::InvalidProblem("keep", "keep is null");
     const flashlab::DropoutSpec spec{dropout_p, dropout_seed, dropout_offset};
-    const std::uint32_t threshold = flashlab::dropout_keep_threshold(dropout_p);
+    const std::uint32_t threshold = flashlab::dropout_keep_threshold16(dropout_p);
     const auto subsequence = static_cast<std::uint64_t>(batch_index * heads + head);
     for (std::int64_t i = 0; i < seqlen_q; ++i) {
       for (std::int64_t j = 0; j < seqlen_k; ++j) {

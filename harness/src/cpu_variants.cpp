@@ -204,7 +204,7 @@ template <class C>
 class DropFactor {
  public:
   explicit DropFactor(const Problem& p)
-      : spec_(p.dropout), heads_(p.heads), threshold_(dropout_keep_threshold(spec_.p)),
+      : spec_(p.dropout), heads_(p.heads), threshold_(dropout_keep_threshold16(spec_.p)),
         kept_(static_cast<C>(1.0 / (1.0 - spec_.p))) {}
   [[nodiscard]] bool active() const { return spec_.active(); }
   [[nodiscard]] C operator()(const Sequence& s, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const {

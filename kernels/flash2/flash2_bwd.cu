@@ -101,7 +101,7 @@ struct BackwardArgs {
   bool dropout;  // whether the kDropout kernel runs (core/dropout.hpp)
   std::uint64_t dropout_seed;
   std::uint64_t dropout_offset;
-  std::uint32_t dropout_threshold;  // a weight is kept when its word is below this
+  std::uint32_t dropout_threshold;  // a weight is kept when its 16-bit piece is below this (dropout_keep_threshold16)
   float rp_dropout;                 // 1 / (1 - p)
   // workspace
   float* d;        // [slots, H, tokens_q]
@@ -300,9 +300,10 @@ __device__ inline void red_add4(float* address, float x, float y, float z, float
 }
 
 // kDropout: attention dropout with the forward's mask (core/dropout.hpp). Per m16 row block of the S / dP tile, one
-// Philox draw per 2 x 2 patch (rows r, r + 8, columns 2 (lane%4) + {0, 1} of each n8 tile, word 2 r + c) gives a
-// 32-bit keep mask (bit 4 t + 2 r + c); then dP -> Z o dP / (1 - p) before dS = P o (dP - D), P -> Z o P for dV,
-// and the epilogue multiplies dV by 1 / (1 - p).
+// Philox draw per n8 tile pair 2 np, 2 np + 1 (rows r, r + 8, columns 2 (lane%4) + 8 q + {0, 1}: word r + 2 q, the
+// pair P and dS store for row r of tile 2 np + q, its 16-bit half c key c) gives a 32-bit keep mask
+// (bit 4 t + 2 r + c); then dP -> Z o dP / (1 - p) before dS = P o (dP - D), P -> Z o P for dV, and the epilogue
+// multiplies dV by 1 / (1 - p).
 template <class Traits, class T, bool kDropout = false>
 __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const BackwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
@@ -511,13 +512,17 @@ __global__ void __launch_bounds__(Traits::kThreads) backward_kernel(const Backwa
         if constexpr (kDropout) {
           static_assert(Traits::kSdpNTiles * 4 <= 32, "the keep mask of an m16 row block fits 32 bits");
           const std::uint64_t subsequence = std::uint64_t{blockIdx.z} * static_cast<std::uint64_t>(args.heads) + blockIdx.y;
+          // one draw per n8 tile pair (2 np, 2 np + 1), one at a time (unrolled, all stay live): word r + 2 q holds
+          // row r of tile 2 np + q, its halves keys c = 0, 1, the pair packed into P's and dS's stores below
 #pragma unroll 1
-          for (int t = 0; t < Traits::kSdpNTiles; ++t) {  // one draw at a time (unrolled, all stay live)
+          for (int np = 0; np < Traits::kSdpNTiles / 2; ++np) {
             const Philox4x32 words =
                 dropout_draw(args.dropout_seed, args.dropout_offset, subsequence,
                              static_cast<std::uint32_t>(m_start + row_base + mt * 16),
-                             static_cast<std::uint32_t>(n_start + col_base + t * 8));
-            for (int e = 0; e < 4; ++e) keep |= (words.x[e] < args.dropout_threshold ? 1u : 0u) << (4 * t + e);
+                             static_cast<std::uint32_t>(n_start + col_base + np * 16));
+            for (int w = 0; w < 4; ++w) {
+              keep |= dropout_keep_bits(words.x[w], args.dropout_threshold) << (8 * np + 4 * (w / 2) + 2 * (w % 2));
+            }
           }
         }
 #pragma unroll
@@ -978,7 +983,7 @@ void backward(const AttentionParams& params, const LaunchContext& ctx) {
   args.dropout = p.dropout.active();
   args.dropout_seed = p.dropout.seed;
   args.dropout_offset = p.dropout.offset;
-  args.dropout_threshold = dropout_keep_threshold(p.dropout.p);
+  args.dropout_threshold = dropout_keep_threshold16(p.dropout.p);
   args.rp_dropout = static_cast<float>(1.0 / (1.0 - p.dropout.p));
   args.dq_acc = reinterpret_cast<float*>(carve.take(plan.dq_acc));
   args.turns = reinterpret_cast<int*>(carve.take(plan.turns));

@@ -77,7 +77,7 @@ struct ForwardArgs {
   // dropout (kDropout kernels only; core/dropout.hpp)
   std::uint64_t dropout_seed;
   std::uint64_t dropout_offset;
-  std::uint32_t dropout_threshold;  // a weight is kept when its word is below this
+  std::uint32_t dropout_threshold;  // a weight is kept when its 16-bit piece is below this (dropout_keep_threshold16)
   float rp_dropout;                 // 1 / (1 - p)
 };
 
@@ -97,9 +97,10 @@ __device__ inline bool moves_max(float m, float tile) {
 // kRowSumInDtype: the test-only fault Fault::row_sum_in_dtype (l_i rounded to T after every tile's addition),
 // instantiated for one tile only (kFaultHeadDim's default); every real launch has it false.
 // kDropout: attention dropout (core/dropout.hpp), instantiated for kDropoutConfigs only: after l_i has taken the
-// tile's P, each weight whose Philox word is not below the threshold is set to 0 before P V (one draw per 2 x 2
-// patch of the C fragment: rows r, r + 8, columns 2 (lane%4) + {0, 1}, word 2 r + c), and the epilogue multiplies
-// O by 1 / (1 - p) with 1 / l_i. LSE comes from the undropped P.
+// tile's P, P is packed into the dtype and each weight whose 16-bit Philox piece is not below the threshold is set to
+// 0 before P V (one draw per m16 row block and k16 step of P V: word r + 2 q masks A register a[r + 2 q], rows
+// r, r + 8 and columns 2 (lane%4) + 8 q + {0, 1}, half c key c), and the epilogue multiplies O by 1 / (1 - p) with
+// 1 / l_i. LSE comes from the undropped P.
 template <class Traits, class T, bool kRowSumInDtype = false, bool kDropout = false>
 __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const ForwardArgs args) {
   constexpr int kBlockM = Traits::kBlockM;
@@ -314,41 +315,66 @@ __global__ void __launch_bounds__(Traits::kThreads) forward_kernel(const Forward
         if constexpr (kRowSumInDtype) l_i[mt][r] = static_cast<float>(T(l_i[mt][r]));  // test-only fault
       }
     }
+    // P in the dtype: the C fragments of two n8 tiles 2 kk, 2 kk + 1 of S are the A fragment of k16 step kk of P V (no
+    // shared memory), a[r + 2 q] = row r of tile 2 kk + q, its key pair packed low half first
+    auto pack_p = [&](int mt, int kk, std::uint32_t(&a)[4]) {
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const float* tile = s[mt][2 * kk + w / 2];
+        a[w] = Elem<T>::pack(tile[2 * (w % 2)], tile[2 * (w % 2) + 1]);
+      }
+    };
+    std::uint32_t p_kept[kDropout ? kMTiles : 1][kDropout ? kBlockN / 16 : 1][4];
     if constexpr (kDropout) {  // dropout on P, after l_i (core/dropout.hpp)
+      // P packed first, so that the draws run beside half of S's registers (with the fp32 S live, the p = 0 tiles'
+      // dropout kernels spilled), then one draw per (m16 row block, k16 step): its word r + 2 q masks register
+      // a[r + 2 q], half c key c of the pair. The draws one after another into a bit mask (bit 8 kk + 2 w + c), then
+      // the selection: drawing every step's patch at once (unrolled) kept them all live and spilled.
       const int tid_here = thread_id();
       const auto row_base = static_cast<std::uint32_t>(m_start + tid_here / 32 * Traits::kRowsPerWarp + tid_here % 32 / 4);
       const auto col_base = static_cast<std::uint32_t>(n_start + 2 * (tid_here % 4));
       const std::uint64_t subsequence = std::uint64_t{blockIdx.z} * static_cast<std::uint64_t>(args.heads) + blockIdx.y;
-      static_assert(Traits::kSTiles * 4 <= 64, "the keep mask of an m16 row block fits 64 bits");
+      static_assert(kBlockN / 16 * 8 <= 64, "the keep mask of an m16 row block fits 64 bits");
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
-        // the draws one after another into a bit mask (bit 4 t + e), then the selection: drawing every tile's
-        // patch at once (unrolled) kept them all live and spilled
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) pack_p(mt, kk, p_kept[mt][kk]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
         std::uint64_t keep = 0;
 #pragma unroll 1
-        for (int t = 0; t < Traits::kSTiles; ++t) {
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
           const Philox4x32 words =
-              dropout_draw(args.dropout_seed, args.dropout_offset, subsequence, row_base + mt * 16, col_base + t * 8);
-          for (int e = 0; e < 4; ++e) keep |= std::uint64_t{words.x[e] < args.dropout_threshold} << (4 * t + e);
+              dropout_draw(args.dropout_seed, args.dropout_offset, subsequence, row_base + mt * 16, col_base + kk * 16);
+#pragma unroll
+          for (int w = 0; w < 4; ++w) {
+            keep |= std::uint64_t{dropout_keep_bits(words.x[w], args.dropout_threshold)} << (8 * kk + 2 * w);
+          }
         }
 #pragma unroll
-        for (int t = 0; t < Traits::kSTiles; ++t) {
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][t][e] = ((keep >> (4 * t + e)) & 1u) != 0 ? s[mt][t][e] : 0.0f;
+          for (int w = 0; w < 4; ++w) {
+            const auto bits = static_cast<std::uint32_t>(keep >> (8 * kk + 2 * w));  // bit c: half c kept
+            p_kept[mt][kk][w] &= ((bits & 1u) != 0 ? 0x0000FFFFu : 0u) | ((bits & 2u) != 0 ? 0xFFFF0000u : 0u);
+          }
         }
       }
     }
 
-    // acc += P V: the C fragments of two n8 tiles of S are the A fragment of one k16 step (no shared memory)
+    // acc += P V
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       std::uint32_t p[kMTiles][4];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
-        p[mt][0] = Elem<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        p[mt][1] = Elem<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        p[mt][2] = Elem<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        p[mt][3] = Elem<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        if constexpr (kDropout) {
+#pragma unroll
+          for (int w = 0; w < 4; ++w) p[mt][w] = p_kept[mt][kk][w];
+        } else {
+          pack_p(mt, kk, p[mt]);
+        }
       }
 #pragma unroll
       for (int step = 0; step < kHeadDim / 16; ++step) {
@@ -450,11 +476,11 @@ constexpr ForwardConfig kForwardConfigs[] = {
 #endif
 constexpr int kForwardConfigCount = sizeof(kForwardConfigs) / sizeof(kForwardConfigs[0]);
 
-// The dropout forward's tile of each head dim: the default where the keep bits fit beside it without spilling
-// (d = 32, 256), else one with fewer keys or query rows per CTA (ptxas spilled the defaults' dropout kernels at
-// d = 64, 96, 128: up to 88 bytes).
+// The dropout forward's tile of each head dim: the p = 0 default where its dropout kernel compiles without spills on
+// sm_80 and sm_90a (d = 32, 64, 96, 256: P packed into the dtype before the draws leaves them room), else the largest
+// that does: d = 128's 128 x 64 spilled 64 bytes on sm_80 (0 on sm_90a), 64 x 128 none (kernels/README.md, Dropout).
 constexpr ForwardConfig kDropoutConfigs[] = {
-    {32, 128, 128, 4}, {64, 128, 64, 4}, {96, 64, 64, 4}, {128, 64, 64, 4}, {256, 64, 64, 4},
+    {32, 128, 128, 4}, {64, 128, 128, 4}, {96, 128, 64, 4}, {128, 64, 128, 4}, {256, 64, 64, 4},
 };
 constexpr int kDropoutConfigCount = sizeof(kDropoutConfigs) / sizeof(kDropoutConfigs[0]);
 
@@ -610,7 +636,7 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
   args.scale_log2 = static_cast<float>(p.scale() * kLog2eDouble);
   args.dropout_seed = p.dropout.seed;
   args.dropout_offset = p.dropout.offset;
-  args.dropout_threshold = dropout_keep_threshold(p.dropout.p);
+  args.dropout_threshold = dropout_keep_threshold16(p.dropout.p);
   args.rp_dropout = static_cast<float>(1.0 / (1.0 - p.dropout.p));
 
   const LaunchOptions& tile = params.options;

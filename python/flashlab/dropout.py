@@ -4,7 +4,9 @@ ABI's flashlab_dropout_mask), so tests and users can reproduce what a launch dro
 As FlashAttention-2, dropout acts on the normalized probabilities after the softmax: O = (Z o P / (1 - p)) V, with the
 LSE from the undropped P, and the backward under the same Z. Z is a pure function of (p, seed, offset, batch entry b,
 query head h, query row i, key j), with i and j counted from the start of their sequence; (b, h) takes the Philox
-subsequence offset + b H + h, so a fresh mask for the next call needs the offset advanced by at least B H.
+subsequence offset + b H + h, so a fresh mask for the next call needs the offset advanced by at least B H. A weight is
+kept when its 16-bit piece of a Philox4x32-10 draw (eight per draw) is below floor((1 - p) 2^16): the keep probability
+resolves to 2^-16, and the kept weights are scaled by 1 / (1 - p).
 
 A key-padded batch (a [B, N] mask of valid tokens, unpad_input's attention_mask) is drawn in the coordinates of its
 unpadded varlen form: weight (i, j) of entry b is the varlen mask's (r_i, r_j), r a token's position among the entry's

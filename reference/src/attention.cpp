@@ -187,7 +187,7 @@ template <class Scalar, class Block>
 void drop_weights(const Problem& p, const Sequence& s, std::int64_t b, std::int64_t h, std::int64_t i0, std::int64_t c0,
                   Scalar kept_scale, Block& block) {
   const DropoutSpec& dropout = p.dropout;
-  const std::uint32_t threshold = dropout_keep_threshold(dropout.p);
+  const std::uint32_t threshold = dropout_keep_threshold16(dropout.p);
   const auto subsequence = static_cast<std::uint64_t>(b * p.heads + h);
   for (std::int64_t c = 0; c < block.cols(); ++c) {
     for (std::int64_t r = 0; r < block.rows(); ++r) {

@@ -111,7 +111,7 @@ class DropFactor {
  public:
   explicit DropFactor(const GroupInputs& in)
       : spec_(in.problem.dropout),
-        threshold_(dropout_keep_threshold(spec_.p)),
+        threshold_(dropout_keep_threshold16(spec_.p)),
         kept_(1.0 / (1.0 - spec_.p)),
         sequence_(in.problem.sequence(0)) {}
   [[nodiscard]] bool active() const { return spec_.active(); }

@@ -73,7 +73,7 @@ TEST_CASE("flash2 drops exactly core's mask, and keeps 1 - p of the weights with
     flash.forward(t.params(), {allocator, stream.get()});
     stream.sync();
     const std::vector<double> o = decode(t.o, DType::bf16), v = decode(t.v, DType::bf16);
-    const std::uint32_t threshold = dropout_keep_threshold(rate);
+    const std::uint32_t threshold = dropout_keep_threshold16(rate);
     std::int64_t kept = 0, total = 0, mismatches = 0;
     for (std::int64_t b = 0; b < p.batch; ++b) {
       for (std::int64_t i = 0; i < p.seqlen_q; ++i) {

@@ -38,21 +38,23 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 def independent_mask(p, seed, offset, b, h, heads, nq, nk):
-    """Keep (i, j) of query head h of batch entry b: the Philox draw with counter (j // 2, row pair (i // 16) 8 + i % 8,
-    the 64-bit stream offset + b H + h), key seed; word 2 ((i // 8) % 2) + j % 2 below floor((1 - p) 2^32)."""
+    """Keep (i, j) of query head h of batch entry b: the Philox draw with counter (key quad (j // 16) 4 + (j % 8) // 2,
+    row pair (i // 16) 8 + i % 8, the 64-bit stream offset + b H + h), key seed; of its four words, word
+    (i // 8) % 2 + 2 ((j // 8) % 2), of that word the 16-bit half j % 2 (low first), below floor((1 - p) 2^16)
+    (2^16 - 1 at most for p > 0; p = 0 keeps all)."""
     if p == 0:
         return np.ones((nq, nk), dtype=bool)
     i = np.arange(nq, dtype=np.uint64)[:, None] + np.zeros((1, nk), dtype=np.uint64)
     j = np.arange(nk, dtype=np.uint64)[None, :] + np.zeros((nq, 1), dtype=np.uint64)
     stream = (offset + b * heads + h) % 2 ** 64
-    words = philox4x32_10(j // np.uint64(2), (i // np.uint64(16)) * np.uint64(8) + i % np.uint64(8),
+    u = np.uint64
+    words = philox4x32_10((j // u(16)) * u(4) + (j % u(8)) // u(2), (i // u(16)) * u(8) + i % u(8),
                           np.full(i.shape, stream & 0xFFFFFFFF, dtype=np.uint64),
                           np.full(i.shape, stream >> 32, dtype=np.uint64), seed & 0xFFFFFFFF, seed >> 32)
-    which = (2 * ((i // np.uint64(8)) % np.uint64(2)) + j % np.uint64(2)).astype(np.int64)
-    word = np.choose(which, words)
-    keep = (1.0 - p) * 4294967296.0
-    threshold = 0xFFFFFFFF if keep >= 4294967295.0 else int(keep)
-    return word < np.uint64(threshold)
+    which = ((i // u(8)) % u(2) + u(2) * ((j // u(8)) % u(2))).astype(np.int64)
+    piece = (np.choose(which, words) >> (u(16) * (j % u(2)))) & u(0xFFFF)
+    threshold = min(int((1.0 - p) * 65536.0), 0xFFFF)
+    return piece < np.uint64(threshold)
 
 
 def padding_mask(side, n, lengths):

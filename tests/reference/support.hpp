@@ -104,7 +104,7 @@ inline Naive naive_forward(const Data& data) {
             const bool keep =
                 dropout_keep(p.dropout.seed, p.dropout.offset, static_cast<std::uint64_t>(b * p.heads + h),
                              static_cast<std::uint32_t>(i - f), static_cast<std::uint32_t>(j - f),
-                             dropout_keep_threshold(p.dropout.p));
+                             dropout_keep_threshold16(p.dropout.p));
             weight = keep ? e / (1.0L - p.dropout.p) : 0.0L;
           }
           for (std::int64_t c = 0; c < p.dv(); ++c) acc[c] += weight * data.v(s.slot, s.k_offset + j, g, c);

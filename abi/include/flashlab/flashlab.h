@@ -156,7 +156,8 @@ FLASHLAB_API flashlab_status flashlab_backward_ext(const char* variant, const fl
  * 0 .. seqlen_k - 1 of that sequence (host memory, seqlen_q seqlen_k bytes). The mask every variant applies for
  * (dropout_p, dropout_seed, dropout_offset); dropout_p = 0 keeps every weight. A key-padded batch entry (valid tokens
  * one interval of its N) draws its mask inside the interval: its mask is this call's with seqlen_q = seqlen_k = the
- * valid length, placed at the valid tokens, as in its unpadded varlen form. Minor 1. */
+ * valid length, placed at the valid tokens, as in its unpadded varlen form. Which Philox bits make the mask is the
+ * library's definition, not part of the ABI (abi/README.md): this call reproduces it. Minor 1. */
 FLASHLAB_API flashlab_status flashlab_dropout_mask(double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset,
                                                    int64_t batch_index, int64_t head, int64_t heads, int64_t seqlen_q,
                                                    int64_t seqlen_k, uint8_t* keep);
