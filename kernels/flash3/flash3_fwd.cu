@@ -249,7 +249,9 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   const auto bar_empty_k = [bar_q](int stage) { return bar_q + 8 * (2 + 2 * kStages + stage); };
   const auto bar_empty_v = [bar_q](int stage) { return bar_q + 8 * (2 + 3 * kStages + stage); };
 
-  const int warpgroup = static_cast<int>(threadIdx.x) / 128;
+  // the warpgroup index through a shuffle from lane 0: the compiler then knows it is the same across the warp and
+  // keeps what derives from it (barrier ids, shared-memory addresses, the consumer's rows) in uniform registers
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
     mbarrier_init(bar_q, 1);
     mbarrier_init(bar_q_empty, 4 * kConsumers);  // one arrival per consumer warp, after its epilogue
