@@ -9,7 +9,8 @@
 //     K_2, V_1, ...). Each slot completes on its own "full" mbarrier (transaction bytes) and is reused once every
 //     consumer warp has arrived on its "empty" mbarrier: K_j as soon as S_j is done, V_j after P_j V_j.
 //   warpgroups 1 .. 2 (or 3), the consumers (240 registers; 160 with three): each owns 64 query rows and runs, per
-//   key tile j,
+//   key tile j its rows see (the others of the CTA's range, e.g. past the diagonal for a causal block's first rows,
+//   it takes its ping-pong turn on without issuing and only releases their stages),
 //       S_j = Q K_j^T                 wgmma m64nBk16, Q and K from shared memory (K-major, 128-byte swizzle)
 //       O += P_{j-1} V_{j-1}          wgmma m64nDk16 issued right behind it, P from registers (the S accumulator
 //                                     layout is the A-operand layout), V from shared memory (MN-major: transposed)
@@ -249,7 +250,12 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   const auto bar_empty_k = [bar_q](int stage) { return bar_q + 8 * (2 + 2 * kStages + stage); };
   const auto bar_empty_v = [bar_q](int stage) { return bar_q + 8 * (2 + 3 * kStages + stage); };
 
-  const int warpgroup = static_cast<int>(threadIdx.x) / 128;
+  // the warpgroup index through a shuffle from lane 0: the compiler then knows it is the same across the warp and
+  // keeps what derives from it (barrier ids, shared-memory addresses, the consumer's rows and key tiles) in uniform
+  // registers. Without it the consumers' own key-tile range below put the main loop's ring positions in vector
+  // registers (SASS of the 192x96 kernels: R2UR 16 -> 56, uniform instructions 130 -> 12) and cost 2-8% on long
+  // rows; with it the main loop is as short as before (experiments/results/h200-2026-11-30/flash3_schedule_ab).
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
     mbarrier_init(bar_q, 1);
     mbarrier_init(bar_q_empty, 4 * kConsumers);  // one arrival per consumer warp, after its epilogue
@@ -451,55 +457,93 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   }
 
   if (tiles > 0) {
-    mbarrier_wait(bar_q, q_count & 1);
+    mbarrier_wait(bar_q, q_count & 1);  // every consumer: its Q rows stage its O in the epilogue
     const int n_first = t.n_first;
-    const int first_stage = kv_count % kStages;
-    mbarrier_wait(bar_full_k(first_stage), (kv_count / kStages) & 1);
-    take_turn();
-    wgmma_fence();
-    gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + first_stage * L::kKVBytes);
-    wgmma_commit();
-    pass_turn();
-    wgmma_wait<0>();
-    pin_registers(s);
-    release(bar_empty_k(first_stage));
-    float rescale[2];
-    softmax(n_first, rescale);  // O is 0: nothing to rescale
-    convert_p();
-    for (int it = 1; it < tiles; ++it) {
-      const int g = kv_count + it;  // the K/V rings' position
-      const int stage = g % kStages, previous = (g - 1) % kStages;
-      mbarrier_wait(bar_full_k(stage), (g / kStages) & 1);
-      mbarrier_wait(bar_full_v(previous), ((g - 1) / kStages) & 1);
+    // The warpgroup's own key tiles [own_lo, own_hi): those its rows see. The CTA's range is the union over its
+    // rows; a warpgroup whose rows see fewer (the first rows of a causal block, the last of a sliding window) or
+    // none (rows past the sequence, fully masked rows) takes the other tiles' turns without issuing, and only
+    // releases their stages: no GEMM, mask or softmax on keys it cannot see.
+    // (The persistent kernel keeps the CTA's range: at d = 128 the own range spilled 8 bytes beside the walk's state.)
+    int own_lo = 0, own_hi = tiles;
+    if (!kPersistent) own_hi = 0;
+    if (!kPersistent && wg_row0 < seqlen_q) {
+      const int lo = key_bounds(args.window_left, args.window_right, wg_row0, seqlen_q, seqlen_k).lo;
+      const int hi = key_bounds(args.window_left, args.window_right, wg_last, seqlen_q, seqlen_k).hi;
+      if (hi >= lo) {
+        own_lo = max((lo - n_first) / kBlockN, 0);
+        own_hi = min((hi - n_first) / kBlockN + 1, tiles);
+      }
+    }
+    // Turn k (0 .. tiles) issues S_k (k < tiles) and P_{k-1} V_{k-1} (k > 0); a turn with nothing of this
+    // warpgroup's to issue waits for the stages as an issuing turn would (so its arrivals count toward the right
+    // phase of the empty barriers), passes the turn on and releases them.
+    const auto idle_turn = [&](int k) {
+      const int g = kv_count + k;
+      if (k < tiles) mbarrier_wait(bar_full_k(g % kStages), (g / kStages) & 1);
+      if (k > 0) mbarrier_wait(bar_full_v((g - 1) % kStages), ((g - 1) / kStages) & 1);
+      take_turn();
+      pass_turn();
+      if (k < tiles) release(bar_empty_k(g % kStages));
+      if (k > 0 && (kPersistent || k < tiles)) release(bar_empty_v((g - 1) % kStages));  // as the last P V below
+    };
+    if (own_lo == own_hi) {
+      for (int k = 0; k <= tiles; ++k) idle_turn(k);  // m stays -inf: the epilogue writes O = 0, LSE = -inf
+    } else {
+      for (int k = 0; k < own_lo; ++k) idle_turn(k);
+      const int g_first = kv_count + own_lo;
+      const int first_stage = g_first % kStages;
+      mbarrier_wait(bar_full_k(first_stage), (g_first / kStages) & 1);
+      if (own_lo > 0) mbarrier_wait(bar_full_v((g_first - 1) % kStages), ((g_first - 1) / kStages) & 1);
       take_turn();
       wgmma_fence();
-      gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + stage * L::kKVBytes);
-      wgmma_commit();
-      gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + previous * L::kKVBytes, true);
+      gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + first_stage * L::kKVBytes);
       wgmma_commit();
       pass_turn();
-      wgmma_wait<1>();  // S_it: K_it is free
+      wgmma_wait<0>();
       pin_registers(s);
-      release(bar_empty_k(stage));
-      const bool grow = softmax(n_first + it * kBlockN, rescale);
-      wgmma_wait<0>();  // P_{it-1} V_{it-1}: V_{it-1} is free, O and P may be written
-      pin_registers(o);
-      pin_registers(p);
-      release(bar_empty_v(previous));
-      if (grow) rescale_o(rescale);
+      release(bar_empty_k(first_stage));
+      if (own_lo > 0) release(bar_empty_v((g_first - 1) % kStages));
+      float rescale[2];
+      softmax(n_first + own_lo * kBlockN, rescale);  // O is 0: nothing to rescale
       convert_p();
+      for (int it = own_lo + 1; it < own_hi; ++it) {
+        const int g = kv_count + it;  // the K/V rings' position
+        const int stage = g % kStages, previous = (g - 1) % kStages;
+        mbarrier_wait(bar_full_k(stage), (g / kStages) & 1);
+        mbarrier_wait(bar_full_v(previous), ((g - 1) / kStages) & 1);
+        take_turn();
+        wgmma_fence();
+        gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + stage * L::kKVBytes);
+        wgmma_commit();
+        gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + previous * L::kKVBytes, true);
+        wgmma_commit();
+        pass_turn();
+        wgmma_wait<1>();  // S_it: K_it is free
+        pin_registers(s);
+        release(bar_empty_k(stage));
+        const bool grow = softmax(n_first + it * kBlockN, rescale);
+        wgmma_wait<0>();  // P_{it-1} V_{it-1}: V_{it-1} is free, O and P may be written
+        pin_registers(o);
+        pin_registers(p);
+        release(bar_empty_v(previous));
+        if (grow) rescale_o(rescale);
+        convert_p();
+      }
+      const int g_last = kv_count + own_hi - 1;  // turn own_hi: P V of the last own tile (and K_own_hi's stage)
+      const int last_stage = g_last % kStages;
+      mbarrier_wait(bar_full_v(last_stage), (g_last / kStages) & 1);
+      if (own_hi < tiles) mbarrier_wait(bar_full_k((g_last + 1) % kStages), ((g_last + 1) / kStages) & 1);
+      take_turn();
+      wgmma_fence();
+      gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + last_stage * L::kKVBytes, true);
+      wgmma_commit();
+      pass_turn();
+      wgmma_wait<0>();
+      pin_registers(o);
+      if (own_hi < tiles) release(bar_empty_k((g_last + 1) % kStages));
+      if (kPersistent || own_hi < tiles) release(bar_empty_v(last_stage));  // the ring goes on (next tile or turn)
+      for (int k = own_hi + 1; k <= tiles; ++k) idle_turn(k);
     }
-    const int g_last = kv_count + tiles - 1;
-    const int last_stage = g_last % kStages;
-    mbarrier_wait(bar_full_v(last_stage), (g_last / kStages) & 1);
-    take_turn();
-    wgmma_fence();
-    gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + last_stage * L::kKVBytes, true);
-    wgmma_commit();
-    pass_turn();
-    wgmma_wait<0>();
-    pin_registers(o);
-    if constexpr (kPersistent) release(bar_empty_v(last_stage));  // the ring goes on into the next tile
   }
 
   // where O goes, found again (not held in registers through the main loop, where they spill at d = 256); one tile
