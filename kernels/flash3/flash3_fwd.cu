@@ -464,8 +464,7 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     // none (rows past the sequence, fully masked rows) takes the other tiles' turns without issuing, and only
     // releases their stages: no GEMM, mask or softmax on keys it cannot see.
     // (The persistent kernel keeps the CTA's range: at d = 128 the own range spilled 8 bytes beside the walk's state.)
-    int own_lo = 0, own_hi = tiles;
-    if (!kPersistent) own_hi = 0;
+    int own_lo = 0, own_hi = kPersistent ? tiles : 0;
     if (!kPersistent && wg_row0 < seqlen_q) {
       const int lo = key_bounds(args.window_left, args.window_right, wg_row0, seqlen_q, seqlen_k).lo;
       const int hi = key_bounds(args.window_left, args.window_right, wg_last, seqlen_q, seqlen_k).hi;
@@ -474,13 +473,17 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
         own_hi = min((hi - n_first) / kBlockN + 1, tiles);
       }
     }
+    // wait until ring position g of K (bar_full_k) or V (bar_full_v) is loaded: its stage's full barrier, its phase
+    const auto wait_full = [&](const auto& bar_full, int g) {
+      mbarrier_wait(bar_full(g % kStages), (g / kStages) & 1);
+    };
     // Turn k (0 .. tiles) issues S_k (k < tiles) and P_{k-1} V_{k-1} (k > 0); a turn with nothing of this
     // warpgroup's to issue waits for the stages as an issuing turn would (so its arrivals count toward the right
     // phase of the empty barriers), passes the turn on and releases them.
     const auto idle_turn = [&](int k) {
       const int g = kv_count + k;
-      if (k < tiles) mbarrier_wait(bar_full_k(g % kStages), (g / kStages) & 1);
-      if (k > 0) mbarrier_wait(bar_full_v((g - 1) % kStages), ((g - 1) / kStages) & 1);
+      if (k < tiles) wait_full(bar_full_k, g);
+      if (k > 0) wait_full(bar_full_v, g - 1);
       take_turn();
       pass_turn();
       if (k < tiles) release(bar_empty_k(g % kStages));
@@ -492,8 +495,8 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
       for (int k = 0; k < own_lo; ++k) idle_turn(k);
       const int g_first = kv_count + own_lo;
       const int first_stage = g_first % kStages;
-      mbarrier_wait(bar_full_k(first_stage), (g_first / kStages) & 1);
-      if (own_lo > 0) mbarrier_wait(bar_full_v((g_first - 1) % kStages), ((g_first - 1) / kStages) & 1);
+      wait_full(bar_full_k, g_first);
+      if (own_lo > 0) wait_full(bar_full_v, g_first - 1);
       take_turn();
       wgmma_fence();
       gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + first_stage * L::kKVBytes);
@@ -509,8 +512,8 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
       for (int it = own_lo + 1; it < own_hi; ++it) {
         const int g = kv_count + it;  // the K/V rings' position
         const int stage = g % kStages, previous = (g - 1) % kStages;
-        mbarrier_wait(bar_full_k(stage), (g / kStages) & 1);
-        mbarrier_wait(bar_full_v(previous), ((g - 1) / kStages) & 1);
+        wait_full(bar_full_k, g);
+        wait_full(bar_full_v, g - 1);
         take_turn();
         wgmma_fence();
         gemm_qk<T, kBlockM, kHeadDim, kBlockN, kStages>(s, q_rows, s_k + stage * L::kKVBytes);
@@ -531,8 +534,8 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
       }
       const int g_last = kv_count + own_hi - 1;  // turn own_hi: P V of the last own tile (and K_own_hi's stage)
       const int last_stage = g_last % kStages;
-      mbarrier_wait(bar_full_v(last_stage), (g_last / kStages) & 1);
-      if (own_hi < tiles) mbarrier_wait(bar_full_k((g_last + 1) % kStages), ((g_last + 1) / kStages) & 1);
+      wait_full(bar_full_v, g_last);
+      if (own_hi < tiles) wait_full(bar_full_k, g_last + 1);
       take_turn();
       wgmma_fence();
       gemm_pv<T, kBlockM, kHeadDim, kBlockN, kStages>(o, p, s_v + last_stage * L::kKVBytes, true);
