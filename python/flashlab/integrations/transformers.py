@@ -90,7 +90,7 @@ def register(variant: str = "flash2", name: str = NAME) -> str:
     return name
 
 
-_CLAIMED = set()
+_CLAIMED = set()  # the names register() has claimed in transformers 5's flash-attention loader
 
 
 def _claim_flash_name(name: str) -> None:
@@ -107,14 +107,13 @@ def _claim_flash_name(name: str) -> None:
     if loader is None:
         return
     _CLAIMED.add(name)
-    if getattr(loader, "_flashlab_names", None) is not None:  # already wrapped (a second register)
-        loader._flashlab_names.add(name)
+    if getattr(loader, "_flashlab", False):  # wrapped by an earlier register(): it reads _CLAIMED
         return
 
     def lazy_imports(implementation, *args, **kwargs):
-        if implementation in lazy_imports._flashlab_names:
+        if implementation in _CLAIMED:
             return flash_attn_func, flash_attn_varlen_func, None, pad_input, unpad_input
         return loader(implementation, *args, **kwargs)
 
-    lazy_imports._flashlab_names = set(_CLAIMED)
+    lazy_imports._flashlab = True
     utils._lazy_imports = lazy_imports
