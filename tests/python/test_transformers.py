@@ -63,6 +63,17 @@ def logits_and_grads(model, ids, mask, autocast=None):
 
 @unittest.skipIf(transformers is None, "PyTorch or transformers is not installed")
 class LlamaOnFlashlab(unittest.TestCase):
+    def assert_within_rule(self, exact, baseline, got):
+        """FlashAttention's rule on (logits, attention-weight gradients): got's error against the exact model is at
+        most twice the baseline's plus one bfloat16 rounding step (2^-7) of the largest value."""
+        (want, want_grads), (base_logits, base_grads), (logits, grads) = exact, baseline, got
+        step = 2.0 ** -7 * float(want.abs().max())
+        self.assertLessEqual(float((logits - want).abs().max()), 2 * float((base_logits - want).abs().max()) + step)
+        for name, g in want_grads.items():
+            step = 2.0 ** -7 * float(g.abs().max())
+            self.assertLessEqual(float((grads[name] - g).abs().max()),
+                                 2 * float((base_grads[name] - g).abs().max()) + step, name)
+
     def test_cpu_standard_matches_sdpa(self):
         fl_transformers.register(variant="cpu-standard", name="flashlab-cpu")
         for left in (False, True):
@@ -90,12 +101,7 @@ class LlamaOnFlashlab(unittest.TestCase):
         ours = copy.deepcopy(exact)
         ours.config._attn_implementation = "flashlab-cpu"
         got, got_grads = logits_and_grads(ours, ids, mask, autocast=torch.bfloat16)
-        step = 2.0 ** -7 * float(want.abs().max())
-        self.assertLessEqual(float((got - want).abs().max()), 2 * float((base_logits - want).abs().max()) + step)
-        for name, g in want_grads.items():
-            step = 2.0 ** -7 * float(g.abs().max())
-            self.assertLessEqual(float((got_grads[name] - g).abs().max()),
-                                 2 * float((base_grads[name] - g).abs().max()) + step, name)
+        self.assert_within_rule((want, want_grads), (base_logits, base_grads), (got, got_grads))
 
     def test_the_model_calls_flashlab(self):
         # a variant the library does not know: the model's forward must fail in flashlab, not run sdpa instead
@@ -201,12 +207,7 @@ class LlamaOnFlashlab(unittest.TestCase):
         ours.config._attn_implementation = "flashlab"
         base_logits, base_grads = logits_and_grads(base, ids, mask)
         got, got_grads = logits_and_grads(ours, ids, mask)
-        step = 2.0 ** -7 * float(want.abs().max())
-        self.assertLessEqual(float((got - want).abs().max()), 2 * float((base_logits - want).abs().max()) + step)
-        for name, g in want_grads.items():
-            step = 2.0 ** -7 * float(g.abs().max())
-            self.assertLessEqual(float((got_grads[name] - g).abs().max()),
-                                 2 * float((base_grads[name] - g).abs().max()) + step, name)
+        self.assert_within_rule((want, want_grads), (base_logits, base_grads), (got, got_grads))
 
 
 if __name__ == "__main__":
