@@ -9,6 +9,7 @@
 #include "flash3/flash3.hpp"
 #include "flashlab/core/bytes.hpp"
 #include "flashlab/core/errors.hpp"
+#include "flashlab/core/flops.hpp"
 #include "flashlab/kernels/device.hpp"
 #include "src/flash_data_path.hpp"
 #include "src/launch_checks.hpp"
@@ -24,6 +25,22 @@ const ForwardTile* find_tile(std::int64_t head_dim, int block_m, int block_n, in
     }
   }
   return nullptr;
+}
+
+// Short problems pay each CTA's prologue (barrier set-up, the Q load, the first S GEMM with nothing to overlap) and
+// epilogue on every work tile; the persistent kernel with its two Q tiles loads the next tile's Q while the current
+// one runs. Measured on the H200 (bf16, 16k tokens, model dim 2048; experiments/results/h200-2026-11-30/
+// flash3_persistent_q2/), the persistent 128x128/2 kernel against each head dim's default, as the mean number of
+// keys a query sees grows:
+//   d = 64 (default 192x96/2): 256 keys +12%, 512 keys +4% .. +10%; 1024 keys -2% .. -7%;
+//   d = 128 (default 128x128/2): 256 keys +15%, 512 keys +8%, 1024 keys +1% .. +3%; 2048 keys -2%.
+// d = 256 has no persistent kernel (its state spills).
+bool default_persistent(const Problem& p) {
+  if (p.head_dim != 64 && p.head_dim != 128) return false;
+  const double queries = p.is_varlen() ? static_cast<double>(p.total_q()) : static_cast<double>(p.batch) * p.seqlen_q;
+  if (queries <= 0) return false;
+  const double keys_per_query = convention_pairs(p) / queries;
+  return keys_per_query <= (p.head_dim == 64 ? 512.0 : 1024.0);
 }
 
 // On at every head dim: measured ahead (d = 256: +1.6% over 6 rows) or level (d = 64, 128: within 0.5%) with the
@@ -59,7 +76,19 @@ Support supports(const Problem& p, DType dtype, Pass pass) {
   return detail::fused_kernel_limits("flash3", p);
 }
 
+// Whether a launch leaves the schedule to flash3: no tile, ping-pong or persistent option.
+bool schedule_open(const LaunchOptions& o) {
+  return o.block_m == 0 && o.block_n == 0 && o.stages == 0 && o.pingpong < 0 && o.persistent < 0;
+}
+
+// The persistent kernel's tile when flash3 picks the schedule and the problem is short (default_persistent), else
+// nullptr.
+const ForwardTile* default_persistent_tile(const Problem& p, const LaunchOptions& options) {
+  return schedule_open(options) && default_persistent(p) ? find_tile(p.head_dim, 128, 128, 2) : nullptr;
+}
+
 const ForwardTile& tile_of(const Problem& p, const LaunchOptions& options) {
+  if (const ForwardTile* tile = default_persistent_tile(p, options)) return *tile;
   const ForwardTile* tile = find_tile(p.head_dim, options.block_m, options.block_n, options.stages);
   if (tile == nullptr) {
     throw Unsupported("flash3: no forward tile with br = " + std::to_string(options.block_m) + ", bc = " +
@@ -76,9 +105,9 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
 #if defined(FLASHLAB_HAS_SM90a)
   require_architecture("flash3", 9, 0, "sm_90a");
   const LaunchOptions& o = params.options;
+  const bool persistent = o.persistent < 0 ? default_persistent_tile(params.problem, o) != nullptr : o.persistent == 1;
   launch_forward(params, tile_of(params.problem, o),
-                 o.pingpong < 0 ? default_pingpong(params.problem.head_dim) : o.pingpong == 1, o.persistent == 1,
-                 ctx.stream);
+                 o.pingpong < 0 ? default_pingpong(params.problem.head_dim) : o.pingpong == 1, persistent, ctx.stream);
 #else
   (void)ctx;
   throw Unsupported("flash3: this build has no sm_90a code (configure with CMAKE_CUDA_ARCHITECTURES including 90a)");
@@ -100,6 +129,7 @@ std::vector<KernelInfo> kernels() {
 // The tile the models describe: the launch's, or for a tile this build lacks (refused at launch, where the row
 // becomes `unsupported`) the one the options name, the default's sizes filling what they leave open.
 ForwardTile model_tile(const Problem& p, const LaunchOptions& options) {
+  if (const ForwardTile* tile = default_persistent_tile(p, options)) return *tile;
   if (const ForwardTile* tile = find_tile(p.head_dim, options.block_m, options.block_n, options.stages)) return *tile;
   const ForwardTile* fallback = find_tile(p.head_dim, 0, 0, 0);
   ForwardTile t = fallback != nullptr ? *fallback : ForwardTile{static_cast<int>(p.head_dim), 128, 128, 2};
@@ -139,7 +169,10 @@ Variant flash3_variant() {
                              }},
                VariantOption{"persistent",
                              "1: one CTA per multiprocessor walks the work tiles, each head's longest first (tile "
-                             "128x128/2 with ping-pong, d = 64 and 128); 0 (default): one CTA per tile",
+                             "128x128/2 with ping-pong, d = 64 and 128; 192x96/2 at d = 64); 0: one CTA per tile; "
+                             "default (no tile, pingpong or persistent option): persistent 128x128/2 where a query "
+                             "sees at most 512 keys on average at d = 64 or 1024 at d = 128, one CTA per tile "
+                             "otherwise",
                              [](std::string_view value, LaunchOptions& o) {
                                if (value != "0" && value != "1") return std::string("persistent takes 0 or 1");
                                o.persistent = value == "1";

@@ -52,6 +52,11 @@ inline constexpr bool kTileSweep =
 // The tiles of head dim d as "128x128/2 (default), ..." (rows x keys / stages) for messages and `flashlab list`.
 [[nodiscard]] std::string tiles_of(std::int64_t head_dim);
 
+// Whether flash3 runs problem p on the persistent 128x128/2 kernel when a launch names no tile, ping-pong or
+// persistent option: at d = 64 and 128 when a query sees at most 512 (d = 64) or 1024 (d = 128) keys on average
+// (flash3.cpp says what was measured).
+[[nodiscard]] bool default_persistent(const Problem& p);
+
 // Whether ping-pong scheduling is on by default for a head dim (flash3_fwd.cu says why).
 [[nodiscard]] bool default_pingpong(std::int64_t head_dim);
 

@@ -93,19 +93,21 @@ struct ForwardArgs {
 };
 
 // Shared memory of one CTA; every tile is in 64-column chunks of 128-byte rows (the TMA box of the 128-byte swizzle),
-// each chunk 1024-byte aligned, as the wgmma descriptors expect.
-template <int kBlockM, int kHeadDim, int kBlockN, int kStages>
+// each chunk 1024-byte aligned, as the wgmma descriptors expect. kQBuffers Q tiles: the persistent kernel has two,
+// so that the next work tile's Q loads while this one runs and its epilogue stages O in its own Q tile.
+template <int kBlockM, int kHeadDim, int kBlockN, int kStages, int kQBuffers = 1>
 struct Layout {
   static constexpr int kChunks = kHeadDim / 64;
   static constexpr int kQChunkBytes = kBlockM * 128;
   static constexpr int kKVChunkBytes = kBlockN * 128;
   static constexpr int kQBytes = kChunks * kQChunkBytes;
   static constexpr int kKVBytes = kChunks * kKVChunkBytes;  // one K or V tile
-  static constexpr int kQOffset = 0;
-  static constexpr int kKOffset = kQBytes;
+  static constexpr int kQOffset = 0;  // Q tile b at kQOffset + b kQBytes
+  static constexpr int kKOffset = kQBuffers * kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKVBytes;
   static constexpr int kBarrierOffset = kVOffset + kStages * kKVBytes;
-  static constexpr int kBarriers = 2 + 4 * kStages;  // Q full, Q empty; K full, V full, K empty, V empty per stage
+  // Q full and Q empty per Q tile; K full, V full, K empty, V empty per stage
+  static constexpr int kBarriers = 2 * kQBuffers + 4 * kStages;
   static constexpr int kSharedBytes = kBarrierOffset + 8 * kBarriers + 1024;  // + alignment of the base to 1024
   static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256, "tile shape");
   static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0, "chunks keep the 1024-byte swizzle atoms");
@@ -233,7 +235,8 @@ template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPi
 __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     forward_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                    const __grid_constant__ CUtensorMap map_v, const ForwardArgs args) {
-  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages>;
+  constexpr int kQBuffers = kPersistent ? 2 : 1;
+  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages, kQBuffers>;
   using C = Cta<kBlockM>;
   constexpr int kConsumers = C::kConsumers;
   extern __shared__ __align__(1024) unsigned char shared_raw[];
@@ -243,12 +246,17 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   const std::uint32_t s_q = base + L::kQOffset;
   const std::uint32_t s_k = base + L::kKOffset;
   const std::uint32_t s_v = base + L::kVOffset;
-  const std::uint32_t bar_q = base + L::kBarrierOffset;
-  const std::uint32_t bar_q_empty = bar_q + 8;  // the Q tile (and the O staging in it) is free for the next Q
-  const auto bar_full_k = [bar_q](int stage) { return bar_q + 8 * (2 + stage); };
-  const auto bar_full_v = [bar_q](int stage) { return bar_q + 8 * (2 + kStages + stage); };
-  const auto bar_empty_k = [bar_q](int stage) { return bar_q + 8 * (2 + 2 * kStages + stage); };
-  const auto bar_empty_v = [bar_q](int stage) { return bar_q + 8 * (2 + 3 * kStages + stage); };
+  const std::uint32_t bars = base + L::kBarrierOffset;
+  // Q tile b: its Q has landed / it (and the O staging in it) is free for the next Q. The n-th Q a CTA loads goes to
+  // tile n % kQBuffers, in that tile's phase n / kQBuffers.
+  const auto bar_q = [bars](int b) { return bars + 8 * b; };
+  const auto bar_q_empty = [bars](int b) { return bars + 8 * (kQBuffers + b); };
+  const auto q_tile = [s_q](int b) { return s_q + b * L::kQBytes; };
+  constexpr int kRing = 2 * kQBuffers;  // the rings' barriers follow the Q tiles'
+  const auto bar_full_k = [bars](int stage) { return bars + 8 * (kRing + stage); };
+  const auto bar_full_v = [bars](int stage) { return bars + 8 * (kRing + kStages + stage); };
+  const auto bar_empty_k = [bars](int stage) { return bars + 8 * (kRing + 2 * kStages + stage); };
+  const auto bar_empty_v = [bars](int stage) { return bars + 8 * (kRing + 3 * kStages + stage); };
 
   // the warpgroup index through a shuffle from lane 0: the compiler then knows it is the same across the warp and
   // keeps what derives from it (barrier ids, shared-memory addresses, the consumer's rows and key tiles) in uniform
@@ -257,8 +265,10 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   // rows; with it the main loop is as short as before (experiments/results/h200-2026-11-30/flash3_schedule_ab).
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
-    mbarrier_init(bar_q, 1);
-    mbarrier_init(bar_q_empty, 4 * kConsumers);  // one arrival per consumer warp, after its epilogue
+    for (int b = 0; b < kQBuffers; ++b) {
+      mbarrier_init(bar_q(b), 1);
+      mbarrier_init(bar_q_empty(b), 4 * kConsumers);  // one arrival per consumer warp, after its epilogue
+    }
     for (int stage = 0; stage < kStages; ++stage) {
       mbarrier_init(bar_full_k(stage), 1);
       mbarrier_init(bar_full_v(stage), 1);
@@ -281,12 +291,14 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
         if (t.kv_tiles == 0) continue;  // nothing to load: the consumers write O = 0 without shared memory
         const int kv_head = t.head / args.group;
         const int slot = static_cast<int>(t.seq.slot);
-        if (q_count > 0) mbarrier_wait(bar_q_empty, (q_count - 1) & 1);  // the previous tile's epilogue is done
-        mbarrier_expect_bytes(bar_q, L::kQBytes);
+        const int qb = q_count % kQBuffers;
+        // the epilogue of the work tile that last used this Q tile is done
+        if (q_count >= kQBuffers) mbarrier_wait(bar_q_empty(qb), (q_count / kQBuffers - 1) & 1);
+        mbarrier_expect_bytes(bar_q(qb), L::kQBytes);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
-          tma_load_4d(s_q + c * L::kQChunkBytes, &map_q, bar_q, c * 64, static_cast<int>(t.seq.q_offset) + t.m_start,
-                      t.head, slot);
+          tma_load_4d(q_tile(qb) + c * L::kQChunkBytes, &map_q, bar_q(qb), c * 64,
+                      static_cast<int>(t.seq.q_offset) + t.m_start, t.head, slot);
         }
         ++q_count;
         const int k_row = static_cast<int>(t.seq.k_offset) + t.n_first;
@@ -344,7 +356,8 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     }
     continue;
   }
-  const std::uint32_t q_rows = s_q + consumer * 64 * 128;
+  const int qb = q_count % kQBuffers;
+  const std::uint32_t q_rows = q_tile(qb) + consumer * 64 * 128;
   // this thread's rows wg_row0 + 16 warp + lane / 4 + {0, 8}; columns 8 i + 2 (lane % 4) + {0, 1} of n8 tile i
   const int row_a = wg_row0 + 16 * warp + lane / 4;
   // keys every row of the warpgroup sees: tiles inside [full_lo, full_hi] need no mask (none when its rows are past
@@ -457,7 +470,7 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   }
 
   if (tiles > 0) {
-    mbarrier_wait(bar_q, q_count & 1);  // every consumer: its Q rows stage its O in the epilogue
+    mbarrier_wait(bar_q(qb), (q_count / kQBuffers) & 1);  // every consumer: its Q rows stage its O in the epilogue
     const int n_first = t.n_first;
     // The warpgroup's own key tiles [own_lo, own_hi): those its rows see. The CTA's range is the union over its
     // rows; a warpgroup whose rows see fewer (the first rows of a causal block, the last of a sliding window) or
@@ -558,7 +571,7 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   // epilogue: O = acc / l into this warpgroup's Q rows (its S GEMMs are done; the other consumer's rows are apart),
   // swizzled as the Q tile (16-byte unit u of row r at u ^ (r % 8): the warp's 8 rows x 4 threads hit 32 banks)
   const int tid = static_cast<int>(threadIdx.x) % 128;
-  unsigned char* const s_o = shared + L::kQOffset + consumer * 64 * 128;
+  unsigned char* const s_o = shared + L::kQOffset + qb * L::kQBytes + consumer * 64 * 128;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float row_sum = l_i[r];
@@ -597,7 +610,7 @@ __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
   if constexpr (kPersistent) {  // one tile without: no next Q, and the counters stay the constant 0
     fence_proxy_async();
     __syncwarp();
-    if (lane == 0) mbarrier_arrive(bar_q_empty);
+    if (lane == 0) mbarrier_arrive(bar_q_empty(qb));
     ++q_count;
     kv_count += tiles;
   }
@@ -654,7 +667,7 @@ CUtensorMap tensor_map(const void* data, DType dtype, const Strides& strides, st
 
 template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong, bool kPersistent>
 void launch(const AttentionParams& params, void* stream) {
-  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages>;
+  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages, kPersistent ? 2 : 1>;
   const Problem& p = params.problem;
   const std::int64_t m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
@@ -757,8 +770,9 @@ void add_kernels(std::vector<KernelInfo>& list, std::index_sequence<kIndices...>
     list.push_back(
         kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, false, false>, tile, L::kSharedBytes));
     if constexpr (has_persistent(static_cast<int>(decltype(index)::value))) {
+      using LP = Layout<t.block_m, t.head_dim, t.block_n, t.stages, 2>;
       list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, true, true>,
-                                 tile + " pingpong persistent", L::kSharedBytes));
+                                 tile + " pingpong persistent", LP::kSharedBytes));
     }
   };
   (add(std::integral_constant<std::size_t, kIndices>{}), ...);

@@ -20,6 +20,7 @@
 #include "flashlab/core/errors.hpp"
 #include "flashlab/kernels/attention.hpp"
 #include "flashlab/kernels/device.hpp"
+#include "flash3/flash3.hpp"
 
 namespace {
 
@@ -142,6 +143,41 @@ TEST_CASE("flash3 is registered with its support rules", "[gpu][flash3]") {
   }
 }
 
+// The schedule flash3 picks when a launch names none: the persistent 128x128/2 kernel where a query sees few keys on
+// average (at most 512 at d = 64, 1024 at d = 128), one CTA per tile otherwise; the models follow the tile it runs.
+TEST_CASE("flash3 picks the persistent schedule for short problems when none is named", "[gpu][flash3]") {
+  // (d, causal, N, persistent?) at 16k tokens: the mean keys per query are N, or N / 2 with the causal mask (the
+  // flops convention's pairs)
+  struct Case {
+    std::int64_t d;
+    bool causal;
+    std::int64_t n;
+    bool persistent;
+  };
+  for (const Case c : {Case{64, false, 512, true}, Case{64, false, 1024, false}, Case{64, true, 1024, true},
+                       Case{64, true, 1026, false}, Case{128, false, 1024, true}, Case{128, false, 1025, false},
+                       Case{128, true, 2048, true}, Case{128, true, 2050, false}, Case{256, false, 128, false},
+                       Case{256, true, 512, false}}) {
+    CAPTURE(c.d, c.causal, c.n);
+    Problem p = dense(16384 / c.n, 2048 / c.d, 2048 / c.d, c.n, c.n, c.d);
+    if (c.causal) p = causal(p);
+    CHECK(kernels::flash3::default_persistent(p) == c.persistent);
+  }
+  // varlen: the mean over the packed queries, d = 128 (256 and 1792 tokens: 1600 keys per query; 2 x 1024: 1024)
+  CHECK_FALSE(kernels::flash3::default_persistent(Problem::varlen(2, 2, 128, {256, 1792}, {256, 1792})));
+  CHECK(kernels::flash3::default_persistent(Problem::varlen(2, 2, 128, {1024, 1024}, {1024, 1024})));
+  // the bytes model follows the tile: 128 query rows for the short d = 64 problem, the 192-row default for the long
+  // one and for a short one whose launch names an option
+  const kernels::Variant& v = variant("flash3");
+  const Problem short64 = dense(32, 32, 32, 512, 512, 64);
+  const Problem long64 = dense(2, 32, 32, 8192, 8192, 64);
+  CHECK(v.bytes_model(short64, DType::bf16, Pass::fwd, {}) == flash_bytes(short64, DType::bf16, Pass::fwd, 128));
+  CHECK(v.bytes_model(long64, DType::bf16, Pass::fwd, {}) == flash_bytes(long64, DType::bf16, Pass::fwd, 192));
+  kernels::LaunchOptions named;
+  named.pingpong = 1;
+  CHECK(v.bytes_model(short64, DType::bf16, Pass::fwd, named) == flash_bytes(short64, DType::bf16, Pass::fwd, 192));
+}
+
 // No local memory (spills or stack) in any flash3 kernel, and each kernel is compiled for this GPU's architecture.
 TEST_CASE("no flash3 kernel uses local memory (no register spills)", "[gpu][flash3]") {
   if (!hopper()) {
@@ -217,8 +253,13 @@ TEST_CASE("flash3 forward matches the fp64 reference under the baseline rule", "
     }
     return;
   }
-  for (const Case& c : accuracy_cases()) {
-    for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, {}, kSeed);
+  // the schedule flash3 picks (the persistent kernel for the short problems at d = 64 and 128), and one CTA per tile
+  kernels::LaunchOptions one_cta_per_tile;
+  one_cta_per_tile.persistent = 0;
+  for (const kernels::LaunchOptions& options : {kernels::LaunchOptions{}, one_cta_per_tile}) {
+    for (const Case& c : accuracy_cases()) {
+      for (DType dtype : {DType::fp16, DType::bf16}) check_forward("flash3", c, dtype, options, kSeed);
+    }
   }
 }
 
