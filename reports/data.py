@@ -202,11 +202,19 @@ def run_device(run: Optional[Dict[str, Any]]) -> Optional[str]:
 
 
 def run_commit(run: Optional[Dict[str, Any]]) -> Optional[str]:
-    """The commit a run was built from, short: the first COMMIT_DIGITS characters of run.json's `git_commit`, and
-    "(dirty)" where the checkout had uncommitted changes (`git_dirty` true, or the harness's "+dirty" suffix);
-    None when not recorded (the harness writes "unknown" where git found no commit)."""
-    commit = str((run or {}).get("git_commit") or "").strip()
-    dirty = commit.endswith("+dirty") or (run or {}).get("git_dirty") is True
+    """The commit a run was built from, short: the first COMMIT_DIGITS characters of run.json's `build.git_commit`
+    (the commit the binary compiled, recorded at build time), else of its `git_commit` (the checkout the run started
+    in: runs before the build block had one), and "(dirty)" where that tree had uncommitted changes (the harness's
+    "+dirty" suffix, or `git_dirty` true for the checkout's); None when not recorded (the harness writes "unknown"
+    where git found no commit)."""
+    run = run or {}
+    build = run.get("build")
+    built = str(build.get("git_commit") or "").strip() if isinstance(build, dict) else ""
+    if built and built.removesuffix("+dirty") != "unknown":
+        commit, dirty = built, built.endswith("+dirty")
+    else:
+        commit = str(run.get("git_commit") or "").strip()
+        dirty = commit.endswith("+dirty") or run.get("git_dirty") is True
     commit = commit.removesuffix("+dirty")
     if not commit or commit == "unknown":
         return None

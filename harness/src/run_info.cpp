@@ -71,7 +71,8 @@ nlohmann::json host_block() {
 
 // How the binary was built (CMake's compilers, flags, build type, library versions).
 nlohmann::json build_block() {
-  nlohmann::json b = {{"build_type", FLASHLAB_BUILD_TYPE},
+  nlohmann::json b = {{"git_commit", build_commit()},
+                      {"build_type", FLASHLAB_BUILD_TYPE},
                       {"cxx_compiler", FLASHLAB_CXX_COMPILER},
                       {"cxx_flags", FLASHLAB_CXX_FLAGS},
                       {"eigen", FLASHLAB_EIGEN_VERSION}};

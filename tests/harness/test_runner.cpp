@@ -20,6 +20,7 @@
 #include "flashlab/harness/backend.hpp"
 #include "flashlab/harness/registry.hpp"
 #include "flashlab/harness/results.hpp"
+#include "flashlab/harness/run_info.hpp"
 #include "flashlab/harness/runner.hpp"
 #include "flashlab/harness/verify.hpp"
 #include "row_support.hpp"
@@ -286,6 +287,16 @@ TEST_CASE("a run writes one row per expanded row, with statuses and reasons", "[
     CHECK(json.find(part) != std::string::npos);
   }
   CHECK(json.find("\"cxx_compiler\": \"\"") == std::string::npos);  // filled in by the build
+  // the commit the binary was built from: a full hash (the tests run from a git checkout), maybe "+dirty", and the
+  // same one run.json's build block records
+  const std::string built = harness::build_commit();
+  REQUIRE(built.size() >= 40);
+  CHECK(built.substr(0, 40).find_first_not_of("0123456789abcdef") == std::string::npos);
+  CHECK((built.size() == 40 || built.substr(40) == "+dirty"));
+  const std::size_t build_at = json.find("\"build\": {");
+  REQUIRE(build_at != std::string::npos);
+  const std::string build_block = json.substr(build_at, json.find('}', build_at) - build_at);
+  CHECK(build_block.find("\"git_commit\": \"" + built + "\"") != std::string::npos);
   std::ifstream copy(run_dir / "suite.toml"), original(options.suite);
   const std::string copied((std::istreambuf_iterator<char>(copy)), std::istreambuf_iterator<char>());
   const std::string text((std::istreambuf_iterator<char>(original)), std::istreambuf_iterator<char>());

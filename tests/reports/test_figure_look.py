@@ -225,6 +225,15 @@ class Provenance(unittest.TestCase):
         self.assertEqual(data.run_stamp(cpu), "CPU (Intel(R) Xeon(R) Processor), commit abc1234")
         self.assertEqual(data.run_stamp({"device": None, "host": {"cpu_model": "unknown"}}),
                          "CPU, commit not recorded")
+        # the commit the binary was built from (build.git_commit) goes first: the checkout the run started in may be
+        # another tree
+        built = dict(gpu, git_dirty=True, build={"git_commit": "d1b9b36f00000000000000000000000000000000"})
+        self.assertEqual(data.run_stamp(built), "NVIDIA H200, commit d1b9b36f0000")
+        built["build"]["git_commit"] += "+dirty"
+        self.assertEqual(data.run_stamp(built), "NVIDIA H200, commit d1b9b36f0000 (dirty)")
+        for unknown in ("unknown", "", None):
+            self.assertEqual(data.run_stamp(dict(gpu, build={"git_commit": unknown})), "NVIDIA H200, commit 11ae650b498d")
+        self.assertEqual(data.run_stamp(dict(gpu, build="text")), "NVIDIA H200, commit 11ae650b498d")
         for run in (None, {}, {"device": {"sm_count": 132}, "git_commit": "unknown"}, {"git_commit": ""}):
             self.assertEqual(data.run_stamp(run), "device not recorded, commit not recorded", run)
 

@@ -24,6 +24,11 @@ void finish_run_info(const RunInfo& info, std::size_t rows, std::size_t ran, std
 // "+dirty" with uncommitted changes, "unknown" without git: run.json's git_commit.
 [[nodiscard]] std::string git_commit();
 
+// The commit the binary was built from (harness/build_commit.cmake at build time), "+dirty" when the build compiled
+// uncommitted changes, "unknown" without git: run.json's build.git_commit. It differs from git_commit() when the
+// binary runs in another checkout or the tree moved on after the build.
+[[nodiscard]] const char* build_commit();
+
 // The suite_hash a run.json records; empty when the file, the key or valid JSON is missing.
 [[nodiscard]] std::string recorded_suite_hash(const std::filesystem::path& run_json);
 
