@@ -11,7 +11,6 @@ Exit status 0 when the figure is written, 2 on malformed input (one line on stde
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -22,7 +21,7 @@ if __package__ in (None, ""):  # run as a file: import the package from its pare
     __package__ = "reports"  # noqa: A001 (so that the relative imports below resolve)
 
 from . import style  # noqa: E402
-from .data import InputError  # noqa: E402
+from .data import InputError, read_table  # noqa: E402
 
 VERDICT_COLORS = {"faster": "#2ca02c", "slower": "#d62728", "same": "#7f7f7f", "unclear": "#ff7f0e"}
 TENSORS = ("o", "lse", "dq", "dk", "dv")
@@ -40,15 +39,7 @@ def _number(text: str) -> Optional[float]:
 
 def load(path: str) -> List[Dict[str, str]]:
     """The rows of a compare CSV. Raises InputError."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(path, f"missing column {missing[0]!r} (written by flashlab compare --csv?)")
-            return list(reader)
-    except OSError as e:
-        raise InputError(path, e.strerror or str(e)) from e
+    return read_table(path, REQUIRED, "flashlab compare --csv")
 
 
 def label(row: Dict[str, str]) -> str:

@@ -74,6 +74,20 @@ class InputError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
+def read_table(path: str, required: Sequence[str], written_by: str) -> List[Dict[str, str]]:
+    """The rows of a CSV file (text fields) that must have the `required` columns; written_by names what writes such
+    a file, for the message. Raises InputError."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(path, f"missing column {missing[0]!r} (written by {written_by}?)")
+            return list(reader)
+    except OSError as e:
+        raise InputError(path, e.strerror or str(e)) from e
+
+
 @dataclass
 class Results:
     """The rows of one results.csv, with numeric columns parsed (empty -> None) and text columns as str."""
