@@ -13,7 +13,7 @@ const std::vector<std::string>& result_columns() {
         "window_left", "window_right", "softmax_scale", "varlen", "materializes", "device", "dropout", "dropout_seed",
         "key_padding", "valid_tokens", "unpadded",
         // outcome
-        "status", "reason",
+        "status", "reason", "launch",
         // time (milliseconds; cold repetitions)
         "warmup", "time_samples", "time_median_ms", "time_p20_ms", "time_p80_ms", "time_min_ms", "time_spread",
         "flops", "tflops",

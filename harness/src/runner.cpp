@@ -198,6 +198,7 @@ ResultRow run_row(const Suite& suite, const std::string& run_id, const RowSpec& 
   } else if (variant->materializes) {
     r["bytes_model_variant"] = number(standard_bytes(p, row.dtype, row.pass));
   }
+  if (variant->describe_launch) r["launch"] = variant->describe_launch(p, row.dtype, row.pass, choice_of_variant.options);
 
   Backend* backend = variant->device == kernels::Device::cpu ? backends.cpu.get() : backends.gpu.get();
   if (!backend) return finish("unsupported", backends.gpu_missing);

@@ -87,6 +87,14 @@ const ForwardTile* default_persistent_tile(const Problem& p, const LaunchOptions
   return schedule_open(options) && default_persistent(p) ? find_tile(p.head_dim, 128, 128, 2) : nullptr;
 }
 
+bool persistent_of(const Problem& p, const LaunchOptions& o) {
+  return o.persistent < 0 ? default_persistent_tile(p, o) != nullptr : o.persistent == 1;
+}
+
+bool pingpong_of(const Problem& p, const LaunchOptions& o) {
+  return o.pingpong < 0 ? default_pingpong(p.head_dim) : o.pingpong == 1;
+}
+
 const ForwardTile& tile_of(const Problem& p, const LaunchOptions& options) {
   if (const ForwardTile* tile = default_persistent_tile(p, options)) return *tile;
   const ForwardTile* tile = find_tile(p.head_dim, options.block_m, options.block_n, options.stages);
@@ -105,9 +113,8 @@ void forward(const AttentionParams& params, const LaunchContext& ctx) {
 #if defined(FLASHLAB_HAS_SM90a)
   require_architecture("flash3", 9, 0, "sm_90a");
   const LaunchOptions& o = params.options;
-  const bool persistent = o.persistent < 0 ? default_persistent_tile(params.problem, o) != nullptr : o.persistent == 1;
-  launch_forward(params, tile_of(params.problem, o),
-                 o.pingpong < 0 ? default_pingpong(params.problem.head_dim) : o.pingpong == 1, persistent, ctx.stream);
+  launch_forward(params, tile_of(params.problem, o), pingpong_of(params.problem, o), persistent_of(params.problem, o),
+                 ctx.stream);
 #else
   (void)ctx;
   throw Unsupported("flash3: this build has no sm_90a code (configure with CMAKE_CUDA_ARCHITECTURES including 90a)");
@@ -136,6 +143,14 @@ ForwardTile model_tile(const Problem& p, const LaunchOptions& options) {
   if (options.block_m > 0) t.block_m = options.block_m;
   if (options.block_n > 0) t.block_n = options.block_n;
   return t;
+}
+
+// The results' `launch`: the tile (rows x keys / stages) and the schedule a launch runs, e.g. "192x96/2, ping-pong,
+// one CTA per tile" or, for a short problem, "128x128/2, ping-pong, persistent".
+std::string describe_launch(const Problem& p, DType, Pass, const LaunchOptions& o) {
+  const ForwardTile t = model_tile(p, o);
+  return std::to_string(t.block_m) + "x" + std::to_string(t.block_n) + "/" + std::to_string(t.stages) +
+         (pingpong_of(p, o) ? ", ping-pong" : "") + (persistent_of(p, o) ? ", persistent" : ", one CTA per tile");
 }
 
 // FlashAttention's bytes model with the tile's query rows per CTA: K and V are streamed once per query block.
@@ -190,6 +205,7 @@ Variant flash3_variant() {
   v.supports = flash3::supports;
   v.workspace_model = [](const Problem&, DType, Pass) -> std::int64_t { return 0; };
   v.bytes_model = flash3::bytes_model;
+  v.describe_launch = flash3::describe_launch;
   v.forward = flash3::forward;
   v.backward = flash3::backward;
   v.kernels = flash3::kernels;

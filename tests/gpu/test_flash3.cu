@@ -176,6 +176,15 @@ TEST_CASE("flash3 picks the persistent schedule for short problems when none is 
   kernels::LaunchOptions named;
   named.pingpong = 1;
   CHECK(v.bytes_model(short64, DType::bf16, Pass::fwd, named) == flash_bytes(short64, DType::bf16, Pass::fwd, 192));
+  // and the results' `launch` says which kernel ran
+  REQUIRE(v.describe_launch);
+  CHECK(v.describe_launch(short64, DType::bf16, Pass::fwd, {}) == "128x128/2, ping-pong, persistent");
+  CHECK(v.describe_launch(long64, DType::bf16, Pass::fwd, {}) == "192x96/2, ping-pong, one CTA per tile");
+  CHECK(v.describe_launch(short64, DType::bf16, Pass::fwd, named) == "192x96/2, ping-pong, one CTA per tile");
+  kernels::LaunchOptions plain;
+  plain.pingpong = 0;
+  CHECK(v.describe_launch(dense(1, 8, 8, 4096, 4096, 256), DType::fp16, Pass::fwd, plain) ==
+        "128x64/2, one CTA per tile");
 }
 
 // No local memory (spills or stack) in any flash3 kernel, and each kernel is compiled for this GPU's architecture.

@@ -157,6 +157,10 @@ struct Variant {
   // Where the variant's arithmetic rounds for (problem, dtype) under launch params (its tile options): the a-priori
   // error bound of every verified row follows it (reference/NUMERICS.md). Stated beside the kernels it describes.
   std::function<numerics::DataPath(const Problem&, DType, const AttentionParams&)> data_path;
+  // Which of its kernels the variant runs for (problem, dtype, pass) under the run options, one line (flash3:
+  // "128x128/2, ping-pong, persistent"), where the choice depends on more than the variant name and the head dim:
+  // the results' `launch`. Empty function: the column stays empty.
+  std::function<std::string(const Problem&, DType, Pass, const LaunchOptions&)> describe_launch;
 };
 
 // The GPU variants of this build (empty when built without CUDA).
