@@ -81,40 +81,41 @@ bool schedule_open(const LaunchOptions& o) {
   return o.block_m == 0 && o.block_n == 0 && o.stages == 0 && o.pingpong < 0 && o.persistent < 0;
 }
 
-// The persistent kernel's tile when flash3 picks the schedule and the problem is short (default_persistent), else
-// nullptr.
-const ForwardTile* default_persistent_tile(const Problem& p, const LaunchOptions& options) {
-  return schedule_open(options) && default_persistent(p) ? find_tile(p.head_dim, 128, 128, 2) : nullptr;
+// What a launch runs: its tile (null when the options name one this build lacks), ping-pong, and whether the
+// persistent schedule walks the work tiles. Where the options leave the schedule open and the problem is short
+// (default_persistent), the persistent kernel on 128x128/2.
+struct Schedule {
+  const ForwardTile* tile;
+  bool pingpong;
+  bool persistent;
+};
+
+Schedule schedule_of(const Problem& p, const LaunchOptions& o) {
+  if (schedule_open(o) && default_persistent(p)) {
+    if (const ForwardTile* tile = find_tile(p.head_dim, 128, 128, 2)) return {tile, default_pingpong(p.head_dim), true};
+  }
+  return {find_tile(p.head_dim, o.block_m, o.block_n, o.stages),
+          o.pingpong < 0 ? default_pingpong(p.head_dim) : o.pingpong == 1, o.persistent == 1};
 }
 
-bool persistent_of(const Problem& p, const LaunchOptions& o) {
-  return o.persistent < 0 ? default_persistent_tile(p, o) != nullptr : o.persistent == 1;
-}
-
-bool pingpong_of(const Problem& p, const LaunchOptions& o) {
-  return o.pingpong < 0 ? default_pingpong(p.head_dim) : o.pingpong == 1;
-}
-
-const ForwardTile& tile_of(const Problem& p, const LaunchOptions& options) {
-  if (const ForwardTile* tile = default_persistent_tile(p, options)) return *tile;
-  const ForwardTile* tile = find_tile(p.head_dim, options.block_m, options.block_n, options.stages);
-  if (tile == nullptr) {
+// The schedule's tile; Unsupported, naming the compiled tiles, where the options name one this build lacks.
+const ForwardTile& compiled_tile(const Schedule& s, const Problem& p, const LaunchOptions& options) {
+  if (s.tile == nullptr) {
     throw Unsupported("flash3: no forward tile with br = " + std::to_string(options.block_m) + ", bc = " +
                       std::to_string(options.block_n) + ", stages = " +
                       std::to_string(options.stages) + " at head_dim " + std::to_string(p.head_dim) +
                       " (compiled, rows x keys / stages: " + tiles_of(p.head_dim) +
                       (kTileSweep ? ")" : "; the tile sweep's tiles need a build with -DFLASHLAB_TILE_SWEEP=ON)"));
   }
-  return *tile;
+  return *s.tile;
 }
 
 void forward(const AttentionParams& params, const LaunchContext& ctx) {
   detail::check_launch("flash3", params, Pass::fwd, supports);
 #if defined(FLASHLAB_HAS_SM90a)
   require_architecture("flash3", 9, 0, "sm_90a");
-  const LaunchOptions& o = params.options;
-  launch_forward(params, tile_of(params.problem, o), pingpong_of(params.problem, o), persistent_of(params.problem, o),
-                 ctx.stream);
+  const Schedule s = schedule_of(params.problem, params.options);
+  launch_forward(params, compiled_tile(s, params.problem, params.options), s.pingpong, s.persistent, ctx.stream);
 #else
   (void)ctx;
   throw Unsupported("flash3: this build has no sm_90a code (configure with CMAKE_CUDA_ARCHITECTURES including 90a)");
@@ -135,9 +136,8 @@ std::vector<KernelInfo> kernels() {
 
 // The tile the models describe: the launch's, or for a tile this build lacks (refused at launch, where the row
 // becomes `unsupported`) the one the options name, the default's sizes filling what they leave open.
-ForwardTile model_tile(const Problem& p, const LaunchOptions& options) {
-  if (const ForwardTile* tile = default_persistent_tile(p, options)) return *tile;
-  if (const ForwardTile* tile = find_tile(p.head_dim, options.block_m, options.block_n, options.stages)) return *tile;
+ForwardTile model_tile(const Schedule& s, const Problem& p, const LaunchOptions& options) {
+  if (s.tile != nullptr) return *s.tile;
   const ForwardTile* fallback = find_tile(p.head_dim, 0, 0, 0);
   ForwardTile t = fallback != nullptr ? *fallback : ForwardTile{static_cast<int>(p.head_dim), 128, 128, 2};
   if (options.block_m > 0) t.block_m = options.block_m;
@@ -145,12 +145,17 @@ ForwardTile model_tile(const Problem& p, const LaunchOptions& options) {
   return t;
 }
 
+ForwardTile model_tile(const Problem& p, const LaunchOptions& options) {
+  return model_tile(schedule_of(p, options), p, options);
+}
+
 // The results' `launch`: the tile (rows x keys / stages) and the schedule a launch runs, e.g. "192x96/2, ping-pong,
 // one CTA per tile" or, for a short problem, "128x128/2, ping-pong, persistent".
 std::string describe_launch(const Problem& p, DType, Pass, const LaunchOptions& o) {
-  const ForwardTile t = model_tile(p, o);
+  const Schedule s = schedule_of(p, o);
+  const ForwardTile t = model_tile(s, p, o);
   return std::to_string(t.block_m) + "x" + std::to_string(t.block_n) + "/" + std::to_string(t.stages) +
-         (pingpong_of(p, o) ? ", ping-pong" : "") + (persistent_of(p, o) ? ", persistent" : ", one CTA per tile");
+         (s.pingpong ? ", ping-pong" : "") + (s.persistent ? ", persistent" : ", one CTA per tile");
 }
 
 // FlashAttention's bytes model with the tile's query rows per CTA: K and V are streamed once per query block.
@@ -193,7 +198,7 @@ Variant flash3_variant() {
                                o.persistent = value == "1";
                                return std::string();
                              }}};
-  v.check_options = {};  // each option names a tile, checked together at launch (tile_of)
+  v.check_options = {};  // each option names a tile, checked together at launch (compiled_tile)
   v.description =
       "FlashAttention-3 style forward for Hopper (sm_90a): TMA loads by a producer warpgroup, two consumer "
       "warpgroups on wgmma with the next S = Q K^T overlapping the softmax, mbarrier pipelines, O(N) memory";

@@ -95,8 +95,9 @@ struct ForwardArgs {
 // Shared memory of one CTA; every tile is in 64-column chunks of 128-byte rows (the TMA box of the 128-byte swizzle),
 // each chunk 1024-byte aligned, as the wgmma descriptors expect. kQBuffers Q tiles: the persistent kernel has two,
 // so that the next work tile's Q loads while this one runs and its epilogue stages O in its own Q tile.
-template <int kBlockM, int kHeadDim, int kBlockN, int kStages, int kQBuffers = 1>
+template <int kBlockM, int kHeadDim, int kBlockN, int kStages, int kQTiles = 1>
 struct Layout {
+  static constexpr int kQBuffers = kQTiles;
   static constexpr int kChunks = kHeadDim / 64;
   static constexpr int kQChunkBytes = kBlockM * 128;
   static constexpr int kKVChunkBytes = kBlockN * 128;
@@ -112,6 +113,10 @@ struct Layout {
   static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0 && kBlockN <= 256, "tile shape");
   static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0, "chunks keep the 1024-byte swizzle atoms");
 };
+
+// The layout of a kernel: two Q tiles for the persistent schedule, one otherwise.
+template <int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPersistent>
+using KernelLayout = Layout<kBlockM, kHeadDim, kBlockN, kStages, kPersistent ? 2 : 1>;
 
 template <class T>
 __device__ inline std::uint32_t pack(float lo, float hi);
@@ -235,8 +240,8 @@ template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPi
 __global__ void __launch_bounds__(Cta<kBlockM>::kThreads, 1)
     forward_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                    const __grid_constant__ CUtensorMap map_v, const ForwardArgs args) {
-  constexpr int kQBuffers = kPersistent ? 2 : 1;
-  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages, kQBuffers>;
+  using L = KernelLayout<kBlockM, kHeadDim, kBlockN, kStages, kPersistent>;
+  constexpr int kQBuffers = L::kQBuffers;
   using C = Cta<kBlockM>;
   constexpr int kConsumers = C::kConsumers;
   extern __shared__ __align__(1024) unsigned char shared_raw[];
@@ -667,7 +672,7 @@ CUtensorMap tensor_map(const void* data, DType dtype, const Strides& strides, st
 
 template <class T, int kBlockM, int kHeadDim, int kBlockN, int kStages, bool kPingpong, bool kPersistent>
 void launch(const AttentionParams& params, void* stream) {
-  using L = Layout<kBlockM, kHeadDim, kBlockN, kStages, kPersistent ? 2 : 1>;
+  using L = KernelLayout<kBlockM, kHeadDim, kBlockN, kStages, kPersistent>;
   const Problem& p = params.problem;
   const std::int64_t m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   if (m_blocks == 0 || p.batch == 0 || p.heads == 0) return;
@@ -761,7 +766,7 @@ template <class T, std::size_t... kIndices>
 void add_kernels(std::vector<KernelInfo>& list, std::index_sequence<kIndices...>) {
   const auto add = [&list](auto index) {
     constexpr ForwardTile t = kForwardTiles[decltype(index)::value];
-    using L = Layout<t.block_m, t.head_dim, t.block_n, t.stages>;
+    using L = KernelLayout<t.block_m, t.head_dim, t.block_n, t.stages, false>;
     const std::string tile = "forward d=" + std::to_string(t.head_dim) + " " + std::to_string(t.block_m) + "x" +
                              std::to_string(t.block_n) + " stages=" + std::to_string(t.stages) + " " +
                              (std::is_same_v<T, __half> ? "fp16" : "bf16");
@@ -770,7 +775,7 @@ void add_kernels(std::vector<KernelInfo>& list, std::index_sequence<kIndices...>
     list.push_back(
         kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, false, false>, tile, L::kSharedBytes));
     if constexpr (has_persistent(static_cast<int>(decltype(index)::value))) {
-      using LP = Layout<t.block_m, t.head_dim, t.block_n, t.stages, 2>;
+      using LP = KernelLayout<t.block_m, t.head_dim, t.block_n, t.stages, true>;
       list.push_back(kernel_info(forward_kernel<T, t.block_m, t.head_dim, t.block_n, t.stages, true, true>,
                                  tile + " pingpong persistent", LP::kSharedBytes));
     }
