@@ -55,7 +55,8 @@ STALL_PREFIX = "stall_"
 NOT_ISSUED = "(Not Issued)"
 
 
-def _number(path: str, what: str, text: str) -> float:
+def number(path: str, what: str, text: str) -> float:
+    """A field of an export as a number (thousands separators dropped). Raises InputError naming `what`."""
     try:
         return float(text.replace(",", ""))
     except ValueError:
@@ -83,7 +84,7 @@ def read_raw(path: str) -> Dict[str, float]:
         if metric not in column:
             raise InputError(path, f"metric {metric!r} missing (profiled with --set full?)")
         i = column[metric]
-        value = _number(path, metric, values[i])
+        value = number(path, metric, values[i])
         if key == "duration_ms":
             if units[i] not in TIME_UNITS:
                 raise InputError(path, f"{metric}: unit {units[i]!r}, expected one of {', '.join(TIME_UNITS)}")
@@ -139,9 +140,9 @@ def read_source(path: str) -> Tuple[Dict[str, float], Dict[str, Counter]]:
         kind = opcode_class(row[source])
         if kind is None:
             continue
-        counts[kind] += _number(path, f"line {line} Instructions Executed", row[executed] or "0")
+        counts[kind] += number(path, f"line {line} Instructions Executed", row[executed] or "0")
         for i, reason in stalls:
-            samples[kind][reason] += _number(path, f"line {line} {header[i]}", row[i] or "0")
+            samples[kind][reason] += number(path, f"line {line} {header[i]}", row[i] or "0")
     if not counts:
         raise InputError(path, "no instructions")
     return dict(counts), dict(samples)

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a file: import the package from its pare
 
 from . import style  # noqa: E402
 from .data import InputError, read_table  # noqa: E402
-from .ncu import CLASSES  # noqa: E402
+from .ncu import CLASSES, number  # noqa: E402
 
 # (label, value from a summary row in % of the elapsed cycles)
 PIPES = (
@@ -41,20 +41,13 @@ MIX_NEEDED = ("name", "class", "instructions", "stall_samples")
 BAR = 0.38  # height of one kernel's bar; a pair's two bars fill 0.76 of a category's row
 
 
-def _float(path: str, line: int, column: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(path, f"line {line}, {column}: {text!r} is not a number") from None
-
-
 def load(folder: str) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[str, Tuple[float, float]]]]:
     """({name: summary values}, {name: {class: (instructions, stall samples)}}) of a folder reports.ncu wrote;
     the mix is empty without ncu_instruction_mix.csv. Raises InputError."""
     path = os.path.join(folder, "ncu_summary.csv")
     summary = {}
     for line, row in enumerate(read_table(path, NEEDED, "python3 -m reports.ncu"), start=2):
-        summary[row["name"]] = {k: _float(path, line, k, row[k]) for k in NEEDED if k != "name"}
+        summary[row["name"]] = {k: number(path, f"line {line}, {k}", row[k]) for k in NEEDED if k != "name"}
     if not summary:
         raise InputError(path, "no profile")
     mix: Dict[str, Dict[str, Tuple[float, float]]] = {}
@@ -62,8 +55,8 @@ def load(folder: str) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[str, 
     if os.path.exists(path):
         for line, row in enumerate(read_table(path, MIX_NEEDED, "python3 -m reports.ncu"), start=2):
             mix.setdefault(row["name"], {})[row["class"]] = (
-                _float(path, line, "instructions", row["instructions"]),
-                _float(path, line, "stall_samples", row["stall_samples"]))
+                number(path, f"line {line}, instructions", row["instructions"]),
+                number(path, f"line {line}, stall_samples", row["stall_samples"]))
     return summary, mix
 
 
